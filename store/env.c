@@ -1,0 +1,370 @@
+/*
+ * env.c - environment manifests and env directories (see env.h).
+ */
+#include "env.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define ENV_HEADER "venvfs-env 1"
+
+bool env_valid_name(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (n == 0 || n > 128 || name[0] == '.' || name[0] == '-')
+		return false;
+	for (const char *p = name; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '.' || *p == '_' || *p == '-' || *p == '+'))
+			return false;
+	return true;
+}
+
+void env_free(struct env *e)
+{
+	if (!e)
+		return;
+	free(e->name);
+	free(e->python_home);
+	free(e->python_executable);
+	free(e->python_version);
+	free(e->prompt);
+	free(e->origin);
+	for (size_t i = 0; i < e->n_pkgs; i++) {
+		free(e->pkgs[i].name);
+		free(e->pkgs[i].version);
+	}
+	free(e->pkgs);
+	free(e);
+}
+
+void env_add_package(struct env *e, const struct objid *id, const char *name, const char *version)
+{
+	e->pkgs = xrealloc(e->pkgs, (e->n_pkgs + 1) * sizeof(*e->pkgs));
+	struct env_pkg *p = &e->pkgs[e->n_pkgs++];
+	p->id = *id;
+	p->name = xstrdup(name);
+	p->version = xstrdup(version);
+}
+
+static void put_kv(struct buf *b, const char *key, const char *value)
+{
+	_cleanup_free_ char *v = text_escape(value, strlen(value));
+
+	buf_printf(b, "%s %s\n", key, v);
+}
+
+void env_format(const struct env *e, struct buf *b)
+{
+	char id[OBJID_STR_MAX];
+
+	buf_reset(b);
+	buf_printf(b, "%s\n", ENV_HEADER);
+	put_kv(b, "name", e->name);
+	buf_printf(b, "uid %016" PRIx64 "\n", e->uid);
+	put_kv(b, "python.home", e->python_home ? e->python_home : "");
+	put_kv(b, "python.executable", e->python_executable ? e->python_executable : "");
+	put_kv(b, "python.version", e->python_version ? e->python_version : "");
+	buf_printf(b, "system-site-packages %s\n", e->system_site_packages ? "true" : "false");
+	if (e->prompt)
+		put_kv(b, "prompt", e->prompt);
+	if (e->origin)
+		put_kv(b, "origin", e->origin);
+	buf_printf(b, "created %" PRId64 "\n", e->created);
+	objid_format(&e->tree, id);
+	buf_printf(b, "tree %s\n", id);
+	if (e->has_mtimes) {
+		objid_format(&e->mtimes, id);
+		buf_printf(b, "mtimes %s\n", id);
+	}
+	for (size_t i = 0; i < e->n_pkgs; i++) {
+		_cleanup_free_ char *n = text_escape(e->pkgs[i].name, strlen(e->pkgs[i].name));
+		_cleanup_free_ char *v = text_escape(e->pkgs[i].version, strlen(e->pkgs[i].version));
+		objid_format(&e->pkgs[i].id, id);
+		buf_printf(b, "package %s %s %s\n", id, n, v);
+	}
+}
+
+int env_parse(const char *text, size_t len, const char *what, struct env **out)
+{
+	struct env *e = xcalloc(1, sizeof(*e));
+	_cleanup_buf_ struct buf val = {0};
+	const char *p = text, *end = text + len;
+	unsigned line = 0;
+	bool have_tree = false;
+	int r = 0;
+
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *le = nl ? nl : end;
+		_cleanup_free_ char *l = xstrndup(p, (size_t)(le - p));
+		line++;
+		p = nl ? nl + 1 : end;
+		if (line == 1) {
+			if (strcmp(l, ENV_HEADER) != 0) {
+				r = vf_error(EIO, "%s:1: not a venvfs env manifest", what);
+				goto fail;
+			}
+			continue;
+		}
+		if (!l[0] || l[0] == '#')
+			continue;
+		char *sp = strchr(l, ' ');
+		if (!sp) {
+			r = vf_error(EIO, "%s:%u: malformed line", what, line);
+			goto fail;
+		}
+		*sp = '\0';
+		const char *key = l, *raw = sp + 1;
+		if (!strcmp(key, "package")) {
+			char *f[3] = {0};
+			f[0] = (char *)raw;
+			f[1] = f[0] ? strchr(f[0], ' ') : NULL;
+			if (f[1])
+				*f[1]++ = '\0';
+			f[2] = f[1] ? strchr(f[1], ' ') : NULL;
+			if (f[2])
+				*f[2]++ = '\0';
+			struct objid id;
+			_cleanup_buf_ struct buf n = {0}, v = {0};
+			if (!f[2] || objid_parse(f[0], strlen(f[0]), &id) < 0 || text_unescape(f[1], &n) < 0 ||
+			    text_unescape(f[2], &v) < 0) {
+				r = vf_error(EIO, "%s:%u: malformed package line", what, line);
+				goto fail;
+			}
+			env_add_package(e, &id, n.data, v.data);
+			continue;
+		}
+		if (text_unescape(raw, &val) < 0) {
+			r = vf_error(EIO, "%s:%u: bad escape", what, line);
+			goto fail;
+		}
+		if (!strcmp(key, "name")) {
+			free(e->name);
+			e->name = xstrdup(val.data);
+		} else if (!strcmp(key, "uid")) {
+			e->uid = strtoull(val.data, NULL, 16);
+		} else if (!strcmp(key, "python.home")) {
+			free(e->python_home);
+			e->python_home = xstrdup(val.data);
+		} else if (!strcmp(key, "python.executable")) {
+			free(e->python_executable);
+			e->python_executable = xstrdup(val.data);
+		} else if (!strcmp(key, "python.version")) {
+			free(e->python_version);
+			e->python_version = xstrdup(val.data);
+		} else if (!strcmp(key, "system-site-packages")) {
+			e->system_site_packages = !strcmp(val.data, "true");
+		} else if (!strcmp(key, "prompt")) {
+			free(e->prompt);
+			e->prompt = xstrdup(val.data);
+		} else if (!strcmp(key, "origin")) {
+			free(e->origin);
+			e->origin = xstrdup(val.data);
+		} else if (!strcmp(key, "created")) {
+			e->created = strtoll(val.data, NULL, 10);
+		} else if (!strcmp(key, "tree") || !strcmp(key, "mtimes")) {
+			struct objid id;
+			if (objid_parse(val.data, val.len, &id) < 0) {
+				r = vf_error(EIO, "%s:%u: bad object id", what, line);
+				goto fail;
+			}
+			if (key[0] == 't') {
+				e->tree = id;
+				have_tree = true;
+			} else {
+				e->mtimes = id;
+				e->has_mtimes = true;
+			}
+		}
+		/* unknown keys are ignored: newer writers may add some */
+	}
+	if (line == 0 || !e->name || !have_tree || !e->python_version) {
+		r = vf_error(EIO, "%s: incomplete env manifest", what);
+		goto fail;
+	}
+	*out = e;
+	return 0;
+fail:
+	env_free(e);
+	return r;
+}
+
+int env_load(struct store *s, const char *name, struct env **out)
+{
+	_cleanup_buf_ struct buf text = {0};
+	_cleanup_free_ char *path = NULL;
+	int r;
+
+	if (!env_valid_name(name))
+		return vf_error(EINVAL, "%s: not a valid env name", name);
+	path = xasprintf("%s/env", name);
+	r = read_file_at(s->envs_fd, path, 1 << 24, &text);
+	if (r == -ENOENT)
+		return vf_error(ENOENT, "no env named %s in %s", name, s->home);
+	if (r < 0)
+		return vf_error_prefix(-r, "env %s: ", name);
+	_cleanup_free_ char *what = xasprintf("%s/envs/%s/env", s->home, name);
+	return env_parse(text.data, text.len, what, out);
+}
+
+bool env_exists(struct store *s, const char *name)
+{
+	_cleanup_free_ char *path = xasprintf("%s/env", name);
+	struct stat st;
+
+	return env_valid_name(name) && fstatat(s->envs_fd, path, &st, 0) == 0;
+}
+
+char *env_python_xy(const struct env *e)
+{
+	const char *v = e->python_version ? e->python_version : "3";
+	const char *dot = strchr(v, '.');
+	const char *dot2 = dot ? strchr(dot + 1, '.') : NULL;
+
+	return dot2 ? xstrndup(v, (size_t)(dot2 - v)) : xstrdup(v);
+}
+
+char *env_site_dir(const struct env *e)
+{
+	_cleanup_free_ char *xy = env_python_xy(e);
+
+	return xasprintf("lib/python%s/site-packages", xy);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int env_list(struct store *s, char ***names, size_t *n)
+{
+	int fd = openat(s->envs_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+	char **v = NULL;
+	size_t cnt = 0, cap = 0;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return vf_error_errno(errno, "%s/envs", s->home);
+	}
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.' || !env_exists(s, de->d_name))
+			continue;
+		if (cnt == cap) {
+			cap = cap ? cap * 2 : 16;
+			v = xrealloc(v, cap * sizeof(*v));
+		}
+		v[cnt++] = xstrdup(de->d_name);
+	}
+	closedir(d);
+	qsort(v, cnt, sizeof(*v), cmp_str);
+	*names = v;
+	*n = cnt;
+	return 0;
+}
+
+void env_list_free(char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
+int env_save(struct store *s, const struct env *e)
+{
+	_cleanup_buf_ struct buf text = {0};
+	_cleanup_free_ char *path = xasprintf("%s/env", e->name);
+
+	env_format(e, &text);
+	return write_file_atomic(s->envs_fd, path, text.data, text.len, 0644);
+}
+
+int env_install(struct store *s, const struct env *e, bool replace, const char *upper_from)
+{
+	_cleanup_free_ char *tmp = xasprintf(".new-%s-%016llx", e->name, (unsigned long long)random_u64());
+	_cleanup_free_ char *p = NULL;
+	_cleanup_buf_ struct buf text = {0};
+	int r;
+
+	if (!env_valid_name(e->name))
+		return vf_error(EINVAL, "%s: not a valid env name (letters, digits, '.', '_', '-', '+')", e->name);
+	if (mkdirat(s->envs_fd, tmp, 0755) < 0)
+		return vf_error_errno(errno, "%s/envs/%s", s->home, tmp);
+	p = xasprintf("%s/upper", tmp);
+	if (upper_from) {
+		if (rename(upper_from, p) < 0) {
+			r = vf_error_errno(errno, "moving %s into the env", upper_from);
+			goto fail;
+		}
+	} else if (mkdirat(s->envs_fd, p, 0755) < 0) {
+		r = vf_error_errno(errno, "%s/envs/%s", s->home, p);
+		goto fail;
+	}
+	free(p);
+	p = xasprintf("%s/work", tmp);
+	if (mkdirat(s->envs_fd, p, 0700) < 0) {
+		r = vf_error_errno(errno, "%s/envs/%s", s->home, p);
+		goto fail;
+	}
+	free(p);
+	p = xasprintf("%s/env", tmp);
+	env_format(e, &text);
+	r = write_file_atomic(s->envs_fd, p, text.data, text.len, 0644);
+	if (r < 0)
+		goto fail;
+	if (fsync_dir_at(s->envs_fd, tmp) < 0) {
+		r = vf_error_errno(errno, "fsync %s/envs/%s", s->home, tmp);
+		goto fail;
+	}
+	if (renameat2(s->envs_fd, tmp, s->envs_fd, e->name, RENAME_NOREPLACE) == 0)
+		goto done;
+	if (errno != EEXIST) {
+		r = vf_error_errno(errno, "%s/envs/%s", s->home, e->name);
+		goto fail;
+	}
+	if (!replace) {
+		r = vf_error(EEXIST, "an env named %s already exists", e->name);
+		goto fail;
+	}
+	if (renameat2(s->envs_fd, tmp, s->envs_fd, e->name, RENAME_EXCHANGE) < 0) {
+		r = vf_error_errno(errno, "replacing %s/envs/%s", s->home, e->name);
+		goto fail;
+	}
+	/* tmp now holds the old env */
+	fsync_dir_at(s->envs_fd, ".");
+	rm_rf_at(s->envs_fd, tmp);
+	return 0;
+done:
+	if (fsync_dir_at(s->envs_fd, ".") < 0)
+		return vf_error_errno(errno, "fsync %s/envs", s->home);
+	return 0;
+fail:
+	rm_rf_at(s->envs_fd, tmp);
+	return r;
+}
+
+int env_remove(struct store *s, const char *name)
+{
+	_cleanup_free_ char *trash = NULL;
+
+	if (!env_exists(s, name))
+		return vf_error(ENOENT, "no env named %s in %s", name, s->home);
+	trash = xasprintf(".trash-%s-%016llx", name, (unsigned long long)random_u64());
+	if (renameat(s->envs_fd, name, s->envs_fd, trash) < 0)
+		return vf_error_errno(errno, "removing %s/envs/%s", s->home, name);
+	fsync_dir_at(s->envs_fd, ".");
+	int r = rm_rf_at(s->envs_fd, trash);
+	if (r < 0)
+		return vf_error_errno(-r, "deleting %s/envs/%s", s->home, trash);
+	return 0;
+}

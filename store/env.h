@@ -1,0 +1,100 @@
+/*
+ * env.h - environments: the small description of one venv.
+ *
+ *   HOME/envs/NAME/env      the manifest (text, below), replaced atomically
+ *   HOME/envs/NAME/upper/   the env's writable layer (files of its own
+ *                           written through the mount)
+ *   HOME/envs/NAME/work/    scratch space for copy-up, same file system
+ *
+ * The manifest is line-oriented text, one "key value" per line, values
+ * %-escaped (util.h text_escape) so any byte but NUL survives:
+ *
+ *   venvfs-env 1
+ *   name web
+ *   uid 5f0c3a0e9d1b2c44          random, fixed for life: inode numbers
+ *   python.home /usr/bin
+ *   python.executable /usr/bin/python3.11
+ *   python.version 3.11.7
+ *   system-site-packages false
+ *   prompt web                    optional ("--prompt")
+ *   origin /home/me/proj/.venv    optional: where it was imported from
+ *   created 1763712000
+ *   tree <objid>                  env tree (tree.h): files in no package
+ *   mtimes <objid>                optional: original times of package files
+ *   package <objid> <name> <version>
+ *   ...
+ *
+ * Packages listed later take precedence over earlier ones where two ship
+ * the same path (pip's "last installed wins"); the env tree takes
+ * precedence over all packages, the upper layer over everything.
+ *
+ * Env directories appear and disappear atomically: a new env is built as
+ * envs/.new-NAME-RANDOM and renamed into place; a removed one is renamed to
+ * envs/.trash-NAME-RANDOM before it is deleted. Names starting with "."
+ * are never envs.
+ */
+#ifndef VENVFS_ENV_H
+#define VENVFS_ENV_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "store.h"
+
+struct env_pkg {
+	struct objid id;
+	char *name;    /* PEP 503 normalised */
+	char *version;
+};
+
+struct env {
+	char *name;
+	uint64_t uid;
+	char *python_home;       /* directory of the base interpreter */
+	char *python_executable; /* base interpreter */
+	char *python_version;    /* "3.11.7" */
+	bool system_site_packages;
+	char *prompt;            /* NULL: the directory name */
+	char *origin;            /* imported from, or NULL */
+	int64_t created;
+	struct objid tree;
+	bool has_mtimes;
+	struct objid mtimes;
+	struct env_pkg *pkgs;
+	size_t n_pkgs;
+};
+
+/* Is name acceptable for an env ([A-Za-z0-9._+-], not starting with '.')? */
+bool env_valid_name(const char *name);
+
+int env_load(struct store *s, const char *name, struct env **out);
+int env_parse(const char *text, size_t len, const char *what, struct env **out);
+void env_format(const struct env *e, struct buf *out);
+void env_free(struct env *e);
+void env_add_package(struct env *e, const struct objid *id, const char *name, const char *version);
+
+/* "lib/python3.11/site-packages" for this env's Python. */
+char *env_site_dir(const struct env *e);
+/* "3.11" from "3.11.7" */
+char *env_python_xy(const struct env *e);
+
+/* Sorted names of all envs. */
+int env_list(struct store *s, char ***names, size_t *n);
+void env_list_free(char **names, size_t n);
+
+/*
+ * Install e as envs/<e->name>, atomically. If an env of that name exists:
+ * with replace, it is swapped out and deleted (its upper layer with it);
+ * without, -EEXIST. If upper_from is given, that directory becomes the new
+ * env's upper layer (it is renamed, so it must be on the store's fs).
+ */
+int env_install(struct store *s, const struct env *e, bool replace, const char *upper_from);
+
+/* Rewrite the manifest of an existing env (atomically). */
+int env_save(struct store *s, const struct env *e);
+
+int env_remove(struct store *s, const char *name);
+
+bool env_exists(struct store *s, const char *name);
+
+#endif

@@ -1,0 +1,319 @@
+/*
+ * export.c - writing an env out as a real venv directory (see venv.h).
+ *
+ * The env is composed with the same view code the daemon uses, written
+ * into a temp directory next to the destination and renamed into place
+ * when complete, so a failed export leaves nothing behind. Templates are
+ * rendered for the destination's path; package files get back the times
+ * they had in the venv they were imported from, and normalised bytecode
+ * gets back the header that matches them, so exporting to the path an env
+ * was imported from reproduces it file for file.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "env.h"
+#include "pyfmt.h"
+#include "venv.h"
+#include "view.h"
+
+struct exporter {
+	struct store *s;
+	struct view *v;
+	const char *dest;      /* final absolute path */
+	char *dest_real;       /* its realpath-to-be */
+	struct progress prog;
+	uint64_t files, bytes;
+};
+
+static void node_time(struct exporter *x, struct view_src src, struct timespec *ts)
+{
+	const struct tree_node *n = view_node(x->v, src);
+
+	if (src.layer == 0) {
+		ts->tv_sec = n->mtime_sec;
+		ts->tv_nsec = n->mtime_nsec;
+	} else {
+		ts->tv_sec = view_orig_mtime(x->v, src);
+		ts->tv_nsec = 0;
+	}
+}
+
+static int copy_object(struct exporter *x, const struct objid *id, int out, const char *path)
+{
+	_cleanup_close_ int in = store_object_open(x->s, id);
+	char hex[OBJID_STR_MAX];
+	struct stat st;
+
+	objid_path(id, hex);
+	if (in < 0)
+		return vf_error_errno(-in, "%s: store object %s", path, hex);
+	if (fstat(in, &st) < 0)
+		return vf_error_errno(errno, "objects/%s", hex);
+	if (st.st_size == 0)
+		return 0;
+	if (ioctl(out, FICLONE, in) == 0)
+		return 0;
+	loff_t off_in = 0;
+	while (off_in < st.st_size) {
+		ssize_t n = copy_file_range(in, &off_in, out, NULL, (size_t)(st.st_size - off_in), 0);
+		if (n > 0)
+			continue;
+		if (n == 0)
+			break;
+		if (errno == EINTR)
+			continue;
+		if (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP) {
+			char buf[1 << 16];
+			for (;;) {
+				ssize_t rn = pread(in, buf, sizeof(buf), off_in);
+				if (rn < 0)
+					return vf_error_errno(errno, "objects/%s", hex);
+				if (rn == 0)
+					break;
+				int r = write_full(out, buf, (size_t)rn);
+				if (r < 0)
+					return vf_error_errno(-r, "%s", path);
+				off_in += rn;
+			}
+			break;
+		}
+		return vf_error_errno(errno, "%s", path);
+	}
+	if (off_in != st.st_size)
+		return vf_error(EIO, "objects/%s: short copy", hex);
+	return 0;
+}
+
+/* A normalised pyc gets back the header mtime of its source as imported. */
+static int restore_pyc_header(struct exporter *x, struct view_src src, int fd, const char *path)
+{
+	struct tree *t = x->v->layers[src.layer].tree;
+	_cleanup_buf_ struct buf p = {0};
+	uint32_t root = tree_path(t, src.node, &p);
+	_cleanup_free_ char *source = pyc_source_path(p.data, p.len);
+	uint32_t sn = source ? tree_lookup_path(t, root, source, strlen(source)) : TREE_NONE;
+
+	if (sn == TREE_NONE || !x->v->layers[src.layer].orig_mtimes)
+		return 0;
+	uint32_t m = (uint32_t)view_orig_mtime(x->v, (struct view_src){.layer = src.layer, .node = sn});
+	uint8_t hdr[4] = {(uint8_t)m, (uint8_t)(m >> 8), (uint8_t)(m >> 16), (uint8_t)(m >> 24)};
+	if (pwrite(fd, hdr, 4, 8) != 4)
+		return vf_error_errno(errno, "%s", path);
+	return 0;
+}
+
+static int export_dir(struct exporter *x, int dfd, const struct view_dir *d, struct buf *path);
+
+static int export_entry(struct exporter *x, int dfd, const struct view_dir *d, const struct view_ent *ent,
+			struct buf *path)
+{
+	const struct tree_node *n = view_node(x->v, ent->top);
+	_cleanup_free_ char *name = xstrndup(ent->name, ent->name_len);
+	struct timespec ts[2];
+	int r = 0;
+
+	node_time(x, ent->top, &ts[1]);
+	ts[0] = ts[1];
+	switch (n->mode & S_IFMT) {
+	case S_IFDIR: {
+		struct view_dir child;
+		_cleanup_close_ int cfd = -1;
+		if (mkdirat(dfd, name, 0700) < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (cfd < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		view_child_dir(x->v, d, ent->name, ent->name_len, &child);
+		r = export_dir(x, cfd, &child, path);
+		view_dir_free(&child);
+		if (r < 0)
+			return r;
+		if (fchmod(cfd, n->mode & 07777) < 0 || futimens(cfd, ts) < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		return 0;
+	}
+	case S_IFREG: {
+		_cleanup_close_ int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		struct objid id;
+		if (fd < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		if (n->flags & TREE_F_TEMPLATE) {
+			_cleanup_buf_ struct buf out = {0};
+			r = view_render(x->v, ent->top, x->dest, x->dest_real, &out);
+			if (r < 0)
+				return vf_error_prefix(-r, "%s/%s: ", x->dest, path->data);
+			r = write_full(fd, out.data, out.len);
+			if (r < 0)
+				return vf_error_errno(-r, "%s/%s", x->dest, path->data);
+		} else {
+			tree_node_objid(n, &id);
+			r = copy_object(x, &id, fd, path->data);
+			if (r < 0)
+				return r;
+			if (n->flags & TREE_F_PYC_NORM) {
+				r = restore_pyc_header(x, ent->top, fd, path->data);
+				if (r < 0)
+					return r;
+			}
+		}
+		if (fchmod(fd, n->mode & 07777) < 0 || futimens(fd, ts) < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		x->files++;
+		x->bytes += n->size;
+		progress_update(&x->prog, x->files, x->v->layers[0].tree->hdr->n_files, x->bytes);
+		return 0;
+	}
+	case S_IFLNK: {
+		_cleanup_free_ char *target = xstrndup(tree_link_target(x->v->layers[ent->top.layer].tree, n), n->u.link.len);
+		if (symlinkat(target, dfd, name) < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		break;
+	}
+	case S_IFIFO:
+		if (mkfifoat(dfd, name, n->mode & 07777) < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		break;
+	case S_IFSOCK:
+		if (mknodat(dfd, name, S_IFSOCK | (n->mode & 07777), 0) < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		break;
+	case S_IFCHR:
+	case S_IFBLK:
+		if (mknodat(dfd, name, n->mode, makedev(n->u.dev.major, n->u.dev.minor)) < 0)
+			return vf_error_errno(errno, "%s/%s: device node", x->dest, path->data);
+		break;
+	}
+	if (utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0)
+		return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+	return 0;
+}
+
+static int export_dir(struct exporter *x, int dfd, const struct view_dir *d, struct buf *path)
+{
+	struct view_ent *ents;
+	size_t n, base = path->len;
+	int r = view_list(x->v, d, &ents, &n);
+
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		path->len = base;
+		if (base)
+			buf_addc(path, '/');
+		buf_add(path, ents[i].name, ents[i].name_len);
+		r = export_entry(x, dfd, d, &ents[i], path);
+	}
+	path->len = base;
+	if (path->data)
+		path->data[base] = '\0';
+	free(ents);
+	return r;
+}
+
+int venv_export(struct store *s, const char *name, const char *dir, const struct export_opts *o)
+{
+	struct exporter x = {.s = s};
+	struct env *env = NULL;
+	_cleanup_free_ char *dest = path_absolute(dir);
+	_cleanup_free_ char *parent = NULL, *parent_real = NULL, *tmp = NULL;
+	_cleanup_close_ int tfd = -1;
+	struct view_dir root;
+	struct stat st;
+	bool replace_empty = false;
+	int r;
+
+	if (!dest)
+		return vf_error_errno(errno, "%s", dir);
+	if (lstat(dest, &st) == 0) {
+		_cleanup_close_ int fd = open(dest, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		DIR *dd = fd >= 0 ? fdopendir(fd) : NULL;
+		struct dirent *de;
+		bool empty = dd != NULL;
+		if (dd) {
+			fd = -1;
+			while ((de = readdir(dd)))
+				if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+					empty = false;
+			closedir(dd);
+		}
+		if (!empty)
+			return vf_error(EEXIST, "%s: already exists and is not an empty directory", dest);
+		replace_empty = true;
+	}
+	const char *slash = strrchr(dest, '/');
+	parent = slash == dest ? xstrdup("/") : xstrndup(dest, (size_t)(slash - dest));
+	parent_real = realpath(parent, NULL);
+	if (!parent_real)
+		return vf_error_errno(errno, "%s", parent);
+	x.dest = dest;
+	x.dest_real = path_join(parent_real, slash + 1);
+
+	r = env_load(s, name, &env);
+	if (r < 0)
+		goto out;
+	r = view_open(s, env, true, &x.v);
+	if (r < 0)
+		goto out;
+	r = view_load_orig_mtimes(x.v);
+	if (r < 0)
+		goto out;
+
+	tmp = xasprintf("%s/.%s.venvfs-export-%08llx", parent, slash + 1, (unsigned long long)(random_u64() & 0xffffffff));
+	if (mkdir(tmp, 0700) < 0) {
+		r = vf_error_errno(errno, "%s", tmp);
+		goto out;
+	}
+	tfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (tfd < 0) {
+		r = vf_error_errno(errno, "%s", tmp);
+		goto out;
+	}
+	progress_init(&x.prog, "exporting", o && o->progress);
+	view_root(x.v, &root);
+	{
+		struct buf path = {0};
+		buf_grow(&path, 256);
+		path.data[0] = '\0';
+		r = export_dir(&x, tfd, &root, &path);
+		buf_free(&path);
+	}
+	view_dir_free(&root);
+	progress_done(&x.prog);
+	if (r < 0)
+		goto out;
+	{
+		const struct tree_node *rn = tree_node(x.v->layers[0].tree, 0);
+		struct timespec ts[2] = {{rn->mtime_sec, rn->mtime_nsec}, {rn->mtime_sec, rn->mtime_nsec}};
+		if (fchmod(tfd, rn->mode & 07777) < 0 || futimens(tfd, ts) < 0) {
+			r = vf_error_errno(errno, "%s", tmp);
+			goto out;
+		}
+	}
+	if (replace_empty && rmdir(dest) < 0) {
+		r = vf_error_errno(errno, "%s", dest);
+		goto out;
+	}
+	if (rename(tmp, dest) < 0) {
+		r = vf_error_errno(errno, "%s", dest);
+		goto out;
+	}
+	free(tmp);
+	tmp = NULL;
+out:
+	if (tmp)
+		rm_rf_at(AT_FDCWD, tmp);
+	view_free(x.v);
+	env_free(env);
+	free(x.dest_real);
+	return r;
+}

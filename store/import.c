@@ -1,0 +1,1447 @@
+/*
+ * import.c - turning a real venv into an env (see venv.h).
+ *
+ * The import runs in phases, and nothing is written to the store before
+ * the venv has been checked for fatal problems:
+ *
+ *   1. walk      every entry of the venv, lstat() only; no symlink is ever
+ *                followed, and every later open goes through openat2()
+ *                with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, so nothing
+ *                outside the venv is read, whatever a RECORD says;
+ *   2. records   parse each *.dist-info/RECORD and resolve its rows in the
+ *                walked tree. A path escaping the env, an absolute path,
+ *                a symlink pointing out of the env or a malformed row is a
+ *                fatal error naming the file and line;
+ *   3. read      (parallel) read each regular file once: SHA-256 where a
+ *                RECORD row has a hash, a template for path-dependent
+ *                files, normalised bytecode for package pycs, then insert
+ *                the stored form into the store (a transaction);
+ *   4. classify  a distribution whose files all match its RECORD becomes a
+ *                package; any other keeps its files as the env's own
+ *                content, with a warning naming them. Bytecode listed but
+ *                gone is just absent; bytecode not listed joins the
+ *                package that owns its source when it is valid for it;
+ *   5. build     package manifests, the env tree (everything else, with
+ *                real modes and times), the original-mtimes record;
+ *   6. commit    objects durable, then package manifests, then the env
+ *                directory, renamed into place in one step.
+ *
+ * A stat cache (HOME/cache/import-*) remembers, per file of a venv, the
+ * (dev, ino, size, mtime, ctime) it had and what was stored for it, so a
+ * re-import reads only files that changed. Files modified within two
+ * seconds of an import are never cached (the "racy git" problem).
+ *
+ * Bytecode normalisation: a timestamp pyc that pip compiled records its
+ * source's mtime. Package files present mtime TREE_STORE_MTIME, so a
+ * package pyc is stored with that value in its header, which keeps it
+ * valid for the source the view shows and makes the same package imported
+ * from two venvs (installed at different times) one package. The original
+ * times are kept per env (the mtimes object) and restored by export.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <xxhash.h>
+#include <dirent.h>
+
+#include "env.h"
+#include "pyfmt.h"
+#include "store.h"
+#include "template.h"
+#include "tree.h"
+#include "venv.h"
+#include "view.h"
+
+#define NO_ENT UINT32_MAX
+#define FLUSH_BYTES (1ull << 30) /* flush a transaction after 1 GiB of new data */
+#define SMALL_FILE (1u << 20)
+
+/* One entry of the walked venv. */
+struct ient {
+	char *path;        /* relative to the venv root; "" is the root */
+	uint32_t len;
+	uint32_t parent;   /* index of the parent directory */
+	uint32_t n_children;
+	struct stat st;
+	int32_t owner;     /* distribution that lists it, -1: the env's own */
+	int32_t pyc_cand;  /* unlisted pyc whose source a distribution owns */
+	int32_t row;       /* its RECORD row in the owner, -1 if none */
+	uint32_t src;      /* pyc: the entry of its source .py, or NO_ENT */
+	bool has_own;      /* directory with an own entry below it */
+	int32_t dir_added_by; /* last package that added this directory */
+	bool site_chain;   /* lib, lib/pythonX.Y, site-packages */
+	/* filled by the read phase (regular files) */
+	bool needs_sha;    /* a RECORD row has a hash for it */
+	bool norm_considered;
+	bool have_sha;
+	uint16_t tflags;   /* TREE_F_* of the stored form */
+	uint8_t sha[32];
+	struct objid obj;
+};
+
+/* One *.dist-info with a RECORD. */
+struct dist {
+	uint32_t dir_ent;   /* the dist-info directory */
+	uint32_t record_ent;
+	char *record_what;  /* "<venv>/lib/.../RECORD" for messages */
+	struct buf record_text;
+	struct record rec;
+	uint32_t *row_ent;  /* per row: entry index, or NO_ENT */
+	unsigned *row_root; /* per row: TREE_ROOT_* */
+	char **row_rel;     /* per row: path relative to that root */
+	bool mismatch;
+	struct buf why;     /* first reasons, for the warning */
+	unsigned n_why;
+	char *name, *version;
+	struct buf tags, requires, requires_python;
+	struct objid pkg_id;
+	struct buf manifest;
+	int64_t *orig_mtimes;
+	uint32_t n_nodes;
+};
+
+/* Stat cache entry (fixed size, path in a trailing string table). */
+struct cache_ent {
+	uint32_t path_off, path_len;
+	uint64_t dev, ino, size;
+	int64_t mtime_ns, ctime_ns;
+	int64_t src_mtime_ns;
+	uint64_t src_size;
+	uint8_t obj_hash[16];
+	uint32_t obj_seq;
+	uint16_t tflags;
+	uint8_t have_sha, norm_considered;
+	uint8_t sha[32];
+};
+
+#define CACHE_MAGIC "VFSICAC1"
+
+struct imp {
+	struct store *s;
+	const struct import_opts *o;
+	struct import_stats *st;
+	char *abs, *real;          /* the venv's path, as given and resolved */
+	int rootfd;
+	struct ient *e;
+	size_t n, cap;
+	struct strmap index;       /* path -> entry */
+	struct dist *d;
+	size_t nd;
+	struct pyvenv_cfg cfg;
+	char *site;                /* "lib/python3.11/site-packages" */
+	char *prompt;              /* default prompt spelled in activate scripts */
+	struct store_txn *txn;
+	/* read phase */
+	uint32_t *work;
+	size_t n_work;
+	size_t next_work;
+	uint64_t done_files, done_bytes;
+	pthread_mutex_t lock;
+	int error;
+	char error_msg[2048];
+	struct progress prog;
+	/* stat cache */
+	struct cache_ent *cache;
+	size_t n_cache;
+	char *cache_strtab;
+	struct strmap cache_index;
+	char *cache_name;
+	uint64_t cache_key;
+	int64_t start_sec;
+};
+
+static void warn(struct imp *im, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void warn(struct imp *im, const char *fmt, ...)
+{
+	_cleanup_free_ char *msg = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = NULL;
+	va_end(ap);
+	if (!msg)
+		return;
+	im->st->warnings++;
+	if (im->o->warn)
+		im->o->warn(im->o->warn_ctx, msg);
+	else
+		fprintf(stderr, "venvfs: warning: %s\n", msg);
+}
+
+/* ---- safe opening ----------------------------------------------------------- */
+
+/* Open a file of the venv without following any symlink or leaving it. */
+static int open_beneath(int rootfd, const char *path, int flags)
+{
+	struct open_how how = {
+		.flags = (uint64_t)(flags | O_CLOEXEC | O_NOFOLLOW),
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+	};
+	long fd = syscall(SYS_openat2, rootfd, path, &how, sizeof(how));
+
+	if (fd < 0 && errno == ENOSYS) {
+		/* pre-5.6 kernel: the walk saw no symlink on this path, and the
+		 * last component is opened with O_NOFOLLOW */
+		fd = openat(rootfd, path, flags | O_CLOEXEC | O_NOFOLLOW);
+	}
+	return fd < 0 ? -errno : (int)fd;
+}
+
+/* ---- 1. walk ---------------------------------------------------------------- */
+
+static uint32_t add_ent(struct imp *im, const char *path, size_t len, uint32_t parent, const struct stat *st)
+{
+	if (im->n == im->cap) {
+		im->cap = im->cap ? im->cap * 2 : 4096;
+		im->e = xrealloc(im->e, im->cap * sizeof(*im->e));
+	}
+	uint32_t i = (uint32_t)im->n++;
+	struct ient *e = &im->e[i];
+	memset(e, 0, sizeof(*e));
+	e->path = xstrndup(path, len);
+	e->len = (uint32_t)len;
+	e->parent = parent;
+	e->st = *st;
+	e->owner = -1;
+	e->pyc_cand = -1;
+	e->row = -1;
+	e->src = NO_ENT;
+	e->dir_added_by = -1;
+	*strmap_put(&im->index, path, len, NULL) = i;
+	if (parent != i)
+		im->e[parent].n_children++;
+	if (S_ISREG(st->st_mode))
+		im->st->files++;
+	else if (S_ISDIR(st->st_mode))
+		im->st->dirs++;
+	else if (S_ISLNK(st->st_mode))
+		im->st->symlinks++;
+	else
+		im->st->special++;
+	return i;
+}
+
+static int walk_dir(struct imp *im, int dfd, uint32_t dir)
+{
+	DIR *d = fdopendir(dfd);
+	struct dirent *de;
+	int r = 0;
+
+	if (!d) {
+		close(dfd);
+		return vf_error_errno(errno, "%s/%s", im->abs, im->e[dir].path);
+	}
+	while ((de = readdir(d))) {
+		struct stat st;
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			r = vf_error_errno(errno, "%s/%s/%s", im->abs, im->e[dir].path, de->d_name);
+			break;
+		}
+		_cleanup_free_ char *p = im->e[dir].len ? xasprintf("%s/%s", im->e[dir].path, de->d_name)
+							 : xstrdup(de->d_name);
+		uint32_t i = add_ent(im, p, strlen(p), dir, &st);
+		if (S_ISDIR(st.st_mode)) {
+			int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub < 0) {
+				r = vf_error_errno(errno, "%s/%s", im->abs, p);
+				break;
+			}
+			r = walk_dir(im, sub, i);
+			if (r < 0)
+				break;
+		}
+	}
+	closedir(d);
+	return r;
+}
+
+static uint32_t find_ent(struct imp *im, const char *path, size_t len)
+{
+	uint64_t *v = strmap_get(&im->index, path, len);
+
+	return v ? (uint32_t)*v : NO_ENT;
+}
+
+/* ---- 2. records --------------------------------------------------------------- */
+
+static void dist_why(struct dist *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void dist_why(struct dist *d, const char *fmt, ...)
+{
+	va_list ap;
+	char msg[1024];
+
+	d->mismatch = true;
+	if (d->n_why++ >= 5)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (d->why.len)
+		buf_adds(&d->why, "; ");
+	buf_adds(&d->why, msg);
+}
+
+/*
+ * Resolve a path lexically against base (both relative to the env root).
+ * Fails if it climbs above the root. out gets the normalised path.
+ */
+static int resolve_rel(const char *base, const char *path, struct buf *out)
+{
+	buf_reset(out);
+	buf_adds(out, base);
+	for (const char *p = path; *p;) {
+		const char *e = strchrnul(p, '/');
+		size_t n = (size_t)(e - p);
+		if (n == 0 || (n == 1 && p[0] == '.')) {
+			/* skip */
+		} else if (n == 2 && p[0] == '.' && p[1] == '.') {
+			if (out->len == 0)
+				return -1;
+			char *slash = memrchr(out->data, '/', out->len);
+			out->len = slash ? (size_t)(slash - out->data) : 0;
+			out->data[out->len] = '\0';
+		} else {
+			if (out->len)
+				buf_addc(out, '/');
+			buf_add(out, p, n);
+		}
+		p = *e ? e + 1 : e;
+	}
+	if (!out->data)
+		buf_grow(out, 0), out->data[0] = '\0';
+	return 0;
+}
+
+/* Where does symlink entry i point, relative to the env root? -1: outside. */
+static int symlink_inside(struct imp *im, uint32_t i, struct buf *target_out)
+{
+	char target[PATH_MAX + 1];
+	_cleanup_close_ int pfd = -1;
+	struct ient *e = &im->e[i];
+	_cleanup_free_ char *dir = NULL;
+	const char *slash = strrchr(e->path, '/');
+	ssize_t n;
+
+	dir = slash ? xstrndup(e->path, (size_t)(slash - e->path)) : xstrdup("");
+	pfd = dir[0] ? open_beneath(im->rootfd, dir, O_RDONLY | O_DIRECTORY) : dup(im->rootfd);
+	if (pfd < 0)
+		return -1;
+	n = readlinkat(pfd, slash ? slash + 1 : e->path, target, sizeof(target) - 1);
+	if (n < 0)
+		return -1;
+	target[n] = '\0';
+	if (target[0] == '/') {
+		const char *roots[2] = {im->abs, im->real};
+		for (int k = 0; k < 2; k++) {
+			size_t rl = strlen(roots[k]);
+			if (!strncmp(target, roots[k], rl) && (target[rl] == '/' || target[rl] == '\0'))
+				return resolve_rel("", target + rl, target_out) < 0 ? -1 : 0;
+		}
+		return -1;
+	}
+	return resolve_rel(dir, target, target_out) < 0 ? -1 : 0;
+}
+
+static int read_records(struct imp *im)
+{
+	_cleanup_buf_ struct buf full = {0}, tgt = {0};
+	size_t site_len = strlen(im->site);
+	uint32_t site_ent = find_ent(im, im->site, site_len);
+
+	/* Every *.dist-info directory directly in site-packages with a RECORD. */
+	for (uint32_t i = 0; i < im->n; i++) {
+		struct ient *e = &im->e[i];
+		if (e->parent != site_ent || !S_ISDIR(e->st.st_mode) || !str_has_suffix(e->path, ".dist-info"))
+			continue;
+		_cleanup_free_ char *rp = xasprintf("%s/RECORD", e->path);
+		uint32_t ri = find_ent(im, rp, strlen(rp));
+		if (ri == NO_ENT || !S_ISREG(im->e[ri].st.st_mode))
+			continue;
+		im->d = xrealloc(im->d, (im->nd + 1) * sizeof(*im->d));
+		struct dist *d = &im->d[im->nd++];
+		memset(d, 0, sizeof(*d));
+		d->dir_ent = i;
+		d->record_ent = ri;
+		d->record_what = xasprintf("%s/%s", im->abs, rp);
+	}
+
+	for (size_t k = 0; k < im->nd; k++) {
+		struct dist *d = &im->d[k];
+		_cleanup_close_ int fd = open_beneath(im->rootfd, im->e[d->record_ent].path, O_RDONLY);
+		int r;
+
+		if (fd < 0)
+			return vf_error_errno(-fd, "%s", d->record_what);
+		struct stat st;
+		if (fstat(fd, &st) < 0)
+			return vf_error_errno(errno, "%s", d->record_what);
+		buf_grow(&d->record_text, (size_t)st.st_size);
+		ssize_t n = read_full(fd, d->record_text.data, (size_t)st.st_size);
+		if (n < 0)
+			return vf_error_errno((int)-n, "%s", d->record_what);
+		d->record_text.len = (size_t)n;
+		d->record_text.data[n] = '\0';
+		r = record_parse(d->record_text.data, d->record_text.len, d->record_what, &d->rec);
+		if (r < 0)
+			return r;
+		d->row_ent = xmalloc((d->rec.n + 1) * sizeof(uint32_t));
+		d->row_root = xmalloc((d->rec.n + 1) * sizeof(unsigned));
+		d->row_rel = xcalloc(d->rec.n + 1, sizeof(char *));
+
+		for (size_t j = 0; j < d->rec.n; j++) {
+			struct record_row *row = &d->rec.rows[j];
+			d->row_ent[j] = NO_ENT;
+			if (row->path[0] == '/')
+				return vf_error(EINVAL, "%s:%u: absolute path %s (files outside the env cannot be imported)",
+						d->record_what, row->line, row->path);
+			if (resolve_rel(im->site, row->path, &full) < 0)
+				return vf_error(EINVAL, "%s:%u: path %s escapes the env", d->record_what, row->line,
+						row->path);
+			if (full.len > site_len && !strncmp(full.data, im->site, site_len) && full.data[site_len] == '/') {
+				d->row_root[j] = TREE_ROOT_SITE;
+				d->row_rel[j] = xstrdup(full.data + site_len + 1);
+			} else {
+				d->row_root[j] = TREE_ROOT_ENV;
+				d->row_rel[j] = xstrdup(full.data);
+			}
+			_cleanup_free_ char *src_of_pyc = pyc_source_path(full.data, full.len);
+			bool is_pyc = src_of_pyc != NULL;
+			uint32_t ei = full.len ? find_ent(im, full.data, full.len) : NO_ENT;
+			if (ei == NO_ENT) {
+				/* Not in the tree: through a symlink? Never follow it;
+				 * pointing outside the env is an error. */
+				for (size_t p = 0; p < full.len; p++) {
+					if (full.data[p] != '/')
+						continue;
+					uint32_t pi = find_ent(im, full.data, p);
+					if (pi != NO_ENT && S_ISLNK(im->e[pi].st.st_mode)) {
+						if (symlink_inside(im, pi, &tgt) < 0)
+							return vf_error(EINVAL,
+									"%s:%u: %s goes through symlink %s, which points "
+									"outside the env",
+									d->record_what, row->line, row->path, im->e[pi].path);
+						dist_why(d, "%s is behind a symlink", row->path);
+						goto next_row;
+					}
+				}
+				if (!is_pyc)
+					dist_why(d, "%s is missing", row->path);
+				goto next_row;
+			}
+			struct ient *fe = &im->e[ei];
+			if (S_ISLNK(fe->st.st_mode) && symlink_inside(im, ei, &tgt) < 0)
+				return vf_error(EINVAL, "%s:%u: %s is a symlink pointing outside the env", d->record_what,
+						row->line, row->path);
+			if (fe->owner >= 0) {
+				if (!is_pyc)
+					dist_why(d, "%s is also listed by %s", row->path, im->e[im->d[fe->owner].dir_ent].path);
+				goto next_row;
+			}
+			if (S_ISDIR(fe->st.st_mode)) {
+				dist_why(d, "%s is a directory", row->path);
+				goto next_row;
+			}
+			if (!S_ISREG(fe->st.st_mode) && !S_ISLNK(fe->st.st_mode)) {
+				dist_why(d, "%s is not a regular file", row->path);
+				goto next_row;
+			}
+			fe->owner = (int32_t)k;
+			fe->row = (int32_t)j;
+			fe->needs_sha = S_ISREG(fe->st.st_mode) && row->hash[0];
+			d->row_ent[j] = ei;
+next_row:;
+		}
+		/* the RECORD file belongs to its distribution even if unlisted */
+		if (im->e[d->record_ent].owner < 0)
+			im->e[d->record_ent].owner = (int32_t)k;
+	}
+
+	/* Unlisted bytecode follows its source. */
+	for (uint32_t i = 0; i < im->n; i++) {
+		struct ient *e = &im->e[i];
+		if (!S_ISREG(e->st.st_mode))
+			continue;
+		_cleanup_free_ char *src = pyc_source_path(e->path, e->len);
+		if (!src)
+			continue;
+		uint32_t si = find_ent(im, src, strlen(src));
+		if (si == NO_ENT || !S_ISREG(im->e[si].st.st_mode))
+			continue;
+		e->src = si;
+		if (e->owner < 0 && im->e[si].owner >= 0)
+			e->pyc_cand = im->e[si].owner;
+	}
+	return 0;
+}
+
+/* ---- stat cache ------------------------------------------------------------- */
+
+static uint64_t cache_key(struct imp *im)
+{
+	struct buf k = {0};
+
+	buf_printf(&k, "%s%c%s%c%s%c%s", im->abs, 0, im->real, 0, im->prompt ? im->prompt : "", 0, im->site);
+	uint64_t h = XXH3_64bits(k.data, k.len);
+	buf_free(&k);
+	return h;
+}
+
+static void cache_load(struct imp *im)
+{
+	_cleanup_buf_ struct buf b = {0};
+	_cleanup_free_ char *path = NULL;
+
+	im->cache_name = xasprintf("cache/import-%016" PRIx64, XXH3_64bits(im->abs, strlen(im->abs)));
+	im->cache_key = cache_key(im);
+	if (im->o->no_cache)
+		return;
+	if (read_file_at(im->s->fd, im->cache_name, 1u << 30, &b) < 0)
+		return;
+	uint64_t key, n;
+	if (b.len < 24 || memcmp(b.data, CACHE_MAGIC, 8) != 0)
+		return;
+	memcpy(&key, b.data + 8, 8);
+	memcpy(&n, b.data + 16, 8);
+	if (key != im->cache_key || n > (b.len - 24) / sizeof(struct cache_ent))
+		return;
+	size_t ents = 24 + n * sizeof(struct cache_ent);
+	im->cache = xmemdup(b.data + 24, n * sizeof(struct cache_ent));
+	im->n_cache = n;
+	im->cache_strtab = xmemdup(b.data + ents, b.len - ents + 1);
+	size_t strlen_ = b.len - ents;
+	for (size_t i = 0; i < n; i++) {
+		struct cache_ent *c = &im->cache[i];
+		if ((uint64_t)c->path_off + c->path_len > strlen_) {
+			im->n_cache = 0;
+			strmap_free(&im->cache_index);
+			return;
+		}
+		*strmap_put(&im->cache_index, im->cache_strtab + c->path_off, c->path_len, NULL) = i;
+	}
+}
+
+static int64_t ts_ns(const struct timespec *t)
+{
+	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
+}
+
+static bool cache_lookup(struct imp *im, struct ient *e, bool want_norm)
+{
+	uint64_t *v = strmap_get(&im->cache_index, e->path, e->len);
+	if (!v)
+		return false;
+	struct cache_ent *c = &im->cache[*v];
+	if (c->dev != e->st.st_dev || c->ino != e->st.st_ino || c->size != (uint64_t)e->st.st_size ||
+	    c->mtime_ns != ts_ns(&e->st.st_mtim) || c->ctime_ns != ts_ns(&e->st.st_ctim))
+		return false;
+	if (e->needs_sha && !c->have_sha)
+		return false;
+	if ((bool)c->norm_considered != want_norm)
+		return false;
+	if (want_norm) {
+		struct ient *src = &im->e[e->src];
+		if (c->src_mtime_ns != ts_ns(&src->st.st_mtim) || c->src_size != (uint64_t)src->st.st_size)
+			return false;
+	}
+	memcpy(e->obj.hash, c->obj_hash, 16);
+	e->obj.seq = c->obj_seq;
+	if (!store_object_exists(im->s, &e->obj))
+		return false;
+	e->tflags = c->tflags;
+	e->have_sha = c->have_sha;
+	e->norm_considered = c->norm_considered;
+	memcpy(e->sha, c->sha, 32);
+	return true;
+}
+
+static void cache_save(struct imp *im)
+{
+	struct buf out = {0}, strtab = {0};
+	uint64_t n = 0;
+
+	buf_add(&out, CACHE_MAGIC, 8);
+	buf_add(&out, &im->cache_key, 8);
+	buf_add(&out, &n, 8);
+	for (size_t i = 0; i < im->n; i++) {
+		struct ient *e = &im->e[i];
+		if (!S_ISREG(e->st.st_mode))
+			continue;
+		/* racy: modified too recently to trust a later equal stat */
+		if (e->st.st_mtim.tv_sec >= im->start_sec - 2 || e->st.st_ctim.tv_sec >= im->start_sec - 2)
+			continue;
+		struct cache_ent c;
+		memset(&c, 0, sizeof(c));
+		c.path_off = (uint32_t)strtab.len;
+		c.path_len = e->len;
+		buf_add(&strtab, e->path, e->len);
+		c.dev = e->st.st_dev;
+		c.ino = e->st.st_ino;
+		c.size = (uint64_t)e->st.st_size;
+		c.mtime_ns = ts_ns(&e->st.st_mtim);
+		c.ctime_ns = ts_ns(&e->st.st_ctim);
+		if (e->norm_considered && e->src != NO_ENT) {
+			c.src_mtime_ns = ts_ns(&im->e[e->src].st.st_mtim);
+			c.src_size = (uint64_t)im->e[e->src].st.st_size;
+		}
+		memcpy(c.obj_hash, e->obj.hash, 16);
+		c.obj_seq = e->obj.seq;
+		c.tflags = e->tflags;
+		c.have_sha = e->have_sha;
+		c.norm_considered = e->norm_considered;
+		memcpy(c.sha, e->sha, 32);
+		buf_add(&out, &c, sizeof(c));
+		n++;
+	}
+	memcpy(out.data + 16, &n, 8);
+	buf_add(&out, strtab.data ? strtab.data : "", strtab.len);
+	/* A cache: losing it costs time, not data, so no fsync dance needed
+	 * beyond what write_file_atomic does anyway. */
+	write_file_atomic(im->s->fd, im->cache_name, out.data, out.len, 0644);
+	buf_free(&out);
+	buf_free(&strtab);
+}
+
+/* ---- 3. read ----------------------------------------------------------------- */
+
+static bool is_template_candidate(const struct ient *e)
+{
+	if (!strcmp(e->path, "pyvenv.cfg"))
+		return true;
+	return str_has_prefix(e->path, "bin/") && !strchr(e->path + 4, '/');
+}
+
+static bool is_activate(const struct ient *e)
+{
+	return str_has_prefix(e->path, "bin/activate");
+}
+
+/* Should this pyc be normalised, if its header is valid for its source? */
+static bool want_norm(struct imp *im, const struct ient *e)
+{
+	int32_t d = e->owner >= 0 ? e->owner : e->pyc_cand;
+
+	return d >= 0 && e->src != NO_ENT && im->e[e->src].owner == d;
+}
+
+static void set_error(struct imp *im, int r)
+{
+	pthread_mutex_lock(&im->lock);
+	if (!im->error) {
+		im->error = r;
+		snprintf(im->error_msg, sizeof(im->error_msg), "%s", vf_last_error());
+	}
+	pthread_mutex_unlock(&im->lock);
+}
+
+/* Read entry i, and store its content in the form the env will need. */
+static int read_one(struct imp *im, uint32_t i, struct buf *scratch, bool allow_norm)
+{
+	struct ient *e = &im->e[i];
+	bool norm = allow_norm && want_norm(im, e);
+	_cleanup_close_ int fd = -1;
+	void *data = NULL;
+	size_t len = (size_t)e->st.st_size;
+	bool mapped = false;
+	uint64_t added = 0;
+	int r = 0;
+
+	if (allow_norm && cache_lookup(im, e, norm)) {
+		__atomic_add_fetch(&im->st->cache_hits, 1, __ATOMIC_RELAXED);
+		return 0;
+	}
+	fd = open_beneath(im->rootfd, e->path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0)
+		return vf_error_errno(-fd, "%s/%s", im->abs, e->path);
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return vf_error_errno(errno, "%s/%s", im->abs, e->path);
+	if (!S_ISREG(st.st_mode) || st.st_size != e->st.st_size)
+		return vf_error(EAGAIN, "%s/%s changed during the import; run it again", im->abs, e->path);
+	if (len > SMALL_FILE) {
+		data = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (data == MAP_FAILED)
+			return vf_error_errno(errno, "%s/%s: mmap", im->abs, e->path);
+		madvise(data, len, MADV_SEQUENTIAL);
+		mapped = true;
+	} else {
+		buf_grow(scratch, len);
+		ssize_t n = read_full(fd, scratch->data, len);
+		if (n < 0)
+			return vf_error_errno((int)-n, "%s/%s", im->abs, e->path);
+		if ((size_t)n != len)
+			return vf_error(EAGAIN, "%s/%s changed during the import; run it again", im->abs, e->path);
+		data = scratch->data;
+	}
+
+	if (e->needs_sha) {
+		sha256_raw(data, len, e->sha);
+		e->have_sha = true;
+	}
+	const void *put = data;
+	size_t put_len = len;
+	_cleanup_buf_ struct buf alt = {0};
+	e->tflags = 0;
+	e->norm_considered = norm;
+	if (is_template_candidate(e)) {
+		struct tpl_paths tp = {
+			.env = im->abs,
+			.env_real = im->real,
+			.prompt = is_activate(e) ? im->prompt : NULL,
+		};
+		if (tpl_make_subst(data, len, &tp, &alt) == 1) {
+			put = alt.data;
+			put_len = alt.len;
+			e->tflags |= TREE_F_TEMPLATE;
+		}
+	} else if (norm) {
+		uint32_t hm, hs;
+		const struct ient *src = &im->e[e->src];
+		if (pyc_timestamp_header(data, len, &hm, &hs) && hm == (uint32_t)src->st.st_mtim.tv_sec &&
+		    hs == (uint32_t)src->st.st_size) {
+			buf_add(&alt, data, len);
+			pyc_set_mtime(alt.data, (uint32_t)TREE_STORE_MTIME);
+			put = alt.data;
+			put_len = alt.len;
+			e->tflags |= TREE_F_PYC_NORM;
+		}
+	}
+	r = store_txn_put(im->txn, put, put_len, &e->obj, &added);
+	if (mapped)
+		munmap(data, len);
+	if (r < 0)
+		return vf_error_prefix(-r, "%s/%s: ", im->abs, e->path);
+	__atomic_add_fetch(&im->st->new_bytes, added, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static void *read_worker(void *arg)
+{
+	struct imp *im = arg;
+	struct buf scratch = {0};
+
+	for (;;) {
+		size_t k = __atomic_fetch_add(&im->next_work, 1, __ATOMIC_RELAXED);
+		if (k >= im->n_work || __atomic_load_n(&im->error, __ATOMIC_RELAXED))
+			break;
+		uint32_t i = im->work[k];
+		int r = read_one(im, i, &scratch, true);
+		if (r < 0) {
+			set_error(im, r);
+			break;
+		}
+		uint64_t files = __atomic_add_fetch(&im->done_files, 1, __ATOMIC_RELAXED);
+		uint64_t bytes = __atomic_add_fetch(&im->done_bytes, (uint64_t)im->e[i].st.st_size, __ATOMIC_RELAXED);
+		progress_update(&im->prog, files, im->n_work, bytes);
+		if (store_txn_pending_bytes(im->txn) > FLUSH_BYTES && pthread_mutex_trylock(&im->lock) == 0) {
+			r = store_txn_flush(im->txn);
+			pthread_mutex_unlock(&im->lock);
+			if (r < 0) {
+				set_error(im, r);
+				break;
+			}
+		}
+	}
+	buf_free(&scratch);
+	return NULL;
+}
+
+static int read_all(struct imp *im)
+{
+	unsigned nt = im->o->threads ? im->o->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	pthread_t th[16];
+
+	nt = MAX(1u, MIN(nt, ARRAY_SIZE(th)));
+	im->work = xmalloc((im->n + 1) * sizeof(uint32_t));
+	for (uint32_t i = 0; i < im->n; i++)
+		if (S_ISREG(im->e[i].st.st_mode)) {
+			im->work[im->n_work++] = i;
+			im->st->bytes += (uint64_t)im->e[i].st.st_size;
+		}
+	progress_init(&im->prog, "importing", im->o->progress);
+	unsigned started = 0;
+	for (unsigned t = 1; t < nt; t++)
+		if (pthread_create(&th[t], NULL, read_worker, im) == 0)
+			started = t;
+	read_worker(im);
+	for (unsigned t = 1; t <= started; t++)
+		pthread_join(th[t], NULL);
+	progress_done(&im->prog);
+	if (im->error)
+		return vf_error(-im->error, "%s", im->error_msg);
+	return 0;
+}
+
+/* ---- 4. classify --------------------------------------------------------------- */
+
+static int classify(struct imp *im)
+{
+	_cleanup_buf_ struct buf scratch = {0};
+	char want[RECORD_HASH_MAX];
+
+	for (size_t k = 0; k < im->nd; k++) {
+		struct dist *d = &im->d[k];
+		for (size_t j = 0; j < d->rec.n; j++) {
+			uint32_t ei = d->row_ent[j];
+			struct record_row *row = &d->rec.rows[j];
+			if (ei == NO_ENT)
+				continue;
+			struct ient *e = &im->e[ei];
+			if (S_ISLNK(e->st.st_mode)) {
+				if (row->hash[0])
+					dist_why(d, "%s is a symlink with a hash", row->path);
+				continue;
+			}
+			if (row->size >= 0 && row->size != e->st.st_size) {
+				dist_why(d, "%s has changed (size %lld, RECORD says %lld)", row->path,
+					 (long long)e->st.st_size, (long long)row->size);
+				continue;
+			}
+			if (!row->hash[0])
+				continue;
+			if (!str_has_prefix(row->hash, "sha256=")) {
+				dist_why(d, "%s: unsupported hash %s", row->path, row->hash);
+				continue;
+			}
+			memcpy(want, "sha256=", 7);
+			b64url_nopad(e->sha, 32, want + 7);
+			if (strcmp(want, row->hash) != 0)
+				dist_why(d, "%s has changed since it was installed", row->path);
+		}
+	}
+
+	/* Decide, then undo package-only transformations of what stays own. */
+	for (size_t i = 0; i < im->n; i++) {
+		struct ient *e = &im->e[i];
+		int32_t d = e->owner >= 0 ? e->owner : e->pyc_cand;
+		if (d < 0)
+			continue;
+		bool pkg = !im->d[d].mismatch;
+		if (e->owner < 0) {
+			/* an unlisted pyc joins its package only if it was valid */
+			if (pkg && (e->tflags & TREE_F_PYC_NORM))
+				e->owner = d;
+			e->pyc_cand = -1;
+		}
+		if (!pkg) {
+			e->owner = -1;
+			if (e->tflags & TREE_F_PYC_NORM) {
+				int r = read_one(im, (uint32_t)i, &scratch, false);
+				if (r < 0)
+					return r;
+			}
+		}
+	}
+	for (size_t k = 0; k < im->nd; k++) {
+		struct dist *d = &im->d[k];
+		if (d->mismatch) {
+			im->st->own_dists++;
+			warn(im, "%s/%s: kept as this env's own files, not shared: %s%s", im->abs,
+			     im->e[d->dir_ent].path, d->why.data, d->n_why > 5 ? " (and more)" : "");
+		}
+	}
+	return 0;
+}
+
+/* ---- 5. build ------------------------------------------------------------------ */
+
+static void read_metadata(struct imp *im, struct dist *d)
+{
+	_cleanup_buf_ struct buf meta = {0}, val = {0};
+	_cleanup_free_ char *mp = xasprintf("%s/METADATA", im->e[d->dir_ent].path);
+	_cleanup_free_ char *wp = xasprintf("%s/WHEEL", im->e[d->dir_ent].path);
+	int fd;
+
+	/* dist-info name: {name}-{version}.dist-info */
+	const char *base = strrchr(im->e[d->dir_ent].path, '/');
+	base = base ? base + 1 : im->e[d->dir_ent].path;
+	size_t blen = strlen(base) - strlen(".dist-info");
+	const char *dash = memchr(base, '-', blen);
+	_cleanup_free_ char *dname = xstrndup(base, dash ? (size_t)(dash - base) : blen);
+	_cleanup_free_ char *dver = dash ? xstrndup(dash + 1, blen - (size_t)(dash + 1 - base)) : xstrdup("0");
+
+	if ((fd = open_beneath(im->rootfd, mp, O_RDONLY)) >= 0) {
+		struct stat st;
+		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 24)) {
+			buf_grow(&meta, (size_t)st.st_size);
+			ssize_t n = read_full(fd, meta.data, (size_t)st.st_size);
+			meta.len = n > 0 ? (size_t)n : 0;
+			meta.data[meta.len] = '\0';
+		}
+		close(fd);
+	}
+	if (meta.len && rfc822_get(meta.data, meta.len, "Name", ' ', &val))
+		d->name = pep503_normalize(val.data, val.len);
+	else
+		d->name = pep503_normalize(dname, strlen(dname));
+	if (meta.len && rfc822_get(meta.data, meta.len, "Version", ' ', &val))
+		d->version = xstrdup(val.data);
+	else
+		d->version = xstrdup(dver);
+	if (meta.len) {
+		rfc822_get(meta.data, meta.len, "Requires-Dist", '\n', &d->requires);
+		rfc822_get(meta.data, meta.len, "Requires-Python", ' ', &d->requires_python);
+	}
+	if ((fd = open_beneath(im->rootfd, wp, O_RDONLY)) >= 0) {
+		_cleanup_buf_ struct buf wheel = {0};
+		struct stat st;
+		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 20)) {
+			buf_grow(&wheel, (size_t)st.st_size);
+			ssize_t n = read_full(fd, wheel.data, (size_t)st.st_size);
+			wheel.len = n > 0 ? (size_t)n : 0;
+			wheel.data[wheel.len] = '\0';
+			rfc822_get(wheel.data, wheel.len, "Tag", ' ', &d->tags);
+		}
+		close(fd);
+	}
+	/* names become directory names in the store */
+	if (!d->name[0] || strchr(d->name, '/') || d->name[0] == '.') {
+		free(d->name);
+		d->name = xstrdup("unnamed");
+	}
+}
+
+static void entry_from(const struct ient *e, struct tree_entry *te, bool package)
+{
+	memset(te, 0, sizeof(*te));
+	te->mode = e->st.st_mode;
+	te->mtime_sec = package ? TREE_STORE_MTIME : e->st.st_mtim.tv_sec;
+	te->mtime_nsec = package ? 0 : (uint32_t)e->st.st_mtim.tv_nsec;
+	if (S_ISREG(e->st.st_mode)) {
+		te->size = (uint64_t)e->st.st_size;
+		te->obj = e->obj;
+		te->flags = e->tflags;
+	} else if (S_ISCHR(e->st.st_mode) || S_ISBLK(e->st.st_mode)) {
+		te->dev_major = major(e->st.st_rdev);
+		te->dev_minor = minor(e->st.st_rdev);
+	}
+}
+
+static int add_symlink(struct imp *im, struct tree_builder *tb, unsigned root, const char *rel, const struct ient *e,
+		       struct tree_entry *te)
+{
+	char target[PATH_MAX + 1];
+	_cleanup_free_ char *dir = NULL;
+	const char *slash = strrchr(e->path, '/');
+	_cleanup_close_ int pfd = -1;
+
+	dir = slash ? xstrndup(e->path, (size_t)(slash - e->path)) : xstrdup("");
+	pfd = dir[0] ? open_beneath(im->rootfd, dir, O_RDONLY | O_DIRECTORY) : dup(im->rootfd);
+	ssize_t n = pfd >= 0 ? readlinkat(pfd, slash ? slash + 1 : e->path, target, sizeof(target) - 1) : -1;
+	if (n <= 0)
+		return vf_error_errno(errno, "%s/%s: readlink", im->abs, e->path);
+	te->target = target;
+	te->target_len = (size_t)n;
+	return tree_builder_add(tb, root, rel, strlen(rel), te);
+}
+
+/* Turn RECORD into a template if rows of path-dependent files need it. */
+static int record_template(struct imp *im, struct dist *d, bool *made, struct objid *id)
+{
+	_cleanup_buf_ struct buf blob = {0};
+	char want[RECORD_HASH_MAX];
+	size_t pos = 0;
+	uint64_t added;
+
+	*made = false;
+	tpl_record_begin(&blob);
+	for (size_t j = 0; j < d->rec.n; j++) {
+		uint32_t ei = d->row_ent[j];
+		struct record_row *row = &d->rec.rows[j];
+		if (ei == NO_ENT || !(im->e[ei].tflags & TREE_F_TEMPLATE) || !row->hash[0])
+			continue;
+		memcpy(want, "sha256=", 7);
+		b64url_nopad(im->e[ei].sha, 32, want + 7);
+		if (strcmp(want, row->hash) != 0)
+			continue;
+		tpl_record_literal(&blob, d->record_text.data + pos, row->hash_off - pos);
+		tpl_record_row(&blob, d->row_root[j], d->row_rel[j], strlen(d->row_rel[j]));
+		pos = row->row_end;
+		*made = true;
+	}
+	if (!*made)
+		return 0;
+	tpl_record_literal(&blob, d->record_text.data + pos, d->record_text.len - pos);
+	tpl_record_end(&blob);
+	int r = store_txn_put(im->txn, blob.data, blob.len, id, &added);
+	if (r < 0)
+		return vf_error_prefix(-r, "%s: ", d->record_what);
+	im->st->new_bytes += added;
+	return 0;
+}
+
+/* Path of an entry relative to a package root. */
+static bool rel_to_root(struct imp *im, const struct ient *e, unsigned *root, const char **rel)
+{
+	size_t sl = strlen(im->site);
+
+	if (e->len > sl && !strncmp(e->path, im->site, sl) && e->path[sl] == '/') {
+		*root = TREE_ROOT_SITE;
+		*rel = e->path + sl + 1;
+		return true;
+	}
+	if (e->len == sl && !strcmp(e->path, im->site)) {
+		*root = TREE_ROOT_SITE;
+		*rel = "";
+		return true;
+	}
+	*root = TREE_ROOT_ENV;
+	*rel = e->path;
+	return true;
+}
+
+static int build_package(struct imp *im, size_t k)
+{
+	struct dist *d = &im->d[k];
+	struct tree_builder *tb = tree_builder_new(TREE_PACKAGE);
+	struct tree_entry te;
+	uint32_t site_ent = find_ent(im, im->site, strlen(im->site));
+	int r = 0;
+
+	read_metadata(im, d);
+	tree_builder_set_str(tb, TREE_STR_NAME, d->name, strlen(d->name));
+	tree_builder_set_str(tb, TREE_STR_VERSION, d->version, strlen(d->version));
+	const char *dibase = strrchr(im->e[d->dir_ent].path, '/') + 1;
+	tree_builder_set_str(tb, TREE_STR_DIST_INFO, dibase, strlen(dibase));
+	tree_builder_set_str(tb, TREE_STR_TAGS, d->tags.data ? d->tags.data : "", d->tags.len);
+	tree_builder_set_str(tb, TREE_STR_REQUIRES, d->requires.data ? d->requires.data : "", d->requires.len);
+	tree_builder_set_str(tb, TREE_STR_REQUIRES_PYTHON, d->requires_python.data ? d->requires_python.data : "",
+			     d->requires_python.len);
+
+	/* the two roots take the modes of the env root and site-packages */
+	entry_from(&im->e[0], &te, true);
+	tree_builder_add(tb, TREE_ROOT_ENV, "", 0, &te);
+	entry_from(&im->e[site_ent], &te, true);
+	tree_builder_add(tb, TREE_ROOT_SITE, "", 0, &te);
+
+	bool record_tpl = false;
+	struct objid record_obj;
+	r = record_template(im, d, &record_tpl, &record_obj);
+	if (r < 0)
+		goto out;
+
+	for (uint32_t i = 0; i < im->n; i++) {
+		struct ient *e = &im->e[i];
+		unsigned root;
+		const char *rel;
+		if (e->owner != (int32_t)k)
+			continue;
+		rel_to_root(im, e, &root, &rel);
+		/* directories on the way, with the modes they really have */
+		for (uint32_t p = e->parent; p != 0 && p != site_ent; p = im->e[p].parent) {
+			unsigned proot;
+			const char *prel;
+			if (im->e[p].dir_added_by == (int32_t)k)
+				break;
+			im->e[p].dir_added_by = (int32_t)k;
+			rel_to_root(im, &im->e[p], &proot, &prel);
+			entry_from(&im->e[p], &te, true);
+			r = tree_builder_add(tb, proot, prel, strlen(prel), &te);
+			if (r < 0) {
+				r = vf_error_errno(-r, "%s/%s: cannot add to package %s", im->abs, im->e[p].path, d->name);
+				goto out;
+			}
+		}
+		entry_from(e, &te, true);
+		if (i == d->record_ent && record_tpl) {
+			te.obj = record_obj;
+			te.flags |= TREE_F_TEMPLATE;
+		}
+		if (S_ISLNK(e->st.st_mode))
+			r = add_symlink(im, tb, root, rel, e, &te);
+		else
+			r = tree_builder_add(tb, root, rel, strlen(rel), &te);
+		if (r < 0) {
+			r = vf_error_errno(-r, "%s/%s: cannot add to package %s", im->abs, e->path, d->name);
+			goto out;
+		}
+	}
+	r = tree_builder_finish(tb, &d->manifest);
+	if (r < 0)
+		goto out;
+
+	/* original mtimes of every node, for export */
+	struct tree *t;
+	r = tree_load(d->manifest.data, d->manifest.len, false, &t);
+	if (r < 0)
+		goto out;
+	_cleanup_buf_ struct buf path = {0}, full = {0};
+	d->n_nodes = t->n;
+	d->orig_mtimes = xmalloc((t->n + 1) * sizeof(int64_t));
+	for (uint32_t i = 0; i < t->n; i++) {
+		uint32_t root = tree_path(t, i, &path);
+		buf_reset(&full);
+		if (root == TREE_ROOT_SITE)
+			buf_adds(&full, im->site);
+		if (path.len) {
+			if (full.len)
+				buf_addc(&full, '/');
+			buf_add(&full, path.data, path.len);
+		}
+		uint32_t ei = find_ent(im, full.data ? full.data : "", full.len);
+		d->orig_mtimes[i] = ei != NO_ENT ? im->e[ei].st.st_mtim.tv_sec : TREE_STORE_MTIME;
+	}
+	tree_free(t);
+out:
+	tree_builder_free(tb);
+	return r;
+}
+
+static int build_env_tree(struct imp *im, struct objid *id)
+{
+	struct tree_builder *tb = tree_builder_new(TREE_ENV);
+	struct tree_entry te;
+	_cleanup_buf_ struct buf out = {0};
+	uint64_t added;
+	int r = 0;
+
+	/* Which directories does the env tree need? Empty ones, those with
+	 * own entries below, and the way to site-packages. */
+	for (uint32_t i = 1; i < im->n; i++) {
+		struct ient *e = &im->e[i];
+		if (e->owner >= 0 || (S_ISDIR(e->st.st_mode) && e->n_children))
+			continue;
+		for (uint32_t p = e->parent;; p = im->e[p].parent) {
+			if (im->e[p].has_own)
+				break;
+			im->e[p].has_own = true;
+			if (p == 0)
+				break;
+		}
+	}
+	for (uint32_t i = 0; i < im->n; i++) {
+		struct ient *e = &im->e[i];
+		if (e->owner >= 0)
+			continue;
+		if (S_ISDIR(e->st.st_mode) && e->n_children && !e->has_own && !e->site_chain && i != 0)
+			continue;
+		entry_from(e, &te, false);
+		if (S_ISLNK(e->st.st_mode))
+			r = add_symlink(im, tb, TREE_ROOT_ENV, e->path, e, &te);
+		else
+			r = tree_builder_add(tb, TREE_ROOT_ENV, e->path, e->len, &te);
+		if (r < 0) {
+			r = vf_error_errno(-r, "%s/%s: cannot add to the env tree", im->abs, e->path);
+			goto out;
+		}
+	}
+	r = tree_builder_finish(tb, &out);
+	if (r < 0)
+		goto out;
+	r = store_txn_put(im->txn, out.data, out.len, id, &added);
+	im->st->new_bytes += added;
+out:
+	tree_builder_free(tb);
+	return r;
+}
+
+/* ---- the import --------------------------------------------------------------- */
+
+char *venv_default_name(const char *venv_dir)
+{
+	_cleanup_free_ char *abs = path_absolute(venv_dir);
+	const char *base, *slash;
+	struct buf name = {0};
+
+	if (!abs)
+		return xstrdup("env");
+	slash = strrchr(abs, '/');
+	base = slash ? slash + 1 : abs;
+	/* "proj/.venv", "proj/venv": the project's name says more */
+	if ((base[0] == '.' || !strcmp(base, "venv") || !strcmp(base, "env")) && slash && slash != abs) {
+		const char *pslash = memrchr(abs, '/', (size_t)(slash - abs));
+		const char *pbase = pslash ? pslash + 1 : abs;
+		buf_add(&name, pbase, (size_t)(slash - pbase));
+	} else {
+		buf_adds(&name, base);
+	}
+	for (size_t i = 0; i < name.len; i++) {
+		char c = name.data[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+		      c == '-' || c == '+'))
+			name.data[i] = '_';
+	}
+	while (name.len && (name.data[0] == '.' || name.data[0] == '-'))
+		memmove(name.data, name.data + 1, name.len--);
+	if (!name.len)
+		buf_adds(&name, "env");
+	return name.data;
+}
+
+static char *cfg_version(struct imp *im)
+{
+	const char *v = pyvenv_cfg_get(&im->cfg, "version");
+	if (!v)
+		v = pyvenv_cfg_get(&im->cfg, "version_info");
+	if (!v)
+		return NULL;
+	/* "3.11.7.final.0" -> "3.11.7" */
+	int dots = 0;
+	size_t n = 0;
+	while (v[n] && (v[n] == '.' || (v[n] >= '0' && v[n] <= '9'))) {
+		if (v[n] == '.' && ++dots == 3)
+			break;
+		n++;
+	}
+	while (n && v[n - 1] == '.')
+		n--;
+	return n ? xstrndup(v, n) : NULL;
+}
+
+static void imp_free(struct imp *im)
+{
+	for (size_t i = 0; i < im->n; i++)
+		free(im->e[i].path);
+	free(im->e);
+	strmap_free(&im->index);
+	for (size_t k = 0; k < im->nd; k++) {
+		struct dist *d = &im->d[k];
+		free(d->record_what);
+		buf_free(&d->record_text);
+		for (size_t j = 0; j < d->rec.n; j++)
+			free(d->row_rel[j]);
+		record_free(&d->rec);
+		free(d->row_ent);
+		free(d->row_root);
+		free(d->row_rel);
+		buf_free(&d->why);
+		free(d->name);
+		free(d->version);
+		buf_free(&d->tags);
+		buf_free(&d->requires);
+		buf_free(&d->requires_python);
+		buf_free(&d->manifest);
+		free(d->orig_mtimes);
+	}
+	free(im->d);
+	pyvenv_cfg_free(&im->cfg);
+	free(im->abs);
+	free(im->real);
+	free(im->site);
+	free(im->prompt);
+	free(im->work);
+	if (im->rootfd >= 0)
+		close(im->rootfd);
+	free(im->cache);
+	free(im->cache_strtab);
+	strmap_free(&im->cache_index);
+	free(im->cache_name);
+	pthread_mutex_destroy(&im->lock);
+}
+
+static int check_venv(struct imp *im, struct env *env)
+{
+	_cleanup_buf_ struct buf text = {0};
+	int r;
+
+	r = read_file_at(im->rootfd, "pyvenv.cfg", 1 << 20, &text);
+	if (r == -ENOENT)
+		return vf_error(EINVAL, "%s: not a virtual environment (no pyvenv.cfg)", im->abs);
+	if (r < 0)
+		return vf_error_prefix(-r, "%s: ", im->abs);
+	pyvenv_cfg_parse(text.data, text.len, &im->cfg);
+	const char *home = pyvenv_cfg_get(&im->cfg, "home");
+	if (!home || !home[0])
+		return vf_error(EINVAL, "%s/pyvenv.cfg: no 'home' key: not a virtual environment", im->abs);
+	env->python_home = xstrdup(home);
+	env->python_version = cfg_version(im);
+	if (!env->python_version) {
+		/* derive X.Y from the lib/pythonX.Y directory */
+		for (uint32_t i = 0; i < im->n; i++)
+			if (im->e[i].parent != i && !strncmp(im->e[i].path, "lib/python", 10) &&
+			    !strchr(im->e[i].path + 4, '/') && S_ISDIR(im->e[i].st.st_mode))
+				env->python_version = xstrdup(im->e[i].path + 10);
+		if (!env->python_version)
+			return vf_error(EINVAL, "%s/pyvenv.cfg: no Python version and no lib/pythonX.Y", im->abs);
+	}
+	const char *exe = pyvenv_cfg_get(&im->cfg, "executable");
+	if (!exe)
+		exe = pyvenv_cfg_get(&im->cfg, "base-executable");
+	_cleanup_buf_ struct buf t = {0};
+	uint32_t pe = find_ent(im, "bin/python", 10);
+	if (!exe && pe != NO_ENT && S_ISLNK(im->e[pe].st.st_mode)) {
+		char target[PATH_MAX + 1];
+		ssize_t n = readlinkat(im->rootfd, "bin/python", target, sizeof(target) - 1);
+		if (n > 0 && target[0] == '/') {
+			target[n] = '\0';
+			env->python_executable = xstrdup(target);
+		}
+	}
+	if (!env->python_executable) {
+		_cleanup_free_ char *xy = env_python_xy(env);
+		env->python_executable = exe ? xstrdup(exe) : xasprintf("%s/python%s", home, xy);
+	}
+	const char *ssp = pyvenv_cfg_get(&im->cfg, "include-system-site-packages");
+	env->system_site_packages = ssp && !strcasecmp(ssp, "true");
+	const char *prompt = pyvenv_cfg_get(&im->cfg, "prompt");
+	if (prompt) {
+		/* venv writes prompt = 'name' (repr) */
+		size_t pl = strlen(prompt);
+		if (pl >= 2 && (prompt[0] == '\'' || prompt[0] == '"') && prompt[pl - 1] == prompt[0])
+			env->prompt = xstrndup(prompt + 1, pl - 2);
+		else
+			env->prompt = xstrdup(prompt);
+	} else {
+		/* activate scripts spell "(<dir name>) " */
+		const char *base = strrchr(im->abs, '/');
+		im->prompt = xstrdup(base && base[1] ? base + 1 : im->abs);
+	}
+	im->site = env_site_dir(env);
+	uint32_t si = find_ent(im, im->site, strlen(im->site));
+	if (si == NO_ENT || !S_ISDIR(im->e[si].st.st_mode))
+		return vf_error(EINVAL, "%s: not a virtual environment (no %s directory)", im->abs, im->site);
+	for (uint32_t p = si; p != 0; p = im->e[p].parent)
+		im->e[p].site_chain = true;
+	return 0;
+}
+
+int venv_import(struct store *s, const char *venv_dir, const struct import_opts *o, struct import_stats *st)
+{
+	struct imp im;
+	struct env *env = xcalloc(1, sizeof(*env));
+	struct stat rst;
+	int r;
+
+	memset(&im, 0, sizeof(im));
+	memset(st, 0, sizeof(*st));
+	im.s = s;
+	im.o = o;
+	im.st = st;
+	im.rootfd = -1;
+	im.start_sec = time(NULL);
+	pthread_mutex_init(&im.lock, NULL);
+
+	im.abs = path_absolute(venv_dir);
+	im.real = realpath(venv_dir, NULL);
+	if (!im.abs || !im.real) {
+		r = vf_error_errno(errno, "%s", venv_dir);
+		goto out;
+	}
+	im.rootfd = open(im.real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (im.rootfd < 0 || fstat(im.rootfd, &rst) < 0) {
+		r = errno == ENOTDIR ? vf_error(EINVAL, "%s: not a directory", venv_dir)
+				     : vf_error_errno(errno, "%s", venv_dir);
+		goto out;
+	}
+	env->name = o->name ? xstrdup(o->name) : venv_default_name(venv_dir);
+	if (!env_valid_name(env->name)) {
+		r = vf_error(EINVAL, "%s: not a valid env name (use letters, digits, '.', '_', '-', '+')", env->name);
+		goto out;
+	}
+	st->env_name = xstrdup(env->name);
+
+	/* 1. walk */
+	add_ent(&im, "", 0, 0, &rst);
+	st->dirs = 1;
+	r = walk_dir(&im, dup(im.rootfd), 0);
+	if (r < 0)
+		goto out;
+	r = check_venv(&im, env);
+	if (r < 0)
+		goto out;
+	struct env *old = NULL;
+	if (env_load(s, env->name, &old) == 0) {
+		/* Importing the same venv again updates its env; another venv
+		 * must not silently take over the name. */
+		bool same = old->origin && !strcmp(old->origin, im.abs);
+		_cleanup_free_ char *from = old->origin ? xstrdup(old->origin) : xstrdup("(created, not imported)");
+		env->uid = old->uid;
+		env_free(old);
+		if (!same) {
+			r = vf_error(EEXIST, "an env named %s already exists (from %s); choose another with --name",
+				     env->name, from);
+			goto out;
+		}
+	}
+	vf_clear_error();
+
+	/* 2. records: all fatal checks happen here, before any write */
+	r = read_records(&im);
+	if (r < 0)
+		goto out;
+
+	/* Writers share the store lock; gc waits for us, and we for it. */
+	r = store_lock(s, LOCK_SH, true);
+	if (r < 0)
+		goto out;
+	cache_load(&im);
+	im.txn = store_txn_begin(s);
+
+	/* 3. read */
+	r = read_all(&im);
+	if (r < 0)
+		goto out;
+
+	/* 4. classify */
+	r = classify(&im);
+	if (r < 0)
+		goto out;
+
+	/* 5. build */
+	while (!env->uid)
+		env->uid = random_u64();
+	env->origin = xstrdup(im.abs);
+	env->created = (int64_t)time(NULL);
+	_cleanup_buf_ struct buf mt = {0};
+	uint32_t n_pkgs = 0;
+	for (size_t k = 0; k < im.nd; k++)
+		n_pkgs += !im.d[k].mismatch;
+	view_mtimes_encode_begin(&mt, n_pkgs);
+	for (size_t k = 0; k < im.nd; k++) {
+		if (im.d[k].mismatch)
+			continue;
+		r = build_package(&im, k);
+		if (r < 0)
+			goto out;
+		view_mtimes_encode_pkg(&mt, im.d[k].orig_mtimes, im.d[k].n_nodes);
+	}
+	r = build_env_tree(&im, &env->tree);
+	if (r < 0)
+		goto out;
+	uint64_t added;
+	r = store_txn_put(im.txn, mt.data, mt.len, &env->mtimes, &added);
+	if (r < 0)
+		goto out;
+	env->has_mtimes = true;
+
+	/* 6. commit: objects, then packages, then the env */
+	r = store_txn_commit(im.txn);
+	im.txn = NULL;
+	if (r < 0)
+		goto out;
+	for (size_t k = 0; k < im.nd; k++) {
+		struct dist *d = &im.d[k];
+		if (d->mismatch)
+			continue;
+		r = store_package_put(s, d->name, d->manifest.data, d->manifest.len, &d->pkg_id);
+		if (r < 0)
+			goto out;
+		env_add_package(env, &d->pkg_id, d->name, d->version);
+		st->packages++;
+	}
+	r = env_install(s, env, true, NULL);
+	if (r < 0)
+		goto out;
+	cache_save(&im);
+out:
+	if (im.txn)
+		store_txn_abort(im.txn);
+	store_unlock(s);
+	env_free(env);
+	imp_free(&im);
+	return r;
+}

@@ -1,0 +1,151 @@
+/*
+ * store.h - the content-addressed store: its directory layout, objects,
+ * insert transactions and locks.
+ *
+ * A store is one directory and nothing else (no server):
+ *
+ *   HOME/venvfs-store          format marker ("venvfs store 1")
+ *   HOME/lock                  flock: shared by writers, exclusive for gc
+ *   HOME/objects/ab/cdef...    immutable file contents, named by XXH3-128
+ *   HOME/packages/NAME/ID      immutable package manifests (tree.h format)
+ *   HOME/envs/NAME/            one environment (env.h)
+ *   HOME/tmp/                  temp files of inserts in progress
+ *   HOME/cache/                disposable caches (import stat cache)
+ *   HOME/log/                  daemon logs
+ *
+ * Objects are named by the 128-bit XXH3 hash of their content, written as
+ * 32 hex digits and fanned out on the first two ("ab/" + 30 digits).
+ * XXH3 is fast but not collision-resistant, so a name is a claim, not a
+ * proof: an insert that finds an object of the same name compares bytes,
+ * and a different content with the same hash gets the next free suffix
+ * ("ab/cdef....1", ".2", ...). An object id is therefore (hash, seq).
+ *
+ * Crash safety of inserts: an object only ever appears under its final
+ * name complete and durable. Inserts are grouped in a transaction: each
+ * new content is written to a temp file in HOME/tmp, then one syncfs()
+ * makes all of them durable, then each is renamed into place without
+ * replacing anything (RENAME_NOREPLACE), then a second syncfs() makes the
+ * names durable before any manifest that references them is written. This
+ * is the "temp file, fsync, rename" protocol with the fsyncs batched, as
+ * ostree does. A crash leaves at most unreferenced temp files, which gc
+ * removes.
+ */
+#ifndef VENVFS_STORE_H
+#define VENVFS_STORE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define STORE_FORMAT_MARKER "venvfs store 1\n"
+
+/* Object ids ------------------------------------------------------------- */
+
+struct objid {
+	uint8_t hash[16]; /* XXH3-128 of the content, canonical big-endian form */
+	uint32_t seq;     /* 0, or n for the n-th distinct content with this hash */
+};
+
+/* "ab..." (32 hex) or "ab....N" */
+#define OBJID_STR_MAX 48
+void objid_format(const struct objid *id, char out[OBJID_STR_MAX]);
+/* Relative path in objects/: "ab/cdef..." */
+void objid_path(const struct objid *id, char out[OBJID_STR_MAX]);
+int objid_parse(const char *s, size_t n, struct objid *id);
+bool objid_equal(const struct objid *a, const struct objid *b);
+bool objid_is_zero(const struct objid *id);
+
+/* The content hash function; tests replace it to force collisions. */
+typedef void (*store_hash_fn)(const void *data, size_t len, uint8_t out[16]);
+void store_hash_xxh3(const void *data, size_t len, uint8_t out[16]);
+
+/* The store ------------------------------------------------------------- */
+
+struct store {
+	char *home;         /* absolute path of the store directory */
+	int fd;             /* HOME */
+	int objects_fd;     /* HOME/objects */
+	int packages_fd;    /* HOME/packages */
+	int envs_fd;        /* HOME/envs */
+	int tmp_fd;         /* HOME/tmp */
+	int lock_fd;        /* HOME/lock */
+	int lock_held;      /* 0, LOCK_SH or LOCK_EX */
+	store_hash_fn hash; /* store_hash_xxh3 unless a test says otherwise */
+};
+
+/*
+ * The store directory to use: explicit (--home), else $VENVFS_HOME, else
+ * ${XDG_DATA_HOME:-$HOME/.local/share}/venvfs. Returns a malloc'd string.
+ */
+char *store_default_home(const char *explicit_home);
+
+/* Open (and with create, initialise) the store at home. */
+int store_open(const char *home, bool create, struct store **out);
+void store_close(struct store *s);
+
+/*
+ * Take the store lock: LOCK_SH for anything that adds content (import,
+ * create, absorb), LOCK_EX for gc. With wait, blocks (printing nothing);
+ * without, fails with -EWOULDBLOCK.
+ */
+int store_lock(struct store *s, int how, bool wait);
+void store_unlock(struct store *s);
+
+/* Objects ----------------------------------------------------------------- */
+
+/* Open an object for reading; returns an fd or a negative errno. */
+int store_object_open(struct store *s, const struct objid *id);
+
+/* Read a whole object (at most max bytes) into out. */
+int store_object_read(struct store *s, const struct objid *id, size_t max, struct buf *out);
+
+/* True if the object exists (stat only). */
+bool store_object_exists(struct store *s, const struct objid *id);
+
+/*
+ * Check one object: it exists, is a regular file, its content hashes to its
+ * name. Returns 0, or a negative errno with the reason in vf_last_error().
+ */
+int store_object_verify(struct store *s, const struct objid *id, uint64_t *size_out);
+
+/* Insert transactions ---------------------------------------------------- */
+
+struct store_txn;
+
+struct store_txn *store_txn_begin(struct store *s);
+
+/*
+ * Add content to the store (thread-safe). Sets *id to the object that
+ * holds exactly these bytes: an existing one (after comparing bytes) or a
+ * new one, visible after the next store_txn_flush(). *added is set to the
+ * number of bytes newly written (0 if deduplicated).
+ */
+int store_txn_put(struct store_txn *t, const void *data, size_t len, struct objid *id, uint64_t *added);
+
+/* Make every pending insert durable and visible (see the comment above). */
+int store_txn_flush(struct store_txn *t);
+
+/* Bytes written to temp files and not yet flushed. */
+uint64_t store_txn_pending_bytes(struct store_txn *t);
+
+/* Flush, then free. Returns the flush result. */
+int store_txn_commit(struct store_txn *t);
+
+/* Drop pending temp files and free. */
+void store_txn_abort(struct store_txn *t);
+
+/* Packages --------------------------------------------------------------- */
+
+/*
+ * Store a package manifest under packages/NAME/, content-addressed like an
+ * object (the same collision rule). Durable on return.
+ */
+int store_package_put(struct store *s, const char *name, const void *data, size_t len, struct objid *id);
+
+/* Open packages/NAME/ID; returns an fd or a negative errno. */
+int store_package_open(struct store *s, const char *name, const struct objid *id);
+
+#endif

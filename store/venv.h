@@ -1,0 +1,52 @@
+/*
+ * venv.h - moving real virtual environments into and out of the store.
+ *
+ * venv_import() takes a venv made by `python -m venv`, virtualenv or uv
+ * and records it as an env: each *.dist-info with a consistent RECORD
+ * becomes a package (shared by every env that has the same files), every
+ * other file becomes part of the env's own tree. Nothing is lost and the
+ * venv is not modified; nothing outside it is ever read. venv_export()
+ * writes an env back out as a real venv directory.
+ */
+#ifndef VENVFS_VENV_H
+#define VENVFS_VENV_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "store.h"
+
+struct import_opts {
+	const char *name;  /* env name; NULL: derived from the directory */
+	unsigned threads;  /* 0: one per CPU */
+	bool progress;     /* progress on a terminal */
+	bool no_cache;     /* ignore the stat cache of earlier imports */
+	/* warnings (files kept as env content, ...); NULL: stderr */
+	void (*warn)(void *ctx, const char *msg);
+	void *warn_ctx;
+};
+
+struct import_stats {
+	uint64_t files, dirs, symlinks, special;
+	uint64_t bytes;          /* content bytes read or reused */
+	uint64_t new_bytes;      /* bytes newly written to the store */
+	uint64_t packages;       /* distributions stored as packages */
+	uint64_t own_dists;      /* distributions kept as env content */
+	uint64_t cache_hits;     /* files not re-read thanks to the stat cache */
+	uint64_t warnings;
+	char *env_name;          /* malloc'd */
+};
+
+int venv_import(struct store *s, const char *venv_dir, const struct import_opts *o, struct import_stats *st);
+
+struct export_opts {
+	bool progress;
+};
+
+/* Write env name as a real venv at dir (which must not exist, or be empty). */
+int venv_export(struct store *s, const char *name, const char *dir, const struct export_opts *o);
+
+/* The env name venv_import() derives from a directory. */
+char *venv_default_name(const char *venv_dir);
+
+#endif

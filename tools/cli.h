@@ -1,0 +1,36 @@
+/*
+ * cli.h - what the venvfs subcommands share: the command table entry,
+ * option parsing, and error reporting conventions (exit 0 success, 1
+ * failure with "venvfs CMD: message", 2 usage error).
+ */
+#ifndef VENVFS_CLI_H
+#define VENVFS_CLI_H
+
+#include <getopt.h>
+#include <stdbool.h>
+
+#include "store.h"
+#include "util.h"
+
+struct command {
+	const char *name;
+	const char *summary; /* one line for `venvfs --help` */
+	const char *usage;   /* "import VENV_DIR [--name NAME]" */
+	const char *help;    /* paragraph(s) for `venvfs CMD --help` */
+	int (*run)(const struct command *c, int argc, char **argv);
+};
+
+extern const char *opt_home;
+
+int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int fail(const char *cmd);
+int open_store(const char *cmd, bool create, struct store **s);
+int parse_opts(const struct command *c, int argc, char **argv, const struct option *extra, const char *shortopts,
+	       int (*on_opt)(int opt, const char *arg, void *ctx), void *ctx);
+
+/* "12.3 MB" */
+void human_bytes(uint64_t n, char out[32]);
+
+extern const struct command cmd_import, cmd_export, cmd_ls, cmd_rm, cmd_store, cmd_gc;
+
+#endif
