@@ -295,8 +295,7 @@ char *pyc_source_path(const char *path, size_t len)
 		return NULL;
 	if (dots == 3) {
 		const char *opt = memrchr(file, '.', flen - 4);
-		const char *prev = opt ? memrchr(file, '.', (size_t)(opt - file)) : NULL;
-		if (!prev || strncmp(prev + 1, "opt-", 4) != 0)
+		if (!opt || strncmp(opt + 1, "opt-", 4) != 0)
 			return NULL;
 	}
 	const char *dot = memchr(file, '.', flen);

@@ -12,6 +12,23 @@
 
 /* ---- reading -------------------------------------------------------------- */
 
+/* XXH3-64 of the whole manifest, with the checksum field taken as zero. */
+static uint64_t tree_checksum(const void *data, size_t len)
+{
+	struct tree_hdr h;
+	XXH3_state_t *st = XXH3_createState();
+	uint64_t r;
+
+	memcpy(&h, data, sizeof(h));
+	h.checksum = 0;
+	XXH3_64bits_reset(st);
+	XXH3_64bits_update(st, &h, sizeof(h));
+	XXH3_64bits_update(st, (const char *)data + sizeof(h), len - sizeof(h));
+	r = XXH3_64bits_digest(st);
+	XXH3_freeState(st);
+	return r;
+}
+
 static int name_cmp(const char *a, size_t alen, const char *b, size_t blen)
 {
 	int c = memcmp(a, b, MIN(alen, blen));
@@ -57,8 +74,10 @@ static int validate(struct tree *t, const char *what)
 	    h->strtab_off != h->nodes_off + (uint64_t)h->n_nodes * sizeof(struct tree_node) ||
 	    h->strtab_len > t->len - h->strtab_off || h->strtab_off + h->strtab_len != t->len)
 		return vf_error(EIO, "%s: bad section offsets", what);
-	if (XXH3_64bits(t->base + sizeof(*h), t->len - sizeof(*h)) != h->checksum)
+	if (tree_checksum(t->base, t->len) != h->checksum)
 		return vf_error(EIO, "%s: checksum mismatch (corrupt manifest)", what);
+	if (h->flags != 0 || h->reserved != 0)
+		return vf_error(EIO, "%s: unknown header flags", what);
 
 	t->hdr = h;
 	t->nodes = (const struct tree_node *)(t->base + h->nodes_off);
@@ -534,7 +553,7 @@ int tree_builder_finish(struct tree_builder *tb, struct buf *out)
 	buf_add(out, &hdr, sizeof(hdr));
 	buf_add(out, nodes, n * sizeof(*nodes));
 	buf_add(out, strtab.data, strtab.len);
-	((struct tree_hdr *)out->data)->checksum = XXH3_64bits(out->data + sizeof(hdr), out->len - sizeof(hdr));
+	((struct tree_hdr *)out->data)->checksum = tree_checksum(out->data, out->len);
 
 	free(nodes);
 	free(order);

@@ -21,7 +21,7 @@
  * in a directory is a binary search over its child range, a listing is a
  * walk over it, and nothing needs to be built in memory to use a tree: the
  * daemon maps the file and answers from the mapping. A checksum (XXH3-64)
- * covers everything after the header; tree_load() checks it and every
+ * covers the whole manifest; tree_load() checks it and every
  * offset and index, so a damaged manifest is rejected, never followed.
  *
  * Regular files name their content by object id. Files flagged
@@ -90,7 +90,7 @@ struct tree_hdr {
 	uint64_t total_bytes; /* sum of the sizes of regular files */
 	uint64_t n_files;     /* number of regular files */
 	struct tree_strref str[TREE_STR_COUNT];
-	uint64_t checksum;    /* XXH3-64 of everything after the header */
+	uint64_t checksum;    /* XXH3-64 of the manifest, this field as 0 */
 	uint64_t reserved;
 };
 

@@ -146,6 +146,7 @@ void buf_grow(struct buf *b, size_t extra)
 		cap *= 2;
 	b->data = xrealloc(b->data, cap);
 	b->cap = cap;
+	b->data[b->len] = '\0';
 }
 
 void buf_add(struct buf *b, const void *p, size_t n)

@@ -307,12 +307,8 @@ static int run_store(const struct command *c, int argc, char **argv)
 	if (argc - i < 1)
 		return usage_error(c->name, "expected ls, du or verify");
 	const char *sub = argv[i];
-	/* options may follow the subcommand too */
-	int j = parse_opts(c, argc - i, argv + i, opts, NULL, store_opt, &json);
-	if (j < 0)
-		return j == -1 ? 0 : 2;
-	if (argc - i - j > 0)
-		return usage_error(c->name, "unexpected argument %s", argv[i + j]);
+	if (argc - i > 1)
+		return usage_error(c->name, "unexpected argument %s", argv[i + 1]);
 	if (strcmp(sub, "ls") && strcmp(sub, "du") && strcmp(sub, "verify"))
 		return usage_error(c->name, "unknown subcommand %s (expected ls, du or verify)", sub);
 	if (open_store(c->name, true, &s))

@@ -53,7 +53,7 @@ int parse_opts(const struct command *c, int argc, char **argv, const struct opti
 {
 	struct option all[32];
 	size_t n = 0;
-	_cleanup_free_ char *so = xasprintf("+h%s", shortopts ? shortopts : "");
+	_cleanup_free_ char *so = xasprintf("h%s", shortopts ? shortopts : "");
 
 	all[n++] = (struct option){"help", no_argument, NULL, 'h'};
 	all[n++] = (struct option){"home", required_argument, NULL, 1000};
