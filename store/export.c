@@ -94,21 +94,31 @@ static int copy_object(struct exporter *x, const struct objid *id, int out, cons
 	return 0;
 }
 
-/* A normalised pyc gets back the header mtime of its source as imported. */
-static int restore_pyc_header(struct exporter *x, struct view_src src, int fd, const char *path)
+/*
+ * A normalised pyc gets back what it had in the venv: the header mtime of
+ * its source as imported, and the path it was compiled at (here, the
+ * export's path, as a fresh compile there would have).
+ */
+static int write_pyc(struct exporter *x, struct view_src src, const struct objid *id, int fd, const char *path)
 {
 	struct tree *t = x->v->layers[src.layer].tree;
-	_cleanup_buf_ struct buf p = {0};
+	_cleanup_buf_ struct buf obj = {0}, a = {0}, b = {0}, p = {0};
+	int r = store_object_read(x->s, id, 1u << 30, &obj);
+
+	if (r < 0)
+		return vf_error_prefix(-r, "%s: ", path);
 	uint32_t root = tree_path(t, src.node, &p);
 	_cleanup_free_ char *source = pyc_source_path(p.data, p.len);
 	uint32_t sn = source ? tree_lookup_path(t, root, source, strlen(source)) : TREE_NONE;
-
-	if (sn == TREE_NONE || !x->v->layers[src.layer].orig_mtimes)
-		return 0;
-	uint32_t m = (uint32_t)view_orig_mtime(x->v, (struct view_src){.layer = src.layer, .node = sn});
-	uint8_t hdr[4] = {(uint8_t)m, (uint8_t)(m >> 8), (uint8_t)(m >> 16), (uint8_t)(m >> 24)};
-	if (pwrite(fd, hdr, 4, 8) != 4)
-		return vf_error_errno(errno, "%s", path);
+	if (sn != TREE_NONE && x->v->layers[src.layer].orig_mtimes && obj.len >= PYC_HEADER_SIZE)
+		pyc_set_mtime(obj.data, (uint32_t)view_orig_mtime(x->v, (struct view_src){.layer = src.layer, .node = sn}));
+	_cleanup_free_ char *site = xasprintf("%s/%s/", x->dest, x->v->site_dir);
+	_cleanup_free_ char *envp = xasprintf("%s/", x->dest);
+	pyc_rewrite_strings(obj.data, obj.len, PYC_CANON_PREFIX "site-packages/", false, site, &a);
+	pyc_rewrite_strings(a.data, a.len, PYC_CANON_PREFIX "env/", false, envp, &b);
+	r = write_full(fd, b.data, b.len);
+	if (r < 0)
+		return vf_error_errno(-r, "%s", path);
 	return 0;
 }
 
@@ -157,14 +167,12 @@ static int export_entry(struct exporter *x, int dfd, const struct view_dir *d, c
 				return vf_error_errno(-r, "%s/%s", x->dest, path->data);
 		} else {
 			tree_node_objid(n, &id);
-			r = copy_object(x, &id, fd, path->data);
+			if (n->flags & TREE_F_PYC_NORM)
+				r = write_pyc(x, ent->top, &id, fd, path->data);
+			else
+				r = copy_object(x, &id, fd, path->data);
 			if (r < 0)
 				return r;
-			if (n->flags & TREE_F_PYC_NORM) {
-				r = restore_pyc_header(x, ent->top, fd, path->data);
-				if (r < 0)
-					return r;
-			}
 		}
 		if (fchmod(fd, n->mode & 07777) < 0 || futimens(fd, ts) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);

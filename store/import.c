@@ -63,7 +63,7 @@
 #include "view.h"
 
 #define NO_ENT UINT32_MAX
-#define FLUSH_BYTES (1ull << 30) /* flush a transaction after 1 GiB of new data */
+#define FLUSH_BYTES (256ull << 20) /* flush (make durable, visible) every 256 MiB */
 #define SMALL_FILE (1u << 20)
 
 /* One entry of the walked venv. */
@@ -87,6 +87,7 @@ struct ient {
 	uint16_t tflags;   /* TREE_F_* of the stored form */
 	uint8_t sha[32];
 	struct objid obj;
+	uint64_t stored_size; /* size of what was stored (differs for pycs) */
 };
 
 /* One *.dist-info with a RECORD. */
@@ -119,12 +120,13 @@ struct cache_ent {
 	uint64_t src_size;
 	uint8_t obj_hash[16];
 	uint32_t obj_seq;
+	uint64_t stored_size;
 	uint16_t tflags;
 	uint8_t have_sha, norm_considered;
 	uint8_t sha[32];
 };
 
-#define CACHE_MAGIC "VFSICAC1"
+#define CACHE_MAGIC "VFSICAC2"
 
 struct imp {
 	struct store *s;
@@ -563,6 +565,7 @@ static bool cache_lookup(struct imp *im, struct ient *e, bool want_norm)
 	if (!store_object_exists(im->s, &e->obj))
 		return false;
 	e->tflags = c->tflags;
+	e->stored_size = c->stored_size;
 	e->have_sha = c->have_sha;
 	e->norm_considered = c->norm_considered;
 	memcpy(e->sha, c->sha, 32);
@@ -601,6 +604,7 @@ static void cache_save(struct imp *im)
 		memcpy(c.obj_hash, e->obj.hash, 16);
 		c.obj_seq = e->obj.seq;
 		c.tflags = e->tflags;
+		c.stored_size = e->stored_size;
 		c.have_sha = e->have_sha;
 		c.norm_considered = e->norm_considered;
 		memcpy(c.sha, e->sha, 32);
@@ -617,6 +621,8 @@ static void cache_save(struct imp *im)
 }
 
 /* ---- 3. read ----------------------------------------------------------------- */
+
+static bool rel_to_root(struct imp *im, const struct ient *e, unsigned *root, const char **rel);
 
 static bool is_template_candidate(const struct ient *e)
 {
@@ -713,7 +719,16 @@ static int read_one(struct imp *im, uint32_t i, struct buf *scratch, bool allow_
 		const struct ient *src = &im->e[e->src];
 		if (pyc_timestamp_header(data, len, &hm, &hs) && hm == (uint32_t)src->st.st_mtim.tv_sec &&
 		    hs == (uint32_t)src->st.st_size) {
-			buf_add(&alt, data, len);
+			/* the compile path (co_filename) becomes canonical too */
+			unsigned root;
+			const char *rel;
+			rel_to_root(im, src, &root, &rel);
+			_cleanup_free_ char *canon = xasprintf("%s%s%s", PYC_CANON_PREFIX,
+							       root == TREE_ROOT_SITE ? "site-packages/" : "env/", rel);
+			_cleanup_free_ char *p1 = xasprintf("%s/%s", im->abs, src->path);
+			_cleanup_free_ char *p2 = xasprintf("%s/%s", im->real, src->path);
+			if (!pyc_rewrite_strings(data, len, p1, true, canon, &alt) && strcmp(p1, p2))
+				pyc_rewrite_strings(data, len, p2, true, canon, &alt);
 			pyc_set_mtime(alt.data, (uint32_t)TREE_STORE_MTIME);
 			put = alt.data;
 			put_len = alt.len;
@@ -721,6 +736,7 @@ static int read_one(struct imp *im, uint32_t i, struct buf *scratch, bool allow_
 		}
 	}
 	r = store_txn_put(im->txn, put, put_len, &e->obj, &added);
+	e->stored_size = put_len;
 	if (mapped)
 		munmap(data, len);
 	if (r < 0)
@@ -922,7 +938,9 @@ static void entry_from(const struct ient *e, struct tree_entry *te, bool package
 	te->mtime_sec = package ? TREE_STORE_MTIME : e->st.st_mtim.tv_sec;
 	te->mtime_nsec = package ? 0 : (uint32_t)e->st.st_mtim.tv_nsec;
 	if (S_ISREG(e->st.st_mode)) {
-		te->size = (uint64_t)e->st.st_size;
+		/* what the view serves: the stored content (templates: the
+		 * size they had; they are rendered anyway) */
+		te->size = (e->tflags & TREE_F_TEMPLATE) ? (uint64_t)e->st.st_size : e->stored_size;
 		te->obj = e->obj;
 		te->flags = e->tflags;
 	} else if (S_ISCHR(e->st.st_mode) || S_ISBLK(e->st.st_mode)) {

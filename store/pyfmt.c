@@ -275,6 +275,91 @@ void pyc_set_mtime(void *data, uint32_t mtime)
 	p[11] = (uint8_t)(mtime >> 24);
 }
 
+/* marshal.c type codes of str objects, and its "remember me" bit */
+#define M_FLAG_REF 0x80
+
+static bool m_short(int t)
+{
+	return t == 'z' || t == 'Z';
+}
+
+static bool m_str(int t)
+{
+	return m_short(t) || t == 'a' || t == 'A' || t == 'u' || t == 't';
+}
+
+static bool is_ascii(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] >= 0x80)
+			return false;
+	return true;
+}
+
+static void m_put_str(struct buf *out, int type, int ref, const char *s, size_t n)
+{
+	bool interned = type == 'A' || type == 'Z' || type == 't';
+	int t;
+
+	if (!is_ascii(s, n))
+		t = interned ? 't' : 'u';
+	else if (type == 'u' || type == 't')
+		t = type;
+	else if (n < 256)
+		t = interned ? 'Z' : 'z';
+	else
+		t = interned ? 'A' : 'a';
+	buf_addc(out, (char)(t | ref));
+	if (m_short(t)) {
+		buf_addc(out, (char)n);
+	} else {
+		uint8_t l[4] = {(uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
+		buf_add(out, l, 4);
+	}
+	buf_add(out, s, n);
+}
+
+size_t pyc_rewrite_strings(const void *data, size_t len, const char *needle, bool exact, const char *repl,
+			   struct buf *out)
+{
+	const char *d = data, *p = d + PYC_HEADER_SIZE, *end = d + len, *copied = d;
+	size_t nl = strlen(needle), rl = strlen(repl), count = 0;
+
+	buf_reset(out);
+	if (len < PYC_HEADER_SIZE || nl == 0)
+		goto done;
+	while ((p = memmem(p, (size_t)(end - p), needle, nl))) {
+		/* a str object is [type][len8] or [type][len32] just before */
+		const char *hdr = NULL;
+		size_t slen = 0;
+		int t2 = p - d >= PYC_HEADER_SIZE + 2 ? (unsigned char)p[-2] & ~M_FLAG_REF : 0;
+		int t5 = p - d >= PYC_HEADER_SIZE + 5 ? (unsigned char)p[-5] & ~M_FLAG_REF : 0;
+		if (m_short(t2)) {
+			hdr = p - 2;
+			slen = (unsigned char)p[-1];
+		}
+		if (!hdr && m_str(t5) && !m_short(t5)) {
+			hdr = p - 5;
+			slen = le32((const uint8_t *)p - 4);
+		}
+		if (!hdr || hdr < copied || slen < nl || slen > (size_t)(end - p) || (exact && slen != nl)) {
+			p++;
+			continue;
+		}
+		int type = (unsigned char)hdr[0] & ~M_FLAG_REF, ref = (unsigned char)hdr[0] & M_FLAG_REF;
+		_cleanup_buf_ struct buf s = {0};
+		buf_add(&s, repl, rl);
+		buf_add(&s, p + nl, slen - nl);
+		buf_add(out, copied, (size_t)(hdr - copied));
+		m_put_str(out, type, ref, s.data, s.len);
+		copied = p = p + slen;
+		count++;
+	}
+done:
+	buf_add(out, copied, (size_t)(end - copied));
+	return count;
+}
+
 char *pyc_source_path(const char *path, size_t len)
 {
 	static const char cache[] = "__pycache__/";

@@ -72,6 +72,24 @@ bool pyc_timestamp_header(const void *data, size_t len, uint32_t *mtime, uint32_
 void pyc_set_mtime(void *data, uint32_t mtime);
 
 /*
+ * Bytecode also embeds the path it was compiled at (co_filename, a
+ * marshalled str), so one package compiled in two venvs gives two pycs.
+ * CPython replaces co_filename when it loads a pyc (_imp._fix_co_filename),
+ * so the store keeps a canonical name and export writes the real one back:
+ * PYC_CANON_PREFIX "site-packages/<rel>" or PYC_CANON_PREFIX "env/<rel>".
+ */
+#define PYC_CANON_PREFIX "/@venvfs/"
+
+/*
+ * Rewrite the marshalled str objects of a pyc (after its header) that
+ * equal needle (exact) or start with it (!exact): needle is replaced by
+ * repl. Only strings with a well-formed marshal header around them are
+ * touched. Returns how many were rewritten; out gets the result.
+ */
+size_t pyc_rewrite_strings(const void *data, size_t len, const char *needle, bool exact, const char *repl,
+			   struct buf *out);
+
+/*
  * For "dir/__pycache__/mod.cpython-311.opt-1.pyc" the source path
  * "dir/mod.py"; NULL if path is not a cached pyc.
  */
