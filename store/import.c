@@ -938,9 +938,10 @@ static void entry_from(const struct ient *e, struct tree_entry *te, bool package
 	te->mtime_sec = package ? TREE_STORE_MTIME : e->st.st_mtim.tv_sec;
 	te->mtime_nsec = package ? 0 : (uint32_t)e->st.st_mtim.tv_nsec;
 	if (S_ISREG(e->st.st_mode)) {
-		/* what the view serves: the stored content (templates: the
-		 * size they had; they are rendered anyway) */
-		te->size = (e->tflags & TREE_F_TEMPLATE) ? (uint64_t)e->st.st_size : e->stored_size;
+		/* what the view serves: the stored content; a template's
+		 * size depends on where it is rendered, so it records none
+		 * (and the same package from two paths is one package) */
+		te->size = (e->tflags & TREE_F_TEMPLATE) ? 0 : e->stored_size;
 		te->obj = e->obj;
 		te->flags = e->tflags;
 	} else if (S_ISCHR(e->st.st_mode) || S_ISBLK(e->st.st_mode)) {

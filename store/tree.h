@@ -100,7 +100,7 @@ struct tree_node {
 	uint16_t flags;     /* enum tree_node_flags */
 	uint32_t mode;      /* st_mode, file type included */
 	uint32_t parent;    /* index of the parent directory; a root is its own */
-	uint64_t size;      /* regular: content size; template: 0; symlink: target length */
+	uint64_t size;      /* regular: content size; template: 0 (rendered); symlink: target length */
 	int64_t mtime_sec;  /* modification time (TREE_STORE_MTIME in packages) */
 	uint32_t mtime_nsec;
 	union {

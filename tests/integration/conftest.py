@@ -1,0 +1,148 @@
+"""Shared fixtures for the venvfs integration tests.
+
+Everything here uses real things: the venvfs binary from the build, real
+venvs made by the real interpreter, real wheels from PyPI (downloaded once
+into the build directory's cache, reused offline afterwards).
+
+Environment (set by tests/meson.build):
+  VENVFS_BIN         the venvfs binary
+  VENVFS_TEST_CACHE  a cache directory for wheels
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+BIN = os.environ.get("VENVFS_BIN") or str(Path(__file__).resolve().parents[2] / "build" / "tools" / "venvfs")
+CACHE = Path(os.environ.get("VENVFS_TEST_CACHE") or Path(tempfile.gettempdir()) / "venvfs-test-cache")
+
+# The interpreter venvs are made with: the real one behind this pytest.
+BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+# Packages the tests install. Pinned loosely; whatever pip picks is cached.
+WHEELS = ["requests", "numpy", "flask", "six"]
+
+
+def run(args, check=True, **kw):
+    """Run a command, capturing text output; fail with its output shown."""
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    p = subprocess.run([str(a) for a in args], **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, args))} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+        )
+    return p
+
+
+@pytest.fixture
+def home(tmp_path):
+    """An empty store."""
+    h = tmp_path / "store"
+    return h
+
+
+class Venvfs:
+    def __init__(self, home):
+        self.home = home
+
+    def __call__(self, *args, check=True, **kw):
+        env = dict(os.environ)
+        env["VENVFS_HOME"] = str(self.home)
+        return run([BIN, *args], check=check, env=env, **kw)
+
+    def du(self):
+        import json
+
+        return json.loads(self("store", "du", "--json").stdout)
+
+
+@pytest.fixture
+def venvfs(home):
+    return Venvfs(home)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse():
+    """A directory of real wheels from PyPI (downloaded once, then offline)."""
+    wh = CACHE / "wheels"
+    wh.mkdir(parents=True, exist_ok=True)
+    stamp = wh / ".complete"
+    if not stamp.exists():
+        base = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", wh]
+        p = run(base + ["--no-index", "--find-links", wh] + WHEELS, check=False)
+        if p.returncode != 0:
+            run(base + WHEELS)
+        stamp.write_text("ok\n")
+    return wh
+
+
+def make_venv(path, packages=(), wheelhouse=None, with_pip=True):
+    """python -m venv, then pip install packages from the local wheelhouse."""
+    args = [BASE_PYTHON, "-m", "venv"]
+    if not with_pip:
+        args.append("--without-pip")
+    run(args + [path])
+    if packages:
+        run([Path(path) / "bin" / "python", "-m", "pip", "install", "-q", "--no-index",
+             "--find-links", wheelhouse, *packages])
+    return Path(path)
+
+
+def tree_listing(root):
+    """Every entry under root: (relative path, type, mode, size, link target, content hash)."""
+    import hashlib
+
+    out = {}
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            kind = oct(st.st_mode)[:-4]
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir", oct(st.st_mode & 0o7777))
+            elif p.is_fifo():
+                out[rel] = ("fifo", oct(st.st_mode & 0o7777))
+            elif p.is_socket():
+                out[rel] = ("socket", oct(st.st_mode & 0o7777))
+            elif p.is_file():
+                out[rel] = ("file", oct(st.st_mode & 0o7777), st.st_size,
+                            hashlib.sha256(p.read_bytes()).hexdigest())
+            else:
+                out[rel] = (kind,)
+    return out
+
+
+def assert_same_tree(a, b):
+    ta, tb = tree_listing(a), tree_listing(b)
+    missing = sorted(set(ta) - set(tb))
+    extra = sorted(set(tb) - set(ta))
+    differ = sorted(k for k in set(ta) & set(tb) if ta[k] != tb[k])
+    assert not missing and not extra and not differ, (
+        f"trees differ: missing {missing[:10]}, extra {extra[:10]}, "
+        f"differ {[(k, ta[k], tb[k]) for k in differ[:5]]}"
+    )
+
+
+def store_counts(home):
+    """Objects, packages, envs, temp files actually on disk."""
+    def count(d, pred=lambda p: p.is_file()):
+        d = Path(d)
+        return sum(1 for p in d.rglob("*") if pred(p)) if d.exists() else 0
+
+    return {
+        "objects": count(home / "objects"),
+        "packages": count(home / "packages"),
+        "envs": len([p for p in (home / "envs").iterdir() if not p.name.startswith(".")])
+        if (home / "envs").exists() else 0,
+        "tmp": count(home / "tmp"),
+    }
