@@ -7,9 +7,9 @@
  *   HOME/venvfs-store          format marker ("venvfs store 1")
  *   HOME/lock                  flock: shared by writers, exclusive for gc
  *   HOME/objects/ab/cdef...    immutable file contents, named by XXH3-128
- *   HOME/packages/NAME/ID      immutable package manifests (tree.h format)
+ *   HOME/packages/NAME/ID      index of package manifests (which are objects)
  *   HOME/envs/NAME/            one environment (env.h)
- *   HOME/tmp/                  temp files of inserts in progress
+ *   HOME/tmp/                  scratch space (cleared by gc)
  *   HOME/cache/                disposable caches (import stat cache)
  *   HOME/log/                  daemon logs
  *
@@ -22,13 +22,13 @@
  *
  * Crash safety of inserts: an object only ever appears under its final
  * name complete and durable. Inserts are grouped in a transaction: each
- * new content is written to a temp file in HOME/tmp, then one syncfs()
- * makes all of them durable, then each is renamed into place without
- * replacing anything (RENAME_NOREPLACE), then a second syncfs() makes the
- * names durable before any manifest that references them is written. This
- * is the "temp file, fsync, rename" protocol with the fsyncs batched, as
- * ostree does. A crash leaves at most unreferenced temp files, which gc
- * removes.
+ * new content is written to a temp file in its fan-out directory, then
+ * one syncfs() makes all of them durable, then each is renamed into place
+ * without replacing anything, then a second syncfs() makes the names
+ * durable before any manifest that references them is written. This is
+ * the "temp file, fsync, rename" protocol with the fsyncs batched, as
+ * ostree does. A crash leaves at most ".tmp.*" files, which are never
+ * taken for objects and which gc removes.
  */
 #ifndef VENVFS_STORE_H
 #define VENVFS_STORE_H
@@ -118,6 +118,15 @@ struct store_txn;
 struct store_txn *store_txn_begin(struct store *s);
 
 /*
+ * The same, with a background thread that flushes every flush_every new
+ * bytes, so writeback overlaps the caller's work (large imports).
+ */
+struct store_txn *store_txn_begin_background(struct store *s, uint64_t flush_every);
+
+/* Ask the background flusher to flush what is pending now (and return). */
+void store_txn_flush_background(struct store_txn *t);
+
+/*
  * Add content to the store (thread-safe). Sets *id to the object that
  * holds exactly these bytes: an existing one (after comparing bytes) or a
  * new one, visible after the next store_txn_flush(). *added is set to the
@@ -125,7 +134,11 @@ struct store_txn *store_txn_begin(struct store *s);
  */
 int store_txn_put(struct store_txn *t, const void *data, size_t len, struct objid *id, uint64_t *added);
 
-/* Make every pending insert durable and visible (see the comment above). */
+/*
+ * Make what was inserted so far durable and visible under its name (other
+ * threads may go on inserting meanwhile). The names themselves are made
+ * durable by store_txn_commit().
+ */
 int store_txn_flush(struct store_txn *t);
 
 /* Bytes written to temp files and not yet flushed. */
@@ -140,12 +153,12 @@ void store_txn_abort(struct store_txn *t);
 /* Packages --------------------------------------------------------------- */
 
 /*
- * Store a package manifest under packages/NAME/, content-addressed like an
- * object (the same collision rule). Durable on return.
+ * A package manifest is an object like any other; packages/NAME/ID is an
+ * empty file that indexes it by name (for `store ls` and `create`). The
+ * index is written after the manifest is durable and is not itself
+ * synced: an env refers to its packages by object id, and a lost index
+ * entry only hides a package from listings until the next import.
  */
-int store_package_put(struct store *s, const char *name, const void *data, size_t len, struct objid *id);
-
-/* Open packages/NAME/ID; returns an fd or a negative errno. */
-int store_package_open(struct store *s, const char *name, const struct objid *id);
+int store_package_register(struct store *s, const char *name, const struct objid *id);
 
 #endif

@@ -52,8 +52,10 @@ int view_open(struct store *s, struct env *env, bool strict, struct view **out)
 		struct view_layer *l = &v->layers[v->n_layers];
 		char hex[OBJID_STR_MAX];
 		objid_format(&p->id, hex);
-		_cleanup_free_ char *what = xasprintf("package %s %s (packages/%s/%s)", p->name, p->version, p->name, hex);
-		_cleanup_close_ int fd = store_package_open(s, p->name, &p->id);
+		char path[OBJID_STR_MAX];
+		objid_path(&p->id, path);
+		_cleanup_free_ char *what = xasprintf("package %s %s (objects/%s)", p->name, p->version, path);
+		_cleanup_close_ int fd = store_object_open(s, &p->id);
 		if (fd < 0)
 			r = vf_error_errno(-fd, "%s", what);
 		else
