@@ -56,6 +56,7 @@
 
 #include "env.h"
 #include "pyfmt.h"
+#include "statcache.h"
 #include "store.h"
 #include "template.h"
 #include "tree.h"
@@ -63,7 +64,7 @@
 #include "view.h"
 
 #define NO_ENT UINT32_MAX
-#define FLUSH_BYTES (256ull << 20) /* flush (make durable, visible) every 256 MiB */
+#define FLUSH_BYTES (128ull << 20) /* flush (make durable, visible) every 128 MiB */
 #define SMALL_FILE (1u << 20)
 
 /* One entry of the walked venv. */
@@ -111,23 +112,6 @@ struct dist {
 	uint32_t n_nodes;
 };
 
-/* Stat cache entry (fixed size, path in a trailing string table). */
-struct cache_ent {
-	uint32_t path_off, path_len;
-	uint64_t dev, ino, size;
-	int64_t mtime_ns, ctime_ns;
-	int64_t src_mtime_ns;
-	uint64_t src_size;
-	uint8_t obj_hash[16];
-	uint32_t obj_seq;
-	uint64_t stored_size;
-	uint16_t tflags;
-	uint8_t have_sha, norm_considered;
-	uint8_t sha[32];
-};
-
-#define CACHE_MAGIC "VFSICAC2"
-
 struct imp {
 	struct store *s;
 	const struct import_opts *o;
@@ -152,17 +136,29 @@ struct imp {
 	int error;
 	char error_msg[2048];
 	struct progress prog;
-	/* stat cache */
-	struct cache_ent *cache;
-	size_t n_cache;
-	char *cache_strtab;
-	struct strmap cache_index;
+	/* stat cache (statcache.h) */
+	struct statcache *cache;
 	char *cache_name;
 	uint64_t cache_key;
+	uint8_t digest[16];        /* of this walk */
 	int64_t start_sec;
 };
 
 static void warn(struct imp *im, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* VENVFS_DEBUG_TIMING=1: phase durations on stderr, for profiling. */
+static void phase(const char *name)
+{
+	static uint64_t last;
+	static int on = -1;
+	uint64_t now = now_ns();
+
+	if (on < 0)
+		on = getenv("VENVFS_DEBUG_TIMING") != NULL;
+	if (on && last)
+		fprintf(stderr, "venvfs import: %-10s %7.1f ms\n", name, (double)(now - last) / 1e6);
+	last = now;
+}
 
 static void warn(struct imp *im, const char *fmt, ...)
 {
@@ -222,6 +218,7 @@ static uint32_t add_ent(struct imp *im, const char *path, size_t len, uint32_t p
 	e->src = NO_ENT;
 	e->dir_added_by = -1;
 	*strmap_put(&im->index, path, len, NULL) = i;
+	statcache_digest_add(im->digest, path, len, st);
 	if (parent != i)
 		im->e[parent].n_children++;
 	if (S_ISREG(st->st_mode))
@@ -493,6 +490,7 @@ next_row:;
 
 /* ---- stat cache ------------------------------------------------------------- */
 
+/* What the cached results depend on besides each file's own stat. */
 static uint64_t cache_key(struct imp *im)
 {
 	struct buf k = {0};
@@ -503,61 +501,20 @@ static uint64_t cache_key(struct imp *im)
 	return h;
 }
 
-static void cache_load(struct imp *im)
-{
-	_cleanup_buf_ struct buf b = {0};
-	_cleanup_free_ char *path = NULL;
-
-	im->cache_name = xasprintf("cache/import-%016" PRIx64, XXH3_64bits(im->abs, strlen(im->abs)));
-	im->cache_key = cache_key(im);
-	if (im->o->no_cache)
-		return;
-	if (read_file_at(im->s->fd, im->cache_name, 1u << 30, &b) < 0)
-		return;
-	uint64_t key, n;
-	if (b.len < 24 || memcmp(b.data, CACHE_MAGIC, 8) != 0)
-		return;
-	memcpy(&key, b.data + 8, 8);
-	memcpy(&n, b.data + 16, 8);
-	if (key != im->cache_key || n > (b.len - 24) / sizeof(struct cache_ent))
-		return;
-	size_t ents = 24 + n * sizeof(struct cache_ent);
-	im->cache = xmemdup(b.data + 24, n * sizeof(struct cache_ent));
-	im->n_cache = n;
-	im->cache_strtab = xmemdup(b.data + ents, b.len - ents + 1);
-	size_t strlen_ = b.len - ents;
-	for (size_t i = 0; i < n; i++) {
-		struct cache_ent *c = &im->cache[i];
-		if ((uint64_t)c->path_off + c->path_len > strlen_) {
-			im->n_cache = 0;
-			strmap_free(&im->cache_index);
-			return;
-		}
-		*strmap_put(&im->cache_index, im->cache_strtab + c->path_off, c->path_len, NULL) = i;
-	}
-}
-
-static int64_t ts_ns(const struct timespec *t)
-{
-	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
-}
-
 static bool cache_lookup(struct imp *im, struct ient *e, bool want_norm)
 {
-	uint64_t *v = strmap_get(&im->cache_index, e->path, e->len);
-	if (!v)
-		return false;
-	struct cache_ent *c = &im->cache[*v];
-	if (c->dev != e->st.st_dev || c->ino != e->st.st_ino || c->size != (uint64_t)e->st.st_size ||
-	    c->mtime_ns != ts_ns(&e->st.st_mtim) || c->ctime_ns != ts_ns(&e->st.st_ctim))
+	const struct statcache_ent *c = statcache_get(im->cache, e->path, e->len);
+
+	if (!c || !statcache_key_matches(c, &e->st))
 		return false;
 	if (e->needs_sha && !c->have_sha)
 		return false;
 	if ((bool)c->norm_considered != want_norm)
 		return false;
 	if (want_norm) {
-		struct ient *src = &im->e[e->src];
-		if (c->src_mtime_ns != ts_ns(&src->st.st_mtim) || c->src_size != (uint64_t)src->st.st_size)
+		struct statcache_ent src;
+		statcache_key_from(&src, &im->e[e->src].st);
+		if (c->src_mtime_ns != src.mtime_ns || c->src_size != src.size)
 			return false;
 	}
 	memcpy(e->obj.hash, c->obj_hash, 16);
@@ -572,52 +529,59 @@ static bool cache_lookup(struct imp *im, struct ient *e, bool want_norm)
 	return true;
 }
 
-static void cache_save(struct imp *im)
+static void cache_save(struct imp *im, const struct env *env)
 {
-	struct buf out = {0}, strtab = {0};
-	uint64_t n = 0;
+	struct statcache *c = statcache_new(im->cache_key);
+	_cleanup_buf_ struct buf text = {0};
 
-	buf_add(&out, CACHE_MAGIC, 8);
-	buf_add(&out, &im->cache_key, 8);
-	buf_add(&out, &n, 8);
+	memcpy(c->digest, im->digest, 16);
+	env_format(env, &text);
+	statcache_set_env(c, text.data, text.len);
 	for (size_t i = 0; i < im->n; i++) {
 		struct ient *e = &im->e[i];
 		if (!S_ISREG(e->st.st_mode))
 			continue;
 		/* racy: modified too recently to trust a later equal stat */
-		if (e->st.st_mtim.tv_sec >= im->start_sec - 2 || e->st.st_ctim.tv_sec >= im->start_sec - 2)
+		if (e->st.st_mtim.tv_sec >= im->start_sec - 2 || e->st.st_ctim.tv_sec >= im->start_sec - 2) {
+			memset(c->digest, 0, 16); /* and the whole-walk shortcut is off */
 			continue;
-		struct cache_ent c;
-		memset(&c, 0, sizeof(c));
-		c.path_off = (uint32_t)strtab.len;
-		c.path_len = e->len;
-		buf_add(&strtab, e->path, e->len);
-		c.dev = e->st.st_dev;
-		c.ino = e->st.st_ino;
-		c.size = (uint64_t)e->st.st_size;
-		c.mtime_ns = ts_ns(&e->st.st_mtim);
-		c.ctime_ns = ts_ns(&e->st.st_ctim);
-		if (e->norm_considered && e->src != NO_ENT) {
-			c.src_mtime_ns = ts_ns(&im->e[e->src].st.st_mtim);
-			c.src_size = (uint64_t)im->e[e->src].st.st_size;
 		}
-		memcpy(c.obj_hash, e->obj.hash, 16);
-		c.obj_seq = e->obj.seq;
-		c.tflags = e->tflags;
-		c.stored_size = e->stored_size;
-		c.have_sha = e->have_sha;
-		c.norm_considered = e->norm_considered;
-		memcpy(c.sha, e->sha, 32);
-		buf_add(&out, &c, sizeof(c));
-		n++;
+		struct statcache_ent *ce = statcache_add(c, e->path, e->len);
+		statcache_key_from(ce, &e->st);
+		if (e->norm_considered && e->src != NO_ENT) {
+			struct statcache_ent src;
+			statcache_key_from(&src, &im->e[e->src].st);
+			ce->src_mtime_ns = src.mtime_ns;
+			ce->src_size = src.size;
+		}
+		memcpy(ce->obj_hash, e->obj.hash, 16);
+		ce->obj_seq = e->obj.seq;
+		ce->tflags = e->tflags;
+		ce->stored_size = e->stored_size;
+		ce->have_sha = e->have_sha;
+		ce->norm_considered = e->norm_considered;
+		memcpy(ce->sha, e->sha, 32);
 	}
-	memcpy(out.data + 16, &n, 8);
-	buf_add(&out, strtab.data ? strtab.data : "", strtab.len);
-	/* A cache: losing it costs time, not data, so no fsync dance needed
-	 * beyond what write_file_atomic does anyway. */
-	write_file_atomic(im->s->fd, im->cache_name, out.data, out.len, 0644);
-	buf_free(&out);
-	buf_free(&strtab);
+	statcache_save(im->s, im->cache_name, c);
+	statcache_free(c);
+}
+
+/*
+ * Nothing in the venv changed since the import that made the current env,
+ * and the env is still what that import made: the result would be the
+ * same, so there is nothing to do.
+ */
+static bool unchanged_since_last_import(struct imp *im, const char *env_name)
+{
+	_cleanup_buf_ struct buf text = {0};
+	_cleanup_free_ char *p = xasprintf("%s/env", env_name);
+	static const uint8_t zero[16];
+
+	if (!im->cache || !memcmp(im->cache->digest, zero, 16) || memcmp(im->cache->digest, im->digest, 16))
+		return false;
+	if (read_file_at(im->s->envs_fd, p, 1 << 24, &text) < 0)
+		return false;
+	return im->cache->env_text && !strcmp(text.data, im->cache->env_text);
 }
 
 /* ---- 3. read ----------------------------------------------------------------- */
@@ -763,14 +727,6 @@ static void *read_worker(void *arg)
 		uint64_t files = __atomic_add_fetch(&im->done_files, 1, __ATOMIC_RELAXED);
 		uint64_t bytes = __atomic_add_fetch(&im->done_bytes, (uint64_t)im->e[i].st.st_size, __ATOMIC_RELAXED);
 		progress_update(&im->prog, files, im->n_work, bytes);
-		if (store_txn_pending_bytes(im->txn) > FLUSH_BYTES && pthread_mutex_trylock(&im->lock) == 0) {
-			r = store_txn_flush(im->txn);
-			pthread_mutex_unlock(&im->lock);
-			if (r < 0) {
-				set_error(im, r);
-				break;
-			}
-		}
 	}
 	buf_free(&scratch);
 	return NULL;
@@ -1255,9 +1211,7 @@ static void imp_free(struct imp *im)
 	free(im->work);
 	if (im->rootfd >= 0)
 		close(im->rootfd);
-	free(im->cache);
-	free(im->cache_strtab);
-	strmap_free(&im->cache_index);
+	statcache_free(im->cache);
 	free(im->cache_name);
 	pthread_mutex_destroy(&im->lock);
 }
@@ -1363,6 +1317,7 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	}
 	st->env_name = xstrdup(env->name);
 
+	phase("start");
 	/* 1. walk */
 	add_ent(&im, "", 0, 0, &rst);
 	st->dirs = 1;
@@ -1372,6 +1327,22 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	r = check_venv(&im, env);
 	if (r < 0)
 		goto out;
+	phase("walk");
+	im.cache_name = statcache_name(im.abs);
+	im.cache_key = cache_key(&im);
+	if (!o->no_cache)
+		im.cache = statcache_load(s, im.cache_name, im.cache_key);
+	if (unchanged_since_last_import(&im, env->name)) {
+		struct env *cur = NULL;
+		if (env_load(s, env->name, &cur) == 0) {
+			st->packages = cur->n_pkgs;
+			st->cache_hits = st->files;
+			env_free(cur);
+			r = 0;
+			goto out;
+		}
+	}
+	vf_clear_error();
 	struct env *old = NULL;
 	if (env_load(s, env->name, &old) == 0) {
 		/* Importing the same venv again updates its env; another venv
@@ -1392,23 +1363,27 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	r = read_records(&im);
 	if (r < 0)
 		goto out;
+	phase("records");
 
 	/* Writers share the store lock; gc waits for us, and we for it. */
 	r = store_lock(s, LOCK_SH, true);
 	if (r < 0)
 		goto out;
-	cache_load(&im);
-	im.txn = store_txn_begin(s);
+	im.txn = store_txn_begin_background(s, FLUSH_BYTES);
 
 	/* 3. read */
 	r = read_all(&im);
 	if (r < 0)
 		goto out;
+	/* the data goes to disk while the manifests are built */
+	store_txn_flush_background(im.txn);
+	phase("read");
 
 	/* 4. classify */
 	r = classify(&im);
 	if (r < 0)
 		goto out;
+	phase("classify");
 
 	/* 5. build */
 	while (!env->uid)
@@ -1436,26 +1411,34 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	if (r < 0)
 		goto out;
 	env->has_mtimes = true;
-
-	/* 6. commit: objects, then packages, then the env */
-	r = store_txn_commit(im.txn);
-	im.txn = NULL;
-	if (r < 0)
-		goto out;
 	for (size_t k = 0; k < im.nd; k++) {
 		struct dist *d = &im.d[k];
 		if (d->mismatch)
 			continue;
-		r = store_package_put(s, d->name, d->manifest.data, d->manifest.len, &d->pkg_id);
+		r = store_txn_put(im.txn, d->manifest.data, d->manifest.len, &d->pkg_id, &added);
 		if (r < 0)
 			goto out;
 		env_add_package(env, &d->pkg_id, d->name, d->version);
 		st->packages++;
 	}
+	phase("build");
+
+	/* 6. commit: objects (manifests included) durable, then the env */
+	r = store_txn_commit(im.txn);
+	im.txn = NULL;
+	if (r < 0)
+		goto out;
+	phase("objects");
+	for (size_t k = 0; k < im.nd; k++)
+		if (!im.d[k].mismatch && (r = store_package_register(s, im.d[k].name, &im.d[k].pkg_id)) < 0)
+			goto out;
+	phase("packages");
 	r = env_install(s, env, true, NULL);
 	if (r < 0)
 		goto out;
-	cache_save(&im);
+	phase("env");
+	cache_save(&im, env);
+	phase("cache save");
 out:
 	if (im.txn)
 		store_txn_abort(im.txn);
