@@ -1,0 +1,143 @@
+"""Helpers shared by the venvfs benchmarks.
+
+Why a loop file system: the root ext4 of the machines these benchmarks were
+written on has no journal, and its inode allocator (recently_deleted())
+slows file creation down 50-fold for a while after many files were deleted
+(700 us per create instead of 13 us, seen with perf). Every benchmark that
+creates files would measure that instead of venvfs, so they run on a fresh
+ext4 image on the same disk, mounted with -o loop (default mkfs options,
+journal on).
+
+Timing rules (the machines are noisy): every competitor is measured in the
+same run, rounds interleave the competitors, and tables report medians.
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("VENVFS_BENCH_CACHE", Path.home() / ".cache" / "venvfs-bench"))
+VENVFS = os.environ.get("VENVFS_BIN") or shutil.which("venvfs") or str(REPO / "build" / "tools" / "venvfs")
+BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+# The "large venv" of the issues: numpy, pandas, scipy, matplotlib, django
+# and friends, about 25k files and 600 MB once installed.
+BIG_SET = ["numpy", "pandas", "scipy", "matplotlib", "django", "flask", "requests",
+           "sympy", "scikit-learn", "pillow"]
+
+
+def run(args, check=True, env=None, **kw):
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    p = subprocess.run([str(a) for a in args], env=env, **kw)
+    if check and p.returncode:
+        raise SystemExit(f"{' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def timed(args, **kw):
+    t = time.perf_counter()
+    run(args, **kw)
+    return time.perf_counter() - t
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def sync():
+    os.sync()
+
+
+def drop_caches():
+    sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def wheelhouse(packages):
+    """Download real wheels from PyPI once; later runs are offline."""
+    wh = CACHE / "wheels"
+    wh.mkdir(parents=True, exist_ok=True)
+    base = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", wh]
+    if run(base + ["--no-index", "--find-links", wh] + packages, check=False).returncode:
+        run(base + packages)
+    return wh
+
+
+def make_venv(path, packages, wh):
+    run([BASE_PYTHON, "-m", "venv", path])
+    if packages:
+        run([Path(path) / "bin" / "pip", "install", "-q", "--no-index", "--find-links", wh, *packages])
+    return Path(path)
+
+
+class LoopFs:
+    """A fresh ext4 image on the same disk, mounted for the benchmark."""
+
+    def __init__(self, size_gb=24, where=None):
+        self.img = Path(where or CACHE) / "bench-ext4.img"
+        self.mnt = Path("/mnt/venvfs-bench")
+
+    def __enter__(self):
+        if os.geteuid() != 0:
+            raise SystemExit("benchmarks need root (loop mount, drop_caches)")
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        if os.path.ismount(self.mnt):
+            run(["umount", "-l", self.mnt])
+        self.img.parent.mkdir(parents=True, exist_ok=True)
+        if self.img.exists():
+            self.img.unlink()
+        run(["truncate", "-s", "24G", self.img])
+        run(["mkfs.ext4", "-q", "-F", self.img])
+        run(["mount", "-o", "loop", self.img, self.mnt])
+        return self.mnt
+
+    def __exit__(self, *exc):
+        sync()
+        run(["umount", self.mnt], check=False)
+        self.img.unlink(missing_ok=True)
+
+
+def machine():
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // (1024 * 1024)
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, kernel {os.uname().release}"
+
+
+def update_doc(section, body):
+    """Replace one section of docs/benchmarks.md (between markers)."""
+    doc = REPO / "docs" / "benchmarks.md"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    start, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def tree_stats(path):
+    files = size = 0
+    for dp, dn, fn in os.walk(path):
+        for f in fn:
+            p = os.path.join(dp, f)
+            if not os.path.islink(p):
+                files += 1
+                size += os.lstat(p).st_size
+    return files, size
