@@ -174,6 +174,8 @@ void buf_printf(struct buf *b, const char *fmt, ...)
 	char probe[1];
 	int n;
 
+	if (!fmt) /* tells gcc's -fsanitize build that fmt is not NULL below */
+		return;
 	va_start(ap, fmt);
 	va_copy(ap2, ap);
 	n = vsnprintf(probe, sizeof(probe), fmt, ap);
