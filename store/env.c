@@ -267,7 +267,8 @@ int env_list(struct store *s, char ***names, size_t *n)
 		v[cnt++] = xstrdup(de->d_name);
 	}
 	closedir(d);
-	qsort(v, cnt, sizeof(*v), cmp_str);
+	if (cnt)
+		qsort(v, cnt, sizeof(*v), cmp_str);
 	*names = v;
 	*n = cnt;
 	return 0;

@@ -118,7 +118,8 @@ int store_list_packages(struct store *s, struct pkg_info **out, size_t *n)
 
 	if (r < 0)
 		return vf_error_errno(-r, "%s/packages", s->home);
-	qsort(l.v, l.n, sizeof(*l.v), pkg_cmp);
+	if (l.n)
+		qsort(l.v, l.n, sizeof(*l.v), pkg_cmp);
 	if (env_list(s, &names, &nn) == 0) {
 		for (size_t i = 0; i < nn; i++) {
 			struct env *e;
