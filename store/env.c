@@ -303,7 +303,7 @@ int env_install(struct store *s, const struct env *e, bool replace, const char *
 		return vf_error_errno(errno, "%s/envs/%s", s->home, tmp);
 	p = xasprintf("%s/upper", tmp);
 	if (upper_from) {
-		if (rename(upper_from, p) < 0) {
+		if (renameat(AT_FDCWD, upper_from, s->envs_fd, p) < 0) {
 			r = vf_error_errno(errno, "moving %s into the env", upper_from);
 			goto fail;
 		}

@@ -1310,7 +1310,7 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 				     : vf_error_errno(errno, "%s", venv_dir);
 		goto out;
 	}
-	env->name = o->name ? xstrdup(o->name) : venv_default_name(venv_dir);
+	env->name = o->built ? xstrdup("skeleton") : o->name ? xstrdup(o->name) : venv_default_name(venv_dir);
 	if (!env_valid_name(env->name)) {
 		r = vf_error(EINVAL, "%s: not a valid env name (use letters, digits, '.', '_', '-', '+')", env->name);
 		goto out;
@@ -1330,9 +1330,9 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	phase("walk");
 	im.cache_name = statcache_name(im.abs);
 	im.cache_key = cache_key(&im);
-	if (!o->no_cache)
+	if (!o->no_cache && !o->built)
 		im.cache = statcache_load(s, im.cache_name, im.cache_key);
-	if (unchanged_since_last_import(&im, env->name)) {
+	if (!o->built && unchanged_since_last_import(&im, env->name)) {
 		struct env *cur = NULL;
 		if (env_load(s, env->name, &cur) == 0) {
 			st->packages = cur->n_pkgs;
@@ -1344,7 +1344,7 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	}
 	vf_clear_error();
 	struct env *old = NULL;
-	if (env_load(s, env->name, &old) == 0) {
+	if (!o->built && env_load(s, env->name, &old) == 0) {
 		/* Importing the same venv again updates its env; another venv
 		 * must not silently take over the name. */
 		bool same = old->origin && !strcmp(old->origin, im.abs);
@@ -1433,6 +1433,10 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 		if (!im.d[k].mismatch && (r = store_package_register(s, im.d[k].name, &im.d[k].pkg_id)) < 0)
 			goto out;
 	phase("packages");
+	if (o->built) {
+		*o->built = steal_pointer(&env);
+		goto out;
+	}
 	r = env_install(s, env, true, NULL);
 	if (r < 0)
 		goto out;

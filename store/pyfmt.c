@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/utsname.h>
 
 /* ---- RECORD -------------------------------------------------------------- */
 
@@ -648,4 +649,350 @@ bool pep440_match_set(const char *version, const char *specs)
 		p = e;
 	}
 	return true;
+}
+
+/* ---- markers (PEP 508) ----------------------------------------------------- */
+
+struct mparser {
+	const char *p;
+	const struct marker_env *env;
+	const char *err;
+};
+
+static void m_ws(struct mparser *m)
+{
+	while (isspace((unsigned char)*m->p))
+		m->p++;
+}
+
+static bool m_word(struct mparser *m, const char *w)
+{
+	size_t n = strlen(w);
+
+	m_ws(m);
+	if (strncmp(m->p, w, n) == 0 && !isalnum((unsigned char)m->p[n]) && m->p[n] != '_') {
+		m->p += n;
+		return true;
+	}
+	return false;
+}
+
+static const char *machine(void)
+{
+	static __thread struct utsname u;
+	static __thread bool done;
+
+	if (!done) {
+		uname(&u);
+		done = true;
+	}
+	return u.machine;
+}
+
+/* A marker variable or string; *is_version tells how to compare it. */
+static char *m_value(struct mparser *m, bool *is_version)
+{
+	m_ws(m);
+	*is_version = false;
+	if (*m->p == '"' || *m->p == '\'') {
+		char q = *m->p++;
+		const char *e = strchr(m->p, q);
+		if (!e) {
+			m->err = "unterminated string";
+			return NULL;
+		}
+		char *s = xstrndup(m->p, (size_t)(e - m->p));
+		m->p = e + 1;
+		return s;
+	}
+	const char *s = m->p;
+	while (isalnum((unsigned char)*m->p) || *m->p == '_' || *m->p == '.')
+		m->p++;
+	size_t n = (size_t)(m->p - s);
+	char *var = xstrndup(s, n);
+	const char *v = NULL;
+	if (!strcmp(var, "python_version"))
+		v = m->env->python_version, *is_version = true;
+	else if (!strcmp(var, "python_full_version") || !strcmp(var, "implementation_version"))
+		v = m->env->python_full_version, *is_version = true;
+	else if (!strcmp(var, "os_name"))
+		v = "posix";
+	else if (!strcmp(var, "sys_platform"))
+		v = "linux";
+	else if (!strcmp(var, "platform_system"))
+		v = "Linux";
+	else if (!strcmp(var, "platform_machine"))
+		v = machine();
+	else if (!strcmp(var, "platform_python_implementation"))
+		v = "CPython";
+	else if (!strcmp(var, "implementation_name"))
+		v = "cpython";
+	else if (!strcmp(var, "extra"))
+		v = m->env->extra ? m->env->extra : "";
+	else if (!strcmp(var, "platform_release") || !strcmp(var, "platform_version"))
+		v = "";
+	free(var);
+	if (!v) {
+		m->err = "unknown marker variable";
+		return NULL;
+	}
+	return xstrdup(v);
+}
+
+static bool m_or(struct mparser *m);
+
+static bool m_atom(struct mparser *m)
+{
+	m_ws(m);
+	if (*m->p == '(') {
+		m->p++;
+		bool r = m_or(m);
+		m_ws(m);
+		if (*m->p != ')') {
+			m->err = "missing )";
+			return false;
+		}
+		m->p++;
+		return r;
+	}
+	bool lv, rv;
+	_cleanup_free_ char *l = m_value(m, &lv);
+	if (!l)
+		return false;
+	m_ws(m);
+	char op[4] = {0};
+	bool not_in = false;
+	if (m_word(m, "not")) {
+		if (!m_word(m, "in")) {
+			m->err = "expected 'not in'";
+			return false;
+		}
+		not_in = true;
+		strcpy(op, "in");
+	} else if (m_word(m, "in")) {
+		strcpy(op, "in");
+	} else {
+		size_t n = 0;
+		while (n < 3 && strchr("=!<>~", m->p[n]))
+			n++;
+		if (!n) {
+			m->err = "expected a comparison";
+			return false;
+		}
+		memcpy(op, m->p, n);
+		m->p += n;
+	}
+	_cleanup_free_ char *r = m_value(m, &rv);
+	if (!r)
+		return false;
+	if (!strcmp(op, "in"))
+		return (strstr(r, l) != NULL) != not_in;
+	if (lv || rv) {
+		/* a variable holding a version: compare as versions */
+		const char *ver = lv ? l : r, *spec = lv ? r : l;
+		if (lv)
+			return pep440_match(ver, op, spec);
+		/* "3.8" < python_version: flip the operator */
+		const char *flip = !strcmp(op, "<") ? ">" : !strcmp(op, ">") ? "<" : !strcmp(op, "<=") ? ">=" :
+				   !strcmp(op, ">=") ? "<=" : op;
+		return pep440_match(ver, flip, spec);
+	}
+	int cmp = strcmp(l, r);
+	if (!strcmp(op, "=="))
+		return cmp == 0;
+	if (!strcmp(op, "!="))
+		return cmp != 0;
+	if (!strcmp(op, "<"))
+		return cmp < 0;
+	if (!strcmp(op, "<="))
+		return cmp <= 0;
+	if (!strcmp(op, ">"))
+		return cmp > 0;
+	if (!strcmp(op, ">="))
+		return cmp >= 0;
+	return false;
+}
+
+static bool m_and(struct mparser *m)
+{
+	bool r = m_atom(m);
+
+	while (!m->err && m_word(m, "and")) {
+		bool b = m_atom(m);
+		r = r && b;
+	}
+	return r;
+}
+
+static bool m_or(struct mparser *m)
+{
+	bool r = m_and(m);
+
+	while (!m->err && m_word(m, "or")) {
+		bool b = m_and(m);
+		r = r || b;
+	}
+	return r;
+}
+
+int marker_eval(const char *marker, const struct marker_env *env, bool *result)
+{
+	struct mparser m = {.p = marker, .env = env};
+
+	*result = m_or(&m);
+	m_ws(&m);
+	if (!m.err && *m.p)
+		m.err = "unexpected text";
+	if (m.err)
+		return vf_error(EINVAL, "marker \"%s\": %s", marker, m.err);
+	return 0;
+}
+
+/* ---- requirements ------------------------------------------------------------ */
+
+void requirement_free(struct requirement *r)
+{
+	free(r->name);
+	free(r->extras);
+	free(r->specs);
+	free(r->marker);
+	free(r->text);
+	memset(r, 0, sizeof(*r));
+}
+
+int requirement_parse(const char *s, struct requirement *out)
+{
+	const char *p = s;
+
+	memset(out, 0, sizeof(*out));
+	while (isspace((unsigned char)*p))
+		p++;
+	const char *semi = strchr(p, ';');
+	const char *end = semi ? semi : p + strlen(p);
+	const char *n = p;
+	while (p < end && (isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.'))
+		p++;
+	if (p == n)
+		return vf_error(EINVAL, "\"%s\": not a requirement", s);
+	out->text = xstrdup(s);
+	out->name = pep503_normalize(n, (size_t)(p - n));
+	while (p < end && isspace((unsigned char)*p))
+		p++;
+	if (p < end && *p == '[') {
+		const char *close = memchr(p, ']', (size_t)(end - p));
+		if (!close) {
+			requirement_free(out);
+			return vf_error(EINVAL, "\"%s\": missing ]", s);
+		}
+		out->extras = strip(p + 1, (size_t)(close - p - 1));
+		p = close + 1;
+	} else {
+		out->extras = xstrdup("");
+	}
+	while (p < end && isspace((unsigned char)*p))
+		p++;
+	if (p < end && *p == '@') {
+		requirement_free(out);
+		return vf_error(EINVAL, "\"%s\": direct URL requirements cannot come from the store", s);
+	}
+	/* "(>=1, <2)" or ">=1,<2" */
+	const char *sp = p, *se = end;
+	if (sp < se && *sp == '(') {
+		sp++;
+		const char *c = memchr(sp, ')', (size_t)(se - sp));
+		se = c ? c : se;
+	}
+	struct buf b = {0};
+	for (const char *q = sp; q < se; q++)
+		if (!isspace((unsigned char)*q))
+			buf_addc(&b, *q);
+	out->specs = b.data ? b.data : xstrdup("");
+	out->marker = semi ? strip(semi + 1, strlen(semi + 1)) : xstrdup("");
+	return 0;
+}
+
+/* ---- wheel tags ----------------------------------------------------------------- */
+
+static bool in_dotted(const char *set, size_t n, bool (*ok)(const char *, size_t, const char *), const char *xy)
+{
+	const char *p = set, *e = set + n;
+
+	while (p < e) {
+		const char *d = memchr(p, '.', (size_t)(e - p));
+		const char *q = d ? d : e;
+		if (ok(p, (size_t)(q - p), xy))
+			return true;
+		p = q + 1;
+	}
+	return false;
+}
+
+static int minor_of(const char *xy)
+{
+	const char *d = strchr(xy, '.');
+	return d ? atoi(d + 1) : 0;
+}
+
+static bool interp_ok(const char *s, size_t n, const char *xy)
+{
+	char want[16];
+	int minor = minor_of(xy);
+
+	snprintf(want, sizeof(want), "cp3%d", minor);
+	if (n == strlen(want) && !memcmp(s, want, n))
+		return true;
+	if ((n == 3 && !memcmp(s, "py3", 3)) || (n == 3 && !memcmp(s, "cp3", 3)))
+		return true;
+	if (n > 3 && !memcmp(s, "py3", 3))
+		return atoi(s + 3) <= minor; /* py38 fits 3.11 */
+	if (n > 3 && !memcmp(s, "cp3", 3))
+		return atoi(s + 3) <= minor; /* with abi3 */
+	return false;
+}
+
+static bool abi_ok(const char *s, size_t n, const char *xy)
+{
+	char want[16];
+
+	snprintf(want, sizeof(want), "cp3%d", minor_of(xy));
+	return (n == 4 && !memcmp(s, "none", 4)) || (n == 4 && !memcmp(s, "abi3", 4)) ||
+	       (n == strlen(want) && !memcmp(s, want, n));
+}
+
+static bool plat_ok(const char *s, size_t n, const char *xy)
+{
+	const char *m = machine();
+	size_t ml = strlen(m);
+
+	(void)xy;
+	if (n == 3 && !memcmp(s, "any", 3))
+		return true;
+	if (n < ml + 1 || memcmp(s + n - ml, m, ml) != 0 || s[n - ml - 1] != '_')
+		return false;
+	return (n >= 5 && !memcmp(s, "linux", 5)) || (n >= 9 && !memcmp(s, "manylinux", 9));
+}
+
+bool tags_compatible(const char *tags, const char *python_xy)
+{
+	const char *p = tags;
+	bool any = false;
+
+	while (*p) {
+		while (isspace((unsigned char)*p))
+			p++;
+		if (!*p)
+			break;
+		const char *e = p;
+		while (*e && !isspace((unsigned char)*e))
+			e++;
+		any = true;
+		const char *d1 = memchr(p, '-', (size_t)(e - p));
+		const char *d2 = d1 ? memchr(d1 + 1, '-', (size_t)(e - d1 - 1)) : NULL;
+		if (d1 && d2 && in_dotted(p, (size_t)(d1 - p), interp_ok, python_xy) &&
+		    in_dotted(d1 + 1, (size_t)(d2 - d1 - 1), abi_ok, python_xy) &&
+		    in_dotted(d2 + 1, (size_t)(e - d2 - 1), plat_ok, python_xy))
+			return true;
+		p = e;
+	}
+	return !any;
 }

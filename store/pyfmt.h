@@ -106,4 +106,32 @@ bool pep440_match(const char *version, const char *op, const char *spec);
 /* Does version satisfy a comma-separated specifier set ("" matches all)? */
 bool pep440_match_set(const char *version, const char *specs);
 
+/* ---- requirements and markers (PEP 508) -------------------------------- */
+
+/* The values markers compare against, for one interpreter. */
+struct marker_env {
+	const char *python_version;      /* "3.11" */
+	const char *python_full_version; /* "3.11.7" */
+	const char *extra;               /* "" or the extra being evaluated */
+};
+
+/* Evaluate a marker expression; -EINVAL (with a message) if malformed. */
+int marker_eval(const char *marker, const struct marker_env *env, bool *result);
+
+struct requirement {
+	char *name;     /* PEP 503 normalised */
+	char *extras;   /* "a,b" or "" */
+	char *specs;    /* ">=1.2,<2" or "" */
+	char *marker;   /* "" if none */
+	char *text;     /* as written, for messages */
+};
+
+/* Parse "name[extras] specs ; marker" (also "name (specs)"). */
+int requirement_parse(const char *s, struct requirement *out);
+void requirement_free(struct requirement *r);
+
+/* Does a wheel tag set ("cp311-cp311-manylinux_2_17_x86_64 ...") fit this
+ * Python ("3.11") on this machine? Empty tags fit. */
+bool tags_compatible(const char *tags, const char *python_xy);
+
 #endif

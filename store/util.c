@@ -5,12 +5,16 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <xxhash.h>
 
@@ -676,6 +680,125 @@ void progress_done(struct progress *p)
 		fputs("\r\033[K", stderr);
 		fflush(stderr);
 	}
+}
+
+static int copy_xattrs(int from, int to)
+{
+	char names[4096], value[4096];
+	ssize_t n = flistxattr(from, names, sizeof(names));
+
+	for (ssize_t i = 0; i < n; i += (ssize_t)strlen(names + i) + 1) {
+		if (strncmp(names + i, "user.", 5) != 0)
+			continue;
+		ssize_t v = fgetxattr(from, names + i, value, sizeof(value));
+		if (v >= 0 && fsetxattr(to, names + i, value, (size_t)v, 0) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+static int copy_file_fd(int in, int out, off_t size)
+{
+	if (size == 0 || ioctl(out, FICLONE, in) == 0)
+		return 0;
+	loff_t off = 0;
+	while (off < size) {
+		ssize_t n = copy_file_range(in, &off, out, NULL, (size_t)(size - off), 0);
+		if (n > 0)
+			continue;
+		if (n == 0)
+			break;
+		if (errno == EINTR)
+			continue;
+		if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+			return -errno;
+		char buf[65536];
+		for (;;) {
+			ssize_t r = pread(in, buf, sizeof(buf), off);
+			if (r < 0)
+				return -errno;
+			if (r == 0)
+				break;
+			int w = write_full(out, buf, (size_t)r);
+			if (w < 0)
+				return w;
+			off += r;
+		}
+		break;
+	}
+	return 0;
+}
+
+int copy_tree(int src_dirfd, int dst_dirfd)
+{
+	int fd = openat(src_dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+	int r = 0;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return -errno;
+	}
+	while (r == 0 && (de = readdir(d))) {
+		const char *n = de->d_name;
+		struct stat st;
+		if (!strcmp(n, ".") || !strcmp(n, ".."))
+			continue;
+		if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			r = -errno;
+			break;
+		}
+		struct timespec ts[2] = {st.st_atim, st.st_mtim};
+		if (S_ISDIR(st.st_mode)) {
+			if (mkdirat(dst_dirfd, n, 0700) < 0) {
+				r = -errno;
+				break;
+			}
+			int s2 = openat(dirfd(d), n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			int d2 = openat(dst_dirfd, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (s2 < 0 || d2 < 0)
+				r = -errno;
+			if (r == 0)
+				r = copy_tree(s2, d2);
+			if (r == 0)
+				r = copy_xattrs(s2, d2);
+			if (r == 0 && (fchmod(d2, st.st_mode & 07777) < 0 || futimens(d2, ts) < 0))
+				r = -errno;
+			if (s2 >= 0)
+				close(s2);
+			if (d2 >= 0)
+				close(d2);
+		} else if (S_ISREG(st.st_mode)) {
+			int in = openat(dirfd(d), n, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			int out = openat(dst_dirfd, n, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+			if (in < 0 || out < 0)
+				r = -errno;
+			if (r == 0)
+				r = copy_file_fd(in, out, st.st_size);
+			if (r == 0)
+				r = copy_xattrs(in, out);
+			if (r == 0 && (fchmod(out, st.st_mode & 07777) < 0 || futimens(out, ts) < 0))
+				r = -errno;
+			if (in >= 0)
+				close(in);
+			if (out >= 0)
+				close(out);
+		} else if (S_ISLNK(st.st_mode)) {
+			char target[PATH_MAX + 1];
+			ssize_t l = readlinkat(dirfd(d), n, target, sizeof(target) - 1);
+			if (l < 0 || (target[l] = '\0', symlinkat(target, dst_dirfd, n) < 0) ||
+			    utimensat(dst_dirfd, n, ts, AT_SYMLINK_NOFOLLOW) < 0)
+				r = -errno;
+		} else {
+			if (mknodat(dst_dirfd, n, st.st_mode, st.st_rdev) < 0 ||
+			    utimensat(dst_dirfd, n, ts, AT_SYMLINK_NOFOLLOW) < 0)
+				r = -errno;
+		}
+	}
+	closedir(d);
+	return r;
 }
 
 uint64_t random_u64(void)

@@ -177,6 +177,13 @@ int fsync_dir_at(int dirfd, const char *path);
 /* mkdir -p relative to dirfd (existing directories are fine). */
 int mkdir_p_at(int dirfd, const char *path, mode_t mode);
 
+/*
+ * cp -a of a directory's contents: regular files (reflinked where the file
+ * system can, else copied in the kernel), directories, symlinks, FIFOs,
+ * sockets, devices; modes, times and user.* extended attributes.
+ */
+int copy_tree(int src_dirfd, int dst_dirfd);
+
 /* rm -rf relative to dirfd; missing is not an error. */
 int rm_rf_at(int dirfd, const char *path);
 

@@ -24,6 +24,9 @@ struct import_opts {
 	/* warnings (files kept as env content, ...); NULL: stderr */
 	void (*warn)(void *ctx, const char *msg);
 	void *warn_ctx;
+	/* internal: build the env but do not install it; it is returned here
+	 * (compose.c makes env skeletons this way) */
+	struct env **built;
 };
 
 struct import_stats {
@@ -48,5 +51,35 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 
 /* The env name venv_import() derives from a directory. */
 char *venv_default_name(const char *venv_dir);
+
+/* ---- composing envs from the store (compose.c) ---------------------------- */
+
+struct create_opts {
+	const char *name;
+	const char *python;       /* interpreter: path or command; NULL: from's */
+	const char *from;         /* start from this env's packages, or NULL */
+	const char **reqs;        /* "name==1.2", "name>=1", "name[extra]" ... */
+	size_t n_reqs;
+	const char *req_file;     /* -r requirements.txt, or NULL */
+	const char *prompt;       /* --prompt, or NULL */
+	bool system_site_packages;
+	bool no_deps;             /* only what was asked for */
+};
+
+struct create_stats {
+	size_t packages;
+	uint64_t files;
+	char *python_version;     /* malloc'd */
+};
+
+/*
+ * A new env of packages already in the store. Time grows with the number
+ * of packages, not files: nothing is copied. A requirement the store cannot
+ * satisfy fails (naming the versions it has) and nothing is created.
+ */
+int venv_create(struct store *s, const struct create_opts *o, struct create_stats *st);
+
+/* A new env identical to src (its writable layer copied), independent. */
+int venv_clone(struct store *s, const char *src, const char *dst);
 
 #endif

@@ -1,0 +1,45 @@
+/*
+ * fs.h - the venvfs FUSE daemon, as the CLI sees it: mount a store,
+ * unmount, and find running mounts.
+ */
+#ifndef VENVFS_FS_H
+#define VENVFS_FS_H
+
+#include <stdbool.h>
+
+#include "store.h"
+
+struct fs_opts {
+	const char *mountpoint;
+	bool foreground;     /* stay attached, log to stderr too */
+	bool allow_other;    /* let other users in (default_permissions applies) */
+	bool debug;          /* libfuse's request tracing */
+	bool single_thread;  /* the single-threaded loop (debugging) */
+	unsigned max_threads;
+	const char *log_path; /* NULL: HOME/log/mount.log */
+};
+
+/*
+ * Mount every env of store s at o->mountpoint and serve until unmounted
+ * or signalled (SIGTERM, SIGINT, SIGHUP). Without foreground, returns in
+ * the parent once the mount is up (0) or failed, and serves in a daemon.
+ * A dead mount left by a killed daemon is cleaned up first.
+ */
+int fs_mount(struct store *s, const struct fs_opts *o);
+
+/* Unmount (the daemon then exits). */
+int fs_unmount(const char *mountpoint);
+
+/* Unmount, then wait (up to 5 s) for the daemon of store s to exit. */
+int fs_unmount_and_wait(struct store *s, const char *mountpoint);
+
+/* Where the daemon of a store logs by default. */
+char *fs_default_log(struct store *s);
+
+/*
+ * Ask the daemon serving mountpoint for its counters (text, malloc'd in
+ * *out): requests, errors by errno, nodes, envs.
+ */
+int fs_stats(struct store *s, const char *mountpoint, char **out);
+
+#endif

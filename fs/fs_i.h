@@ -1,0 +1,141 @@
+/*
+ * fs_i.h - private to the daemon: nodes (our inodes), mounted envs, the
+ * daemon's state, counters and logging. inode.c explains the inode model.
+ */
+#ifndef VENVFS_FS_I_H
+#define VENVFS_FS_I_H
+
+#define FUSE_USE_VERSION 34
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "env.h"
+#include "fs.h"
+#include "store.h"
+#include "view.h"
+
+/* Kernel cache lifetimes (seconds). */
+#define TIMEOUT_FOREVER 1e6 /* env content: we invalidate it when it changes */
+#define TIMEOUT_ROOT 1.0    /* the list of envs: others may change the store */
+
+enum node_kind {
+	N_ROOT,   /* the mount point: one directory per env */
+	N_DIR,    /* a directory of an env */
+	N_SHARED, /* a store file, one node for every env that has it */
+	N_FILE,   /* a non-directory of one env: template, symlink, FIFO... */
+};
+
+struct fsenv;
+
+struct node {
+	enum node_kind kind;
+	uint64_t ino;        /* st_ino: stable across mounts (inode.c) */
+	uint64_t nlookup;    /* the kernel's references (lookups not forgotten) */
+	uint32_t refs;       /* ours: children naming it as parent */
+	struct node *hnext;  /* hash chain */
+	uint64_t hash;       /* of its key in the node table */
+
+	/* N_DIR, N_FILE: where it is */
+	struct fsenv *env;
+	struct node *parent;
+	char *name;
+	uint16_t name_len;
+
+	/* attributes */
+	uint32_t mode;
+	uint64_t size;
+	struct timespec mtime;
+
+	/* N_DIR: its read-only sources, and its listing once built */
+	struct view_dir dir;
+	struct view_ent *list;
+	size_t nlist;
+	bool listed;
+
+	/* N_FILE: the tree node that defines it; templates: rendered */
+	struct view_src src;
+	struct buf rendered;
+
+	/* N_SHARED: the object, opened on first read and checked once */
+	struct objid obj;
+	int fd;
+	int state;          /* 0 unchecked, 1 good, <0 errno (damaged) */
+	char *seen_as;      /* "env/path" where first met, for messages */
+};
+
+/* One env being served. */
+struct fsenv {
+	char *name;
+	struct env *env;
+	struct view *view;
+	char *path;          /* MOUNT/NAME: what templates are rendered for */
+	struct node *root;   /* its top directory */
+	uint32_t refs;       /* nodes of this env alive */
+	bool stale;          /* replaced or removed: no new lookups */
+	struct fsenv *next;
+	struct timespec loaded_mtime; /* of envs/NAME/env when loaded */
+	ino_t loaded_ino;
+};
+
+/* Counters: requests and failures per operation, failures per errno. */
+enum fs_op {
+	OP_LOOKUP, OP_FORGET, OP_GETATTR, OP_SETATTR, OP_READLINK, OP_MKNOD, OP_MKDIR,
+	OP_UNLINK, OP_RMDIR, OP_SYMLINK, OP_RENAME, OP_LINK, OP_OPEN, OP_READ, OP_WRITE,
+	OP_RELEASE, OP_FSYNC, OP_READDIR, OP_READDIRPLUS, OP_STATFS, OP_CREATE, OP_COUNT
+};
+
+#define STAT_ERRNO_MAX 134
+
+struct fs_stats {
+	uint64_t calls[OP_COUNT];
+	uint64_t errors[OP_COUNT];
+	uint64_t by_errno[STAT_ERRNO_MAX];
+	uint64_t damaged_objects;   /* reads refused: object missing or corrupt */
+	uint64_t estale_retries;    /* write-opens redirected (inode.c) */
+};
+
+struct fsd {
+	struct store *s;
+	struct fuse_session *se;
+	char *mountpoint;
+	pthread_mutex_t lock;        /* nodes, envs, lazily built state */
+	struct node root;
+	struct node **table;         /* all nodes but root, by key hash */
+	size_t table_cap, table_n;
+	struct fsenv *envs;          /* current and stale envs */
+	char **env_names;            /* root listing, rebuilt when stale */
+	size_t n_env_names;
+	bool env_names_stale;
+	struct timespec envs_mtime;
+	uid_t uid;
+	gid_t gid;
+	struct fs_stats st;
+	FILE *log;
+	bool log_stderr;
+	uint64_t nodes_alive;
+};
+
+extern struct fsd fsd;
+
+/* logging: timestamped lines in the log (and stderr in the foreground) */
+void fs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* inode.c */
+void node_init_root(void);
+struct node *node_of(fuse_ino_t ino);
+uint64_t env_root_ino(const char *name, size_t len);
+struct fsenv *env_get(const char *name, size_t len, int *err);
+int node_child(struct node *dir, const char *name, size_t len, struct node **out);
+void node_ref_lookup(struct node *n, uint64_t count);
+void node_forget(struct node *n, uint64_t count);
+void node_stat(const struct node *n, struct stat *st);
+int node_list(struct node *dir);
+int root_list(void);
+int shared_open_object(struct node *n);
+void envs_changed(void);
+
+#endif

@@ -1,0 +1,565 @@
+/*
+ * inode.c - the daemon's nodes: what each FUSE inode is, how it is
+ * numbered, and how it lives and dies.
+ *
+ * The inode model
+ * ---------------
+ * The mount shows one directory per env; inside, each env is the union of
+ * its read-only layers (store/view.h) and, later, its writable layer. A
+ * node is one inode the kernel knows, and its fuse_ino_t is the node's
+ * address (the root is FUSE_ROOT_ID). There are four kinds:
+ *
+ *   N_ROOT    the mount point; lists the envs of the store.
+ *   N_DIR     a directory of one env, keyed by (env, parent node, name).
+ *             Directories are never shared between envs: the kernel allows
+ *             a directory inode one parent only.
+ *   N_SHARED  a store file: regular, not a template. Keyed by (object,
+ *             mode, mtime) and shared by every env that has it. The kernel
+ *             then keeps one inode and one page cache for numpy's .so
+ *             files however many envs import numpy, as hardlinks would,
+ *             but without their flaw: a shared inode is never written.
+ *             Writing one env's copy goes through copy-up (layer.c).
+ *   N_FILE    any other non-directory of one env: rendered templates
+ *             (scripts, activate, pyvenv.cfg, RECORD), symlinks, FIFOs,
+ *             sockets. Keyed like N_DIR.
+ *
+ * Inode numbers (st_ino) are not node addresses: they are hashes that do
+ * not depend on the mount, so a path has the same st_ino across remounts:
+ *
+ *   env root           XXH3-64(env name)
+ *   N_DIR, N_FILE      XXH3-64(name, seed = parent's st_ino)
+ *   N_SHARED           XXH3-64(object id, mode, mtime)
+ *
+ * (Collisions of 64-bit hashes are possible in principle; tools only
+ * compare st_ino of files they already opened, where a collision between
+ * two envs' files does no harm.)
+ *
+ * Lifetime: the kernel takes a reference with each lookup reply (and each
+ * readdirplus entry) and drops them with forget; a node also holds a
+ * reference on its parent. A node is freed when both counts reach zero.
+ * Everything here runs under fsd.lock.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "fs_i.h"
+#include "tree.h"
+
+/* ---- the node table ---------------------------------------------------------- */
+
+static uint64_t key_named(const struct fsenv *e, const struct node *parent, const char *name, size_t len)
+{
+	return XXH3_64bits_withSeed(name, len, (uint64_t)(uintptr_t)e * 0x9e3779b97f4a7c15ull ^ (uintptr_t)parent);
+}
+
+static uint64_t key_shared(const struct objid *id, uint32_t mode, const struct timespec *mtime)
+{
+	struct {
+		uint8_t h[16];
+		uint32_t seq, mode;
+		int64_t sec, nsec;
+	} k;
+
+	memset(&k, 0, sizeof(k));
+	memcpy(k.h, id->hash, 16);
+	k.seq = id->seq;
+	k.mode = mode;
+	k.sec = mtime->tv_sec;
+	k.nsec = mtime->tv_nsec;
+	return XXH3_64bits(&k, sizeof(k));
+}
+
+static void table_grow(void)
+{
+	size_t ncap = fsd.table_cap ? fsd.table_cap * 2 : 4096;
+	struct node **nt = xcalloc(ncap, sizeof(*nt));
+
+	for (size_t i = 0; i < fsd.table_cap; i++) {
+		struct node *n = fsd.table[i], *next;
+		for (; n; n = next) {
+			next = n->hnext;
+			n->hnext = nt[n->hash & (ncap - 1)];
+			nt[n->hash & (ncap - 1)] = n;
+		}
+	}
+	free(fsd.table);
+	fsd.table = nt;
+	fsd.table_cap = ncap;
+}
+
+static void table_add(struct node *n)
+{
+	if (fsd.table_n + 1 > fsd.table_cap)
+		table_grow();
+	n->hnext = fsd.table[n->hash & (fsd.table_cap - 1)];
+	fsd.table[n->hash & (fsd.table_cap - 1)] = n;
+	fsd.table_n++;
+}
+
+static void table_del(struct node *n)
+{
+	struct node **p = &fsd.table[n->hash & (fsd.table_cap - 1)];
+
+	while (*p && *p != n)
+		p = &(*p)->hnext;
+	if (*p) {
+		*p = n->hnext;
+		fsd.table_n--;
+	}
+}
+
+static struct node *find_named(struct fsenv *e, struct node *parent, const char *name, size_t len, uint64_t h)
+{
+	if (!fsd.table_cap)
+		return NULL;
+	for (struct node *n = fsd.table[h & (fsd.table_cap - 1)]; n; n = n->hnext)
+		if (n->hash == h && (n->kind == N_DIR || n->kind == N_FILE) && n->env == e && n->parent == parent &&
+		    n->name_len == len && memcmp(n->name, name, len) == 0)
+			return n;
+	return NULL;
+}
+
+static struct node *find_shared(const struct objid *id, uint32_t mode, const struct timespec *mt, uint64_t h)
+{
+	if (!fsd.table_cap)
+		return NULL;
+	for (struct node *n = fsd.table[h & (fsd.table_cap - 1)]; n; n = n->hnext)
+		if (n->hash == h && n->kind == N_SHARED && n->mode == mode && objid_equal(&n->obj, id) &&
+		    n->mtime.tv_sec == mt->tv_sec && n->mtime.tv_nsec == mt->tv_nsec)
+			return n;
+	return NULL;
+}
+
+/* ---- nodes ----------------------------------------------------------------------- */
+
+void node_init_root(void)
+{
+	memset(&fsd.root, 0, sizeof(fsd.root));
+	fsd.root.kind = N_ROOT;
+	fsd.root.ino = FUSE_ROOT_ID;
+	fsd.root.mode = S_IFDIR | 0755;
+	fsd.root.nlookup = 1;
+	fsd.root.fd = -1;
+}
+
+uint64_t env_root_ino(const char *name, size_t len)
+{
+	return XXH3_64bits_withSeed(name, len, 0x656e76) | 2;
+}
+
+struct node *node_of(fuse_ino_t ino)
+{
+	return ino == FUSE_ROOT_ID ? &fsd.root : (struct node *)(uintptr_t)ino;
+}
+
+static struct node *node_new(enum node_kind kind)
+{
+	struct node *n = xcalloc(1, sizeof(*n));
+
+	n->kind = kind;
+	n->fd = -1;
+	fsd.nodes_alive++;
+	return n;
+}
+
+static void fsenv_put(struct fsenv *e);
+
+static void node_free(struct node *n)
+{
+	struct node *parent = n->parent;
+	struct fsenv *e = n->env;
+
+	table_del(n);
+	if (n->fd >= 0)
+		close(n->fd);
+	view_dir_free(&n->dir);
+	free(n->list);
+	buf_free(&n->rendered);
+	free(n->name);
+	free(n->seen_as);
+	free(n);
+	fsd.nodes_alive--;
+	if (parent && --parent->refs == 0 && parent->nlookup == 0)
+		node_free(parent);
+	if (e)
+		fsenv_put(e);
+}
+
+void node_ref_lookup(struct node *n, uint64_t count)
+{
+	n->nlookup += count;
+}
+
+void node_forget(struct node *n, uint64_t count)
+{
+	if (n->kind == N_ROOT)
+		return;
+	n->nlookup = count > n->nlookup ? 0 : n->nlookup - count;
+	if (n->nlookup == 0 && n->refs == 0) {
+		if (n->env && n->env->root == n)
+			n->env->root = NULL;
+		node_free(n);
+	}
+}
+
+static void set_mtime(struct node *n, int64_t sec, uint32_t nsec)
+{
+	n->mtime.tv_sec = sec;
+	n->mtime.tv_nsec = nsec;
+}
+
+void node_stat(const struct node *n, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_mode = n->mode;
+	st->st_nlink = 1; /* directories too: "unknown", which stops find's leaf guess */
+	st->st_uid = fsd.uid;
+	st->st_gid = fsd.gid;
+	st->st_size = (off_t)n->size;
+	st->st_blksize = 4096;
+	st->st_blocks = (blkcnt_t)((n->size + 511) / 512);
+	st->st_mtim = n->mtime;
+	st->st_atim = n->mtime;
+	st->st_ctim = n->mtime;
+	if (n->kind == N_ROOT) {
+		st->st_mtim = fsd.envs_mtime;
+		st->st_atim = st->st_ctim = fsd.envs_mtime;
+	}
+}
+
+/* ---- envs ------------------------------------------------------------------------- */
+
+static void fsenv_free(struct fsenv *e)
+{
+	struct fsenv **p = &fsd.envs;
+
+	while (*p && *p != e)
+		p = &(*p)->next;
+	if (*p)
+		*p = e->next;
+	view_free(e->view);
+	env_free(e->env);
+	free(e->name);
+	free(e->path);
+	free(e);
+}
+
+static void fsenv_put(struct fsenv *e)
+{
+	if (--e->refs == 0 && e->stale)
+		fsenv_free(e);
+}
+
+/* The identity of envs/NAME/env now, to notice replacement. */
+static bool env_file_stat(const char *name, struct stat *st)
+{
+	_cleanup_free_ char *p = xasprintf("%s/env", name);
+
+	return fstatat(fsd.s->envs_fd, p, st, 0) == 0;
+}
+
+static void env_make_root(struct fsenv *e)
+{
+	struct node *r = node_new(N_DIR);
+	const struct tree_node *tn;
+
+	r->env = e;
+	e->refs++;
+	view_root(e->view, &r->dir);
+	tn = view_node(e->view, r->dir.src[0]);
+	r->mode = tn->mode;
+	view_dir_mtime(e->view, &r->dir, &r->mtime.tv_sec, (uint32_t *)&r->mtime.tv_nsec);
+	r->ino = env_root_ino(e->name, strlen(e->name));
+	r->hash = key_named(e, NULL, "", 0);
+	r->name = xstrdup(e->name);
+	r->name_len = (uint16_t)strlen(e->name);
+	table_add(r);
+	e->root = r;
+}
+
+struct fsenv *env_get(const char *name, size_t len, int *err)
+{
+	_cleanup_free_ char *n = xstrndup(name, len);
+	struct stat st;
+	struct fsenv *e;
+
+	*err = ENOENT;
+	if (!env_valid_name(n) || !env_file_stat(n, &st))
+		return NULL;
+	for (e = fsd.envs; e; e = e->next) {
+		if (e->stale || strcmp(e->name, n))
+			continue;
+		if (e->loaded_ino == st.st_ino && e->loaded_mtime.tv_sec == st.st_mtim.tv_sec &&
+		    e->loaded_mtime.tv_nsec == st.st_mtim.tv_nsec)
+			break;
+		/* replaced (re-imported, absorbed...): the old one lives on for
+		 * whoever still holds its nodes; new lookups get the new one */
+		e->stale = true;
+		if (e->root && e->root->nlookup == 0 && e->root->refs == 0) {
+			struct node *r = e->root;
+			e->root = NULL;
+			node_free(r);
+		} else if (e->refs == 0) {
+			fsenv_free(e);
+		}
+		e = NULL;
+		break;
+	}
+	if (!e) {
+		struct env *m;
+		struct view *v;
+		if (env_load(fsd.s, n, &m) < 0) {
+			fs_log("env %s: %s", n, vf_last_error());
+			*err = EIO;
+			return NULL;
+		}
+		if (view_open(fsd.s, m, false, &v) < 0) {
+			fs_log("env %s: %s", n, vf_last_error());
+			env_free(m);
+			*err = EIO;
+			return NULL;
+		}
+		if (v->broken)
+			fs_log("env %s: %s; its files are missing from the view (venvfs store verify)", n, v->broken);
+		e = xcalloc(1, sizeof(*e));
+		e->name = xstrdup(n);
+		e->env = m;
+		e->view = v;
+		e->path = xasprintf("%s/%s", fsd.mountpoint, n);
+		e->loaded_ino = st.st_ino;
+		e->loaded_mtime = st.st_mtim;
+		e->next = fsd.envs;
+		fsd.envs = e;
+	}
+	if (!e->root)
+		env_make_root(e);
+	return e;
+}
+
+/* ---- lookup ----------------------------------------------------------------------- */
+
+static char *describe(struct node *dir, const char *name, size_t len)
+{
+	struct buf b = {0};
+	const struct node *chain[256];
+	int depth = 0;
+
+	for (const struct node *p = dir; p && depth < 256; p = p->parent)
+		chain[depth++] = p;
+	while (depth--) {
+		if (b.len)
+			buf_addc(&b, '/');
+		buf_add(&b, chain[depth]->name, chain[depth]->name_len);
+	}
+	buf_addc(&b, '/');
+	buf_add(&b, name, len);
+	return b.data;
+}
+
+static int new_named(struct node *dir, const char *name, size_t len, enum node_kind kind, uint64_t h,
+		     struct node **out)
+{
+	struct fsenv *e = dir->env;
+	struct node *n = node_new(kind);
+
+	n->env = e;
+	e->refs++;
+	n->parent = dir;
+	dir->refs++;
+	n->name = xstrndup(name, len);
+	n->name_len = (uint16_t)len;
+	n->hash = h;
+	n->ino = XXH3_64bits_withSeed(name, len, dir->ino) | 2;
+	*out = n;
+	return 0;
+}
+
+int node_child(struct node *dir, const char *name, size_t len, struct node **out)
+{
+	struct view_src top;
+	int err;
+
+	if (dir->kind == N_ROOT) {
+		struct fsenv *e = env_get(name, len, &err);
+		if (!e)
+			return -err;
+		*out = e->root;
+		return 0;
+	}
+	if (dir->kind != N_DIR)
+		return -ENOTDIR;
+	if (len > 255)
+		return -ENAMETOOLONG;
+	struct fsenv *e = dir->env;
+	struct view *v = e->view;
+	if (!view_lookup(v, &dir->dir, name, len, &top))
+		return -ENOENT;
+	const struct tree_node *tn = view_node(v, top);
+	uint64_t h;
+	struct node *n;
+
+	if (S_ISREG(tn->mode) && !(tn->flags & TREE_F_TEMPLATE)) {
+		struct objid id;
+		struct timespec mt = {tn->mtime_sec, tn->mtime_nsec};
+		tree_node_objid(tn, &id);
+		h = key_shared(&id, tn->mode, &mt);
+		n = find_shared(&id, tn->mode, &mt, h);
+		if (!n) {
+			n = node_new(N_SHARED);
+			n->obj = id;
+			n->mode = tn->mode;
+			n->size = tn->size;
+			n->mtime = mt;
+			n->hash = h;
+			n->ino = h | 2;
+			n->seen_as = describe(dir, name, len);
+			table_add(n);
+		}
+		*out = n;
+		return 0;
+	}
+
+	h = key_named(e, dir, name, len);
+	n = find_named(e, dir, name, len, h);
+	if (n) {
+		*out = n;
+		return 0;
+	}
+	if (S_ISDIR(tn->mode)) {
+		new_named(dir, name, len, N_DIR, h, &n);
+		view_child_dir(v, &dir->dir, name, len, &n->dir);
+		n->mode = tn->mode;
+		view_dir_mtime(v, &n->dir, &n->mtime.tv_sec, (uint32_t *)&n->mtime.tv_nsec);
+	} else {
+		new_named(dir, name, len, N_FILE, h, &n);
+		n->src = top;
+		n->mode = tn->mode;
+		set_mtime(n, tn->mtime_sec, tn->mtime_nsec);
+		if (S_ISLNK(tn->mode)) {
+			n->size = tn->u.link.len;
+		} else if (S_ISREG(tn->mode)) {
+			/* a template: its size depends on where it is shown */
+			int r = view_render(v, top, e->path, NULL, &n->rendered);
+			if (r < 0) {
+				fs_log("%s/%.*s: %s", e->name, (int)len, name, vf_last_error());
+				n->state = -EIO;
+			}
+			n->size = n->rendered.len;
+		}
+	}
+	table_add(n);
+	*out = n;
+	return 0;
+}
+
+/* ---- listings -------------------------------------------------------------------- */
+
+int node_list(struct node *dir)
+{
+	if (dir->listed)
+		return 0;
+	int r = view_list(dir->env->view, &dir->dir, &dir->list, &dir->nlist);
+	if (r < 0)
+		return r;
+	dir->listed = true;
+	return 0;
+}
+
+int root_list(void)
+{
+	if (fsd.env_names && !fsd.env_names_stale)
+		return 0;
+	env_list_free(fsd.env_names, fsd.n_env_names);
+	fsd.env_names = NULL;
+	fsd.n_env_names = 0;
+	struct stat st;
+	if (fstat(fsd.s->envs_fd, &st) == 0)
+		fsd.envs_mtime = st.st_mtim;
+	if (env_list(fsd.s, &fsd.env_names, &fsd.n_env_names) < 0) {
+		fs_log("listing envs: %s", vf_last_error());
+		return -EIO;
+	}
+	fsd.env_names_stale = false;
+	return 0;
+}
+
+void envs_changed(void)
+{
+	struct stat st;
+
+	fsd.env_names_stale = true;
+	if (fstat(fsd.s->envs_fd, &st) == 0)
+		fsd.envs_mtime = st.st_mtim;
+}
+
+/* ---- store files ------------------------------------------------------------------ */
+
+/*
+ * Open a shared node's object and check it once: a missing object, a size
+ * that is not the manifest's, or content that does not hash to its name
+ * makes every read of the node fail with EIO, and the log names the object.
+ */
+int shared_open_object(struct node *n)
+{
+	char path[OBJID_STR_MAX];
+	int fd, state;
+	struct stat st;
+
+	pthread_mutex_lock(&fsd.lock);
+	state = n->state;
+	fd = n->fd;
+	pthread_mutex_unlock(&fsd.lock);
+	if (state < 0)
+		return state;
+	if (fd >= 0)
+		return 0;
+
+	objid_path(&n->obj, path);
+	fd = store_object_open(fsd.s, &n->obj);
+	const char *why = NULL;
+	if (fd < 0)
+		why = fd == -ENOENT ? "is missing" : "cannot be opened";
+	else if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != n->size)
+		why = "has the wrong size (damaged)";
+	else if (st.st_size > 0) {
+		void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		uint8_t h[16];
+		if (m == MAP_FAILED) {
+			why = "cannot be read";
+		} else {
+			fsd.s->hash(m, (size_t)st.st_size, h);
+			munmap(m, (size_t)st.st_size);
+			if (memcmp(h, n->obj.hash, 16) != 0)
+				why = "does not match its name (corrupt)";
+		}
+	}
+	pthread_mutex_lock(&fsd.lock);
+	if (why) {
+		if (fd >= 0)
+			close(fd);
+		if (n->state == 0) {
+			n->state = -EIO;
+			fsd.st.damaged_objects++;
+			fs_log("objects/%s %s: reads of %s fail with EIO (venvfs store verify lists the damage)", path,
+			       why, n->seen_as ? n->seen_as : "it");
+		}
+		state = n->state;
+	} else if (n->fd < 0) {
+		n->fd = fd;
+		n->state = 1;
+		state = 0;
+	} else {
+		close(fd); /* another thread got there first */
+		state = 0;
+	}
+	pthread_mutex_unlock(&fsd.lock);
+	return state < 0 ? state : 0;
+}

@@ -1,0 +1,441 @@
+/*
+ * main.c - mounting: the FUSE session, the daemon's life, and its
+ * housekeeping thread.
+ *
+ * `venvfs mount MOUNTPOINT` cleans up a dead mount left at MOUNTPOINT by a
+ * killed daemon, mounts, then detaches into the background (unless -f) and
+ * serves requests on libfuse's multithreaded loop. SIGTERM, SIGINT, SIGHUP
+ * or an unmount end the loop; the daemon then unmounts and exits.
+ *
+ * The housekeeping thread watches HOME/envs with inotify, so envs created,
+ * cloned, replaced or removed while mounted appear and disappear at once
+ * (the kernel is told to drop what it cached about the root), and answers
+ * SIGUSR1 by writing the daemon's counters to HOME/run/mount-*.stats.
+ * Files in HOME/run: mount-<hash of the mount point>.pid, .stats.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/mount.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "fs_i.h"
+
+struct fsd fsd;
+extern const struct fuse_lowlevel_ops fs_ops;
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void fs_log(const char *fmt, ...)
+{
+	char msg[2048], when[64];
+	struct timespec ts;
+	struct tm tm;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	localtime_r(&ts.tv_sec, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+	pthread_mutex_lock(&log_lock);
+	if (fsd.log) {
+		fprintf(fsd.log, "%s.%03ld venvfs[%d]: %s\n", when, ts.tv_nsec / 1000000, (int)getpid(), msg);
+		fflush(fsd.log);
+	}
+	if (fsd.log_stderr)
+		fprintf(stderr, "venvfs: %s\n", msg);
+	pthread_mutex_unlock(&log_lock);
+}
+
+char *fs_default_log(struct store *s)
+{
+	return path_join(s->home, "log/mount.log");
+}
+
+static char *run_file(struct store *s, const char *mountpoint, const char *ext)
+{
+	return xasprintf("%s/run/mount-%016" PRIx64 ".%s", s->home, XXH3_64bits(mountpoint, strlen(mountpoint)), ext);
+}
+
+/* ---- counters ------------------------------------------------------------------- */
+
+static const char *op_names[OP_COUNT] = {
+	"lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink",
+	"rename", "link", "open", "read", "write", "release", "fsync", "readdir", "readdirplus", "statfs", "create",
+};
+
+static void format_stats(struct buf *b)
+{
+	buf_printf(b, "mount %s\nstore %s\npid %d\n", fsd.mountpoint, fsd.s->home, (int)getpid());
+	pthread_mutex_lock(&fsd.lock);
+	size_t envs = 0;
+	for (struct fsenv *e = fsd.envs; e; e = e->next)
+		envs++;
+	buf_printf(b, "nodes %" PRIu64 "\nenvs_loaded %zu\n", fsd.nodes_alive, envs);
+	pthread_mutex_unlock(&fsd.lock);
+	buf_printf(b, "damaged_objects %" PRIu64 "\nwrite_redirects %" PRIu64 "\n", fsd.st.damaged_objects,
+		   fsd.st.estale_retries);
+	for (int i = 0; i < OP_COUNT; i++)
+		if (fsd.st.calls[i] || fsd.st.errors[i])
+			buf_printf(b, "op %-12s calls %-10" PRIu64 " errors %" PRIu64 "\n", op_names[i], fsd.st.calls[i],
+				   fsd.st.errors[i]);
+	for (int e = 1; e < STAT_ERRNO_MAX; e++)
+		if (fsd.st.by_errno[e])
+			buf_printf(b, "errno %-16s %" PRIu64 "\n", strerrorname_np(e) ? strerrorname_np(e) : "?",
+				   fsd.st.by_errno[e]);
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, "VmRSS:", 6))
+			buf_printf(b, "rss_kb %s", line + 6 + strspn(line + 6, " \t"));
+	if (f)
+		fclose(f);
+}
+
+static void write_stats(void)
+{
+	_cleanup_buf_ struct buf b = {0};
+	_cleanup_free_ char *p = run_file(fsd.s, fsd.mountpoint, "stats");
+	_cleanup_free_ char *tmp = xasprintf("%s.tmp", p);
+
+	format_stats(&b);
+	FILE *f = fopen(tmp, "w");
+	if (!f)
+		return;
+	fwrite(b.data, 1, b.len, f);
+	fclose(f);
+	rename(tmp, p);
+}
+
+/* ---- housekeeping ------------------------------------------------------------------ */
+
+static int hk_stop[2] = {-1, -1};
+static pthread_t hk_thread;
+
+static void *housekeeping(void *arg)
+{
+	int ino = inotify_init1(IN_CLOEXEC);
+	sigset_t usr1;
+	(void)arg;
+
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	int sfd = signalfd(-1, &usr1, SFD_CLOEXEC);
+	_cleanup_free_ char *envs = path_join(fsd.s->home, "envs");
+	if (ino >= 0 && inotify_add_watch(ino, envs, IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO) < 0)
+		fs_log("inotify on %s: %s (new envs show after a second)", envs, strerror(errno));
+	for (;;) {
+		struct pollfd p[3] = {{hk_stop[0], POLLIN, 0}, {ino, POLLIN, 0}, {sfd, POLLIN, 0}};
+		if (poll(p, 3, -1) < 0 && errno != EINTR)
+			break;
+		if (p[0].revents)
+			break;
+		if (p[2].revents & POLLIN) {
+			struct signalfd_siginfo si;
+			if (read(sfd, &si, sizeof(si)) > 0)
+				write_stats();
+		}
+		if (!(p[1].revents & POLLIN))
+			continue;
+		char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+		ssize_t n = read(ino, buf, sizeof(buf));
+		bool changed = false;
+		for (char *q = buf; n > 0 && q < buf + n;) {
+			struct inotify_event *ev = (struct inotify_event *)q;
+			q += sizeof(*ev) + ev->len;
+			if (!ev->len || ev->name[0] == '.')
+				continue;
+			changed = true;
+			/* drop the cached entry (positive or negative) of that env */
+			fuse_lowlevel_notify_inval_entry(fsd.se, FUSE_ROOT_ID, ev->name, strlen(ev->name));
+		}
+		if (changed) {
+			pthread_mutex_lock(&fsd.lock);
+			envs_changed();
+			pthread_mutex_unlock(&fsd.lock);
+			fuse_lowlevel_notify_inval_inode(fsd.se, FUSE_ROOT_ID, 0, 0);
+		}
+	}
+	if (ino >= 0)
+		close(ino);
+	if (sfd >= 0)
+		close(sfd);
+	return NULL;
+}
+
+/* ---- mounting ------------------------------------------------------------------------ */
+
+static int run_program(char *const argv[])
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		int devnull = open("/dev/null", O_RDWR);
+		if (devnull >= 0) {
+			dup2(devnull, STDOUT_FILENO);
+			dup2(devnull, STDERR_FILENO);
+		}
+		execvp(argv[0], argv);
+		_exit(127);
+	}
+	if (waitpid(pid, &status, 0) < 0)
+		return -errno;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+}
+
+/* umount2 as root, fusermount3 (setuid) otherwise; lazy: MNT_DETACH. */
+static int do_unmount(const char *mp, bool lazy)
+{
+	char *lazy_argv[] = {"fusermount3", "-u", "-q", "-z", (char *)mp, NULL};
+	char *argv[] = {"fusermount3", "-u", "-q", (char *)mp, NULL};
+
+	if (geteuid() == 0 && umount2(mp, lazy ? MNT_DETACH : 0) == 0)
+		return 0;
+	return run_program(lazy ? lazy_argv : argv);
+}
+
+int fs_unmount(const char *mountpoint)
+{
+	_cleanup_free_ char *mp = path_absolute(mountpoint);
+	int r = do_unmount(mp, false);
+
+	if (r < 0) {
+		struct stat st;
+		if (stat(mp, &st) < 0 && errno == ENOTCONN)
+			r = do_unmount(mp, true); /* a dead daemon's mount */
+	}
+	if (r < 0)
+		return vf_error(EBUSY, "%s: cannot unmount (in use, or not a venvfs mount)", mp);
+	return 0;
+}
+
+/* A mount whose daemon was killed answers ENOTCONN: detach it. */
+static int cleanup_dead_mount(const char *mp)
+{
+	struct stat st;
+
+	if (stat(mp, &st) == 0 || errno != ENOTCONN)
+		return 0;
+	if (do_unmount(mp, true) < 0)
+		return vf_error(EBUSY, "%s: a dead venvfs mount is still there and could not be detached", mp);
+	return 0;
+}
+
+static void wait_for_exit(pid_t pid)
+{
+	for (int i = 0; i < 500 && kill(pid, 0) == 0; i++)
+		usleep(10000);
+}
+
+int fs_stats(struct store *s, const char *mountpoint, char **out)
+{
+	_cleanup_free_ char *mp = realpath(mountpoint, NULL);
+	if (!mp)
+		return vf_error_errno(errno, "%s", mountpoint);
+	_cleanup_free_ char *pidf = run_file(s, mp, "pid"), *statf = run_file(s, mp, "stats");
+	_cleanup_buf_ struct buf b = {0};
+	if (read_file_at(AT_FDCWD, pidf, 4096, &b) < 0)
+		return vf_error(ENOENT, "%s: no venvfs daemon of store %s serves it", mp, s->home);
+	pid_t pid = (pid_t)atoi(b.data);
+	struct stat before = {0}, after;
+	stat(statf, &before);
+	if (pid <= 0 || kill(pid, SIGUSR1) < 0)
+		return vf_error(ESRCH, "%s: its daemon (pid %d) is gone", mp, (int)pid);
+	for (int i = 0; i < 300; i++) {
+		if (stat(statf, &after) == 0 && (after.st_mtim.tv_sec != before.st_mtim.tv_sec ||
+						   after.st_mtim.tv_nsec != before.st_mtim.tv_nsec || after.st_ino != before.st_ino))
+			break;
+		usleep(10000);
+	}
+	if (read_file_at(AT_FDCWD, statf, 1 << 20, &b) < 0)
+		return vf_error(EIO, "%s: the daemon did not answer", mp);
+	*out = steal_pointer(&b.data);
+	return 0;
+}
+
+/*
+ * Detach into the background: the parent waits until the daemon says it is
+ * ready (pid file written, about to serve), then leaves with its status,
+ * so `venvfs mount` returns when the mount can be used.
+ */
+static int ready_pipe = -1;
+
+static int daemonize(bool foreground)
+{
+	int p[2];
+	pid_t pid;
+
+	if (foreground)
+		return 0;
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return vf_error_errno(errno, "pipe");
+	pid = fork();
+	if (pid < 0)
+		return vf_error_errno(errno, "fork");
+	if (pid > 0) {
+		char c = 1;
+		close(p[1]);
+		if (read(p[0], &c, 1) != 1)
+			c = 1;
+		_exit(c); /* not return: the session belongs to the child now */
+	}
+	close(p[0]);
+	ready_pipe = p[1];
+	setsid();
+	if (chdir("/") < 0)
+		return vf_error_errno(errno, "chdir /");
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, STDIN_FILENO);
+		dup2(null, STDOUT_FILENO);
+		dup2(null, STDERR_FILENO);
+		close(null);
+	}
+	return 0;
+}
+
+static void daemon_ready(void)
+{
+	char ok = 0;
+
+	if (ready_pipe >= 0) {
+		if (write(ready_pipe, &ok, 1) != 1)
+			fs_log("could not tell the parent we are ready");
+		close(ready_pipe);
+		ready_pipe = -1;
+	}
+}
+
+int fs_mount(struct store *s, const struct fs_opts *o)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	_cleanup_free_ char *mp = NULL, *log_path = NULL, *pidf = NULL, *opts = NULL;
+	struct stat st;
+	int r = 0;
+
+	mp = path_absolute(o->mountpoint);
+	if (!mp)
+		return vf_error_errno(errno, "%s", o->mountpoint);
+	r = cleanup_dead_mount(mp);
+	if (r < 0)
+		return r;
+	if (stat(mp, &st) < 0)
+		return vf_error_errno(errno, "mount point %s", mp);
+	if (!S_ISDIR(st.st_mode))
+		return vf_error(ENOTDIR, "mount point %s is not a directory", mp);
+
+	memset(&fsd, 0, sizeof(fsd));
+	pthread_mutex_init(&fsd.lock, NULL);
+	fsd.s = s;
+	fsd.mountpoint = mp;
+	fsd.uid = getuid();
+	fsd.gid = getgid();
+	fsd.log_stderr = o->foreground;
+	node_init_root();
+	envs_changed();
+
+	log_path = o->log_path ? xstrdup(o->log_path) : fs_default_log(s);
+	mkdirat(s->fd, "log", 0755);
+	mkdirat(s->fd, "run", 0755);
+	fsd.log = fopen(log_path, "ae");
+	if (!fsd.log)
+		return vf_error_errno(errno, "log file %s", log_path);
+
+	opts = xasprintf("fsname=venvfs,subtype=venvfs,default_permissions%s", o->allow_other ? ",allow_other" : "");
+	if (fuse_opt_add_arg(&args, "venvfs") || fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, opts) ||
+	    (o->debug && fuse_opt_add_arg(&args, "-d")))
+		return vf_error(ENOMEM, "fuse arguments");
+	fsd.se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), NULL);
+	fuse_opt_free_args(&args);
+	if (!fsd.se)
+		return vf_error(EIO, "cannot start a FUSE session (is /dev/fuse there?)");
+	if (fuse_set_signal_handlers(fsd.se) < 0) {
+		fuse_session_destroy(fsd.se);
+		return vf_error(EIO, "cannot install signal handlers");
+	}
+	if (fuse_session_mount(fsd.se, mp) < 0) {
+		fuse_remove_signal_handlers(fsd.se);
+		fuse_session_destroy(fsd.se);
+		return vf_error(EIO, "cannot mount at %s (see %s)", mp, log_path);
+	}
+	fs_log("mounted store %s at %s%s", s->home, mp, o->allow_other ? " (allow_other)" : "");
+	r = daemonize(o->foreground);
+	if (r < 0)
+		goto out;
+
+	pidf = run_file(s, mp, "pid");
+	{
+		_cleanup_free_ char *pid = xasprintf("%d\n%s\n", (int)getpid(), mp);
+		write_file_atomic(AT_FDCWD, pidf, pid, strlen(pid), 0644);
+	}
+	daemon_ready();
+	/* SIGUSR1 is the housekeeping thread's (signalfd); block it everywhere */
+	sigset_t usr1;
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+	if (pipe2(hk_stop, O_CLOEXEC) == 0)
+		pthread_create(&hk_thread, NULL, housekeeping, NULL);
+
+	if (o->single_thread) {
+		r = fuse_session_loop(fsd.se);
+	} else {
+		struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+		fuse_loop_cfg_set_max_threads(cfg, o->max_threads ? o->max_threads : 16);
+		fuse_loop_cfg_set_clone_fd(cfg, 0);
+		r = fuse_session_loop_mt(fsd.se, cfg);
+		fuse_loop_cfg_destroy(cfg);
+	}
+	if (r != 0)
+		fs_log("request loop ended with %d", r);
+	r = 0;
+
+	if (hk_stop[1] >= 0) {
+		if (write(hk_stop[1], "x", 1) == 1)
+			pthread_join(hk_thread, NULL);
+	}
+	{
+		_cleanup_buf_ struct buf b = {0};
+		format_stats(&b);
+		fs_log("unmounting; counters:\n%s", b.data);
+	}
+out:
+	fuse_session_unmount(fsd.se);
+	fuse_remove_signal_handlers(fsd.se);
+	fuse_session_destroy(fsd.se);
+	if (pidf)
+		unlink(pidf);
+	fs_log("exited");
+	fclose(fsd.log);
+	fsd.log = NULL;
+	return r;
+}
+
+int fs_unmount_and_wait(struct store *s, const char *mountpoint)
+{
+	_cleanup_free_ char *mp = path_absolute(mountpoint);
+	_cleanup_free_ char *pidf = run_file(s, mp, "pid");
+	_cleanup_buf_ struct buf b = {0};
+	pid_t pid = read_file_at(AT_FDCWD, pidf, 4096, &b) == 0 ? (pid_t)atoi(b.data) : 0;
+	int r = fs_unmount(mp);
+
+	if (r == 0 && pid > 0)
+		wait_for_exit(pid);
+	return r;
+}

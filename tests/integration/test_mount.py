@@ -1,0 +1,394 @@
+"""venvfs mount: every env is a real venv, served from the store.
+
+Real mounts (always unmounted, even when a test fails), real interpreters,
+real wheels from PyPI. Views are compared with the native venvs they were
+imported from.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BASE_PYTHON, BIN, make_venv, run
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+class Mount:
+    """A store, a mount point, and the daemon serving it."""
+
+    def __init__(self, venvfs, where):
+        self.venvfs = venvfs
+        self.path = where
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.mounted = False
+
+    def mount(self, *extra):
+        self.venvfs("mount", self.path, *extra)
+        self.mounted = True
+        return self
+
+    def umount(self):
+        if self.mounted:
+            self.venvfs("umount", self.path, check=False)
+            subprocess.run(["fusermount3", "-u", "-q", "-z", str(self.path)], capture_output=True)
+            self.mounted = False
+
+    def pid(self):
+        pidfile = next((self.venvfs.home / "run").glob("mount-*.pid"))
+        return int(pidfile.read_text().split()[0])
+
+    def stats(self):
+        out = self.venvfs("stats", self.path).stdout
+        d = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if parts[0] == "op":
+                d[parts[1]] = int(parts[3])
+                d[parts[1] + ".errors"] = int(parts[5])
+            elif len(parts) == 2:
+                d[parts[0]] = parts[1]
+        return d
+
+    def log(self):
+        return (self.venvfs.home / "log" / "mount.log").read_text()
+
+
+@pytest.fixture
+def mnt(tmp_path, venvfs):
+    m = Mount(venvfs, tmp_path / "mnt")
+    yield m
+    m.umount()
+
+
+@pytest.fixture(scope="module")
+def web_venv(tmp_path_factory, wheelhouse):
+    return make_venv(tmp_path_factory.mktemp("web") / "web", ["requests", "numpy", "flask"], wheelhouse)
+
+
+def py(env_dir, code, **kw):
+    return run([Path(env_dir) / "bin" / "python", "-c", code], **kw).stdout
+
+
+# ---- the mount and its envs -------------------------------------------------------------
+
+
+def test_envs_appear_and_disappear_without_remount(venvfs, mnt, web_venv, wheelhouse):
+    venvfs("import", web_venv)
+    mnt.mount()
+    assert os.listdir(mnt.path) == ["web"]
+    assert not (mnt.path / "later").exists()  # a negative lookup the kernel may cache
+    venvfs("create", "later", "--python", BASE_PYTHON, "idna")
+    venvfs("clone", "web", "webclone")
+    time.sleep(0.2)
+    assert sorted(os.listdir(mnt.path)) == ["later", "web", "webclone"]
+    assert (mnt.path / "later" / "pyvenv.cfg").exists()
+    py(mnt.path / "later", "import idna")
+    py(mnt.path / "webclone", "import flask")
+    venvfs("rm", "later")
+    time.sleep(0.2)
+    assert sorted(os.listdir(mnt.path)) == ["web", "webclone"]
+    assert not (mnt.path / "later").exists()
+
+
+def test_view_is_the_native_venv(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    mnt.mount()
+    view = mnt.path / "web"
+    probe = ("import sys, json, importlib.metadata as m; print(json.dumps([sys.prefix, sys.exec_prefix, "
+             "sys.base_prefix, sys.path, sorted((d.metadata['Name'], d.version) for d in m.distributions())]))")
+    nat = json.loads(py(web_venv, probe))
+    vw = json.loads(py(view, probe))
+    assert vw[0] == vw[1] == str(view)
+    assert vw[2] == nat[2]
+    assert vw[3] == [p.replace(str(web_venv), str(view)) for p in nat[3]]
+    assert vw[4] == nat[4]
+    for cmd in (["-m", "pip", "list"], ["-m", "pip", "freeze", "--all"], ["-m", "pip", "check"]):
+        assert run([view / "bin" / "python", *cmd]).stdout == run([web_venv / "bin" / "python", *cmd]).stdout
+    # every top-level module of every package imports as it does natively
+    tops = sorted({line.split("/")[0].split(",")[0].removesuffix(".py")
+                   for rec in web_venv.glob("lib/python3.*/site-packages/*.dist-info/RECORD")
+                   for line in rec.read_text().splitlines()
+                   if not line.startswith(("..", "/")) and ".dist-info" not in line.split("/")[0]
+                   and not line.split("/")[0].endswith((".pth", ".data")) and "__pycache__" not in line.split("/")[0]})
+    code = ("import importlib, json, sys\nres = {}\nfor t in %r:\n    try:\n        importlib.import_module(t)\n"
+            "        res[t] = 'ok'\n    except BaseException as e:\n        res[t] = type(e).__name__\nprint(json.dumps(res))") % tops
+    assert json.loads(py(view, code)) == json.loads(py(web_venv, code))
+    # console scripts run
+    assert "Flask" in run([view / "bin" / "flask", "--version"]).stdout
+    assert str(view) in run([view / "bin" / "pip", "--version"]).stdout
+    run([view / "bin" / "normalizer", "--version"])
+
+
+def test_view_layout(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    venvfs("create", "fresh", "--python", BASE_PYTHON, "flask")
+    mnt.mount()
+    for name in ["web", "fresh"]:
+        view = mnt.path / name
+        cfg = dict(l.split(" = ", 1) for l in (view / "pyvenv.cfg").read_text().splitlines() if " = " in l)
+        assert cfg["home"] and cfg["version"].startswith("3.") and cfg["include-system-site-packages"] == "false"
+        assert os.path.isabs(cfg["executable"]) and str(view) in cfg["command"]
+        for p in ["python", "python3", f"python3.{sys.version_info[1]}"]:
+            assert (view / "bin" / p).is_symlink()
+            assert os.path.realpath(view / "bin" / p) == os.path.realpath(BASE_PYTHON)
+        for a in ["activate", "activate.fish", "activate.csh", "Activate.ps1"]:
+            assert (view / "bin" / a).is_file()
+        for a in ["activate", "activate.fish", "activate.csh"]:
+            assert str(view) in (view / "bin" / a).read_text()
+        assert (view / "bin" / "flask").read_text().startswith(f"#!{view}/bin/python")
+        assert (view / "include").is_dir()
+        assert os.readlink(view / "lib64") == "lib"
+        assert (view / "lib" / f"python3.{sys.version_info[1]}" / "site-packages" / "flask").is_dir()
+        # `source bin/activate` works as with any venv
+        out = run(["bash", "-c", f"source '{view}/bin/activate' && command -v python && echo $VIRTUAL_ENV && "
+                   "python -c 'import sys; print(sys.prefix)'"]).stdout.split()
+        assert out == [f"{view}/bin/python", str(view), str(view)]
+
+
+def test_long_mount_path_uses_trampolines(tmp_path, venvfs, wheelhouse):
+    venv = make_venv(tmp_path / "src", ["flask"], wheelhouse)
+    venvfs("import", venv, "--name", "w")
+    m = Mount(venvfs, tmp_path / ("m" * 110) / "mnt")
+    try:
+        m.mount()
+        script = (m.path / "w" / "bin" / "flask").read_text()
+        assert script.startswith("#!/bin/sh\n'''exec' ")
+        assert "Flask" in run([m.path / "w" / "bin" / "flask", "--version"]).stdout
+    finally:
+        m.umount()
+
+
+def test_python_writes_no_bytecode(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    mnt.mount()
+    view = mnt.path / "web"
+    before = mnt.stats()
+    py(view, "import numpy, requests, flask, werkzeug, jinja2, idna, urllib3")
+    after = mnt.stats()
+    for op in ["create", "mkdir", "write", "setattr", "rename", "unlink"]:
+        assert after.get(op, 0) == before.get(op, 0), (op, before, after)
+    if shutil.which("strace"):
+        trace = run(["strace", "-f", "-qq", "-e", "trace=openat,mkdir,rename,unlink", "-e", "signal=none",
+                     view / "bin" / "python", "-c", "import numpy, requests, flask"]).stderr
+        writes = [l for l in trace.splitlines() if str(view) in l and
+                  ("O_WRONLY" in l or "O_CREAT" in l or "O_RDWR" in l or "mkdir" in l or "rename" in l)]
+        assert writes == []
+
+
+def test_inode_numbers_stable_and_shared(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    venvfs("clone", "web", "twin")
+    mnt.mount()
+    paths = ["web", "web/bin", "web/bin/flask", "web/pyvenv.cfg", "web/lib64",
+             "web/lib/python3.11/site-packages/numpy/__init__.py", "web/lib/python3.11/site-packages/flask"]
+    paths = [p.replace("python3.11", f"python3.{sys.version_info[1]}") for p in paths]
+    first = {p: os.lstat(mnt.path / p).st_ino for p in paths}
+    # identical store content is one inode in every env (one page cache)
+    a = mnt.path / paths[5]
+    b = mnt.path / paths[5].replace("web/", "twin/", 1)
+    assert os.stat(a).st_ino == os.stat(b).st_ino
+    mnt.umount()
+    mnt.mount()
+    assert {p: os.lstat(mnt.path / p).st_ino for p in paths} == first
+
+
+def test_no_store_paths_leak(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    mnt.mount()
+    view = mnt.path / "web"
+    home = str(venvfs.home)
+    for dirpath, dirnames, filenames in os.walk(view):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p):
+                assert home not in os.readlink(p)
+            real = os.path.realpath(p)
+            assert not real.startswith(home), p
+    assert py(view, "import os, flask; print(os.path.realpath(flask.__file__))").startswith(str(view))
+
+
+def test_directory_mtimes_follow_listing(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    mnt.mount()
+    mnt_root_before = os.stat(mnt.path).st_mtime_ns
+    time.sleep(0.05)
+    venvfs("create", "b", "--python", BASE_PYTHON, "idna")
+    time.sleep(0.2)
+    assert os.stat(mnt.path).st_mtime_ns != mnt_root_before
+
+
+# ---- faults and bad input -------------------------------------------------------------
+
+
+def object_of(venvfs, env_dir, relpath):
+    """The store object behind a file of a view: the one with that content."""
+    import hashlib
+
+    data = (Path(env_dir) / relpath).read_bytes()
+    for p in (venvfs.home / "objects").rglob("*"):
+        if p.is_file() and p.stat().st_size == len(data) and p.read_bytes() == data:
+            return p
+    raise AssertionError("no object holds " + relpath)
+
+
+def test_damaged_objects_fail_with_eio(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    venvfs("clone", "web", "other")
+    sp = next(web_venv.glob("lib/python3.*/site-packages")).relative_to(web_venv)
+    corrupt = object_of(venvfs, web_venv, sp / "flask" / "helpers.py")
+    missing = object_of(venvfs, web_venv, sp / "idna" / "core.py")
+    corrupt.chmod(0o644)
+    data = bytearray(corrupt.read_bytes())
+    data[100] ^= 0x20
+    corrupt.write_bytes(bytes(data))
+    missing.unlink()
+    mnt.mount()
+    view = mnt.path / "web"
+    for rel, obj in [(sp / "flask" / "helpers.py", corrupt), (sp / "idna" / "core.py", missing)]:
+        with pytest.raises(OSError) as e:
+            (view / rel).read_bytes()
+        assert e.value.errno == 5  # EIO
+        assert str(obj.relative_to(venvfs.home / "objects")) in mnt.log()
+    # the rest of the env, and the other env, keep working
+    py(view, "import numpy, requests")
+    py(mnt.path / "other", "import numpy, requests")
+    assert (mnt.path / "other" / sp / "flask" / "app.py").read_bytes()
+    assert int(mnt.stats()["damaged_objects"]) == 2
+    p = venvfs("store", "verify", check=False)
+    assert p.returncode == 1
+    assert str(corrupt.relative_to(venvfs.home)) in p.stdout
+    assert str(missing.relative_to(venvfs.home / "objects")) in p.stdout
+
+
+def test_damaged_package_manifest(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    env = (venvfs.home / "envs" / "web" / "env").read_text()
+    line = next(l for l in env.splitlines() if l.startswith("package ") and " idna " in l)
+    oid = line.split()[1]
+    manifest = venvfs.home / "objects" / oid[:2] / oid[2:]
+    manifest.chmod(0o644)
+    manifest.write_bytes(manifest.read_bytes()[:-10])
+    mnt.mount()
+    view = mnt.path / "web"
+    py(view, "import numpy, flask.json")          # the rest works
+    assert not (next(view.glob("lib/python3.*/site-packages")) / "idna").exists()
+    assert "idna" in mnt.log() and oid[2:] in mnt.log()
+    assert venvfs("store", "verify", check=False).returncode == 1
+
+
+def test_many_concurrent_readers(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    for i in range(7):
+        venvfs("clone", "web", f"w{i}")
+    mnt.mount()
+    envs = ["web"] + [f"w{i}" for i in range(7)]
+    procs = [subprocess.Popen([mnt.path / envs[i % 8] / "bin" / "python", "-c",
+                               "import numpy, requests, flask, jinja2, urllib3; print('ok')"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(16)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == "ok", err
+    assert int(mnt.stats().get("read.errors", 0)) == 0
+
+
+def as_nobody(cmd):
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_private_by_default_and_permissions_with_allow_other(tmp_path, venvfs, wheelhouse):
+    import tempfile
+
+    venv = make_venv(tmp_path / "src", ["six"], wheelhouse)
+    secret = next(venv.glob("lib/python3.*/site-packages")) / "secret.txt"
+    secret.write_text("only root\n")
+    secret.chmod(0o600)
+    venvfs("import", venv, "--name", "p")
+    # a mount point other users can reach (pytest's tmp dirs are 0700)
+    top = Path(tempfile.mkdtemp(prefix="venvfs-perm-", dir="/tmp"))
+    top.chmod(0o755)
+    m = Mount(venvfs, top / "m")
+    m.path.chmod(0o755)
+    try:
+        m.mount()
+        assert as_nobody(["ls", m.path / "p"]).returncode != 0      # not even listable
+        m.umount()
+        m.mount("--allow-other")
+        view = m.path / "p"
+        assert as_nobody(["cat", view / "pyvenv.cfg"]).returncode == 0
+        r = as_nobody(["cat", view / secret.relative_to(venv)])
+        assert r.returncode != 0 and "Permission denied" in r.stderr
+    finally:
+        m.umount()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_kill9_then_mount_again(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    mnt.mount()
+    os.kill(mnt.pid(), signal.SIGKILL)
+    time.sleep(0.3)
+    with pytest.raises(OSError):
+        os.listdir(mnt.path)  # a dead mount: ENOTCONN
+    mnt.mount()  # cleans up and mounts again, no manual step
+    assert os.listdir(mnt.path) == ["web"]
+    py(mnt.path / "web", "import flask")
+
+
+def test_sigterm_and_umount_exit_cleanly(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    mnt.mount()
+    pid = mnt.pid()
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("daemon did not exit on SIGTERM")
+    assert not os.path.ismount(mnt.path)
+    mnt.mounted = False
+    mnt.mount()
+    venvfs("umount", mnt.path)
+    mnt.mounted = False
+    assert not os.path.ismount(mnt.path)
+    assert "exited" in mnt.log()
+
+
+def test_writes_are_refused_clearly(venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    mnt.mount()
+    view = mnt.path / "web"
+    with pytest.raises(OSError) as e:
+        (view / "newfile").write_text("x")
+    assert e.value.errno in (30,)  # EROFS
+    assert "read-only" in mnt.log()
+
+
+def test_create_requirements(tmp_path, venvfs, mnt, web_venv):
+    venvfs("import", web_venv)
+    req = tmp_path / "requirements.txt"
+    req.write_text("# pinned\nflask==3.1.3 ; python_version >= '3.8'\nrequests\n--index-url https://example.invalid\n")
+    freeze = run([web_venv / "bin" / "python", "-m", "pip", "freeze"]).stdout
+    flask_v = next(l.split("==")[1] for l in freeze.splitlines() if l.lower().startswith("flask=="))
+    req.write_text(req.read_text().replace("3.1.3", flask_v))
+    venvfs("create", "fromreq", "--python", BASE_PYTHON, "-r", req)
+    p = venvfs("create", "bad", "--python", BASE_PYTHON, "flask==0.0.1", check=False)
+    assert p.returncode == 1 and f"the store has flask {flask_v}" in p.stderr, p.stderr
+    assert "bad" not in venvfs("ls").stdout
+    p = venvfs("create", "bad", "--python", BASE_PYTHON, "nosuchthing", check=False)
+    assert p.returncode == 1 and "no nosuchthing at all" in p.stderr
+    venvfs("create", "plus", "--from", "fromreq", "numpy")
+    mnt.mount()
+    py(mnt.path / "fromreq", "import flask, requests, werkzeug, certifi")
+    py(mnt.path / "plus", "import flask, numpy")

@@ -1,0 +1,143 @@
+/*
+ * cmd_mount.c - the subcommands around the daemon: mount, umount, stats.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "fs.h"
+
+static int mount_opt(int opt, const char *arg, void *ctx)
+{
+	struct fs_opts *o = ctx;
+
+	switch (opt) {
+	case 'f':
+		o->foreground = true;
+		return 0;
+	case 1001:
+		o->allow_other = true;
+		return 0;
+	case 'd':
+		o->debug = true;
+		o->foreground = true;
+		return 0;
+	case 's':
+		o->single_thread = true;
+		return 0;
+	case 1002:
+		o->log_path = arg;
+		return 0;
+	case 'j':
+		o->max_threads = (unsigned)atoi(arg);
+		return 0;
+	}
+	return -1;
+}
+
+static int run_mount(const struct command *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"foreground", no_argument, NULL, 'f'},
+		{"allow-other", no_argument, NULL, 1001},
+		{"debug", no_argument, NULL, 'd'},
+		{"single-thread", no_argument, NULL, 's'},
+		{"log", required_argument, NULL, 1002},
+		{"threads", required_argument, NULL, 'j'},
+		{0},
+	};
+	struct fs_opts o = {0};
+	struct store *s;
+	int i = parse_opts(c, argc, argv, opts, "fdsj:", mount_opt, &o);
+
+	if (i < 0)
+		return i == -1 ? 0 : 2;
+	if (argc - i != 1)
+		return usage_error(c->name, "expected one MOUNTPOINT");
+	o.mountpoint = argv[i];
+	if (open_store(c->name, true, &s))
+		return 1;
+	int r = fs_mount(s, &o);
+	store_close(s);
+	if (r < 0)
+		return fail(c->name);
+	return 0;
+}
+
+const struct command cmd_mount = {
+	.name = "mount",
+	.summary = "show every env of the store as a venv under MOUNTPOINT",
+	.usage = "mount MOUNTPOINT [-f] [--allow-other] [--log FILE]",
+	.help = "Serves every env of the store as an ordinary venv directory, MOUNTPOINT/NAME/,\n"
+		"composed on the fly from the store. Envs created, cloned or removed later\n"
+		"appear and disappear without a remount. Runs in the background and logs to\n"
+		"HOME/log/mount.log; stops on SIGTERM or `venvfs umount MOUNTPOINT`. A dead\n"
+		"mount left by a killed daemon is cleaned up first.\n\n"
+		"Options:\n"
+		"  -f, --foreground  stay in the foreground and log to stderr too\n"
+		"  --allow-other     let other users in (permissions are then enforced by the\n"
+		"                    kernel from each file's mode); default: only the mounting user\n"
+		"  --log FILE        log here instead of HOME/log/mount.log\n"
+		"  -j, --threads N   at most N request threads (default 16)\n"
+		"  -d, --debug       trace every request (implies -f)\n"
+		"  -s, --single-thread  serve requests on one thread",
+	.run = run_mount,
+};
+
+static int run_umount(const struct command *c, int argc, char **argv)
+{
+	struct store *s;
+	int i = parse_opts(c, argc, argv, NULL, NULL, NULL, NULL);
+
+	if (i < 0)
+		return i == -1 ? 0 : 2;
+	if (argc - i != 1)
+		return usage_error(c->name, "expected one MOUNTPOINT");
+	if (open_store(c->name, true, &s))
+		return 1;
+	int r = fs_unmount_and_wait(s, argv[i]);
+	store_close(s);
+	return r < 0 ? fail(c->name) : 0;
+}
+
+const struct command cmd_umount = {
+	.name = "umount",
+	.summary = "unmount a venvfs mount (the daemon exits)",
+	.usage = "umount MOUNTPOINT",
+	.help = "Unmounts MOUNTPOINT and waits for its daemon to exit. Also detaches a dead\n"
+		"mount left by a daemon that was killed.",
+	.run = run_umount,
+};
+
+static int run_stats(const struct command *c, int argc, char **argv)
+{
+	struct store *s;
+	char *text;
+	int i = parse_opts(c, argc, argv, NULL, NULL, NULL, NULL);
+
+	if (i < 0)
+		return i == -1 ? 0 : 2;
+	if (argc - i != 1)
+		return usage_error(c->name, "expected one MOUNTPOINT");
+	if (open_store(c->name, true, &s))
+		return 1;
+	int r = fs_stats(s, argv[i], &text);
+	store_close(s);
+	if (r < 0)
+		return fail(c->name);
+	fputs(text, stdout);
+	free(text);
+	return 0;
+}
+
+const struct command cmd_stats = {
+	.name = "stats",
+	.summary = "counters of a running mount: requests, errors by errno, memory",
+	.usage = "stats MOUNTPOINT",
+	.help = "Asks the daemon serving MOUNTPOINT for its counters: requests and failures\n"
+		"per operation, failures per errno, damaged objects met, nodes and envs in\n"
+		"memory, resident memory.",
+	.run = run_stats,
+};
