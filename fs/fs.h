@@ -14,8 +14,9 @@ struct fs_opts {
 	bool foreground;     /* stay attached, log to stderr too */
 	bool allow_other;    /* let other users in (default_permissions applies) */
 	bool debug;          /* libfuse's request tracing */
-	bool single_thread;  /* the single-threaded loop (debugging) */
-	unsigned max_threads;
+	bool libfuse_mt;     /* libfuse's multithreaded loop instead of ours */
+	unsigned max_threads; /* workers (ours) or threads (libfuse's); 0: default */
+	unsigned spin_us;    /* keep polling for requests this long after one */
 	const char *log_path; /* NULL: HOME/log/mount.log */
 };
 

@@ -124,6 +124,9 @@ extern struct fsd fsd;
 /* logging: timestamped lines in the log (and stderr in the foreground) */
 void fs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* main.c: run fn(arg) on a worker thread (it replies to its request) */
+void fs_defer(void (*fn)(void *), void *arg);
+
 /* inode.c */
 void node_init_root(void);
 struct node *node_of(fuse_ino_t ino);
@@ -132,6 +135,7 @@ struct fsenv *env_get(const char *name, size_t len, int *err);
 int node_child(struct node *dir, const char *name, size_t len, struct node **out);
 void node_ref_lookup(struct node *n, uint64_t count);
 void node_forget(struct node *n, uint64_t count);
+void node_unref(struct node *n); /* drop an internal reference */
 void node_stat(const struct node *n, struct stat *st);
 int node_list(struct node *dir);
 int root_list(void);

@@ -197,6 +197,15 @@ void node_ref_lookup(struct node *n, uint64_t count)
 	n->nlookup += count;
 }
 
+void node_unref(struct node *n)
+{
+	if (--n->refs == 0 && n->nlookup == 0 && n->kind != N_ROOT) {
+		if (n->env && n->env->root == n)
+			n->env->root = NULL;
+		node_free(n);
+	}
+}
+
 void node_forget(struct node *n, uint64_t count)
 {
 	if (n->kind == N_ROOT)

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "fs_i.h"
@@ -159,24 +160,74 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
+/* A read of a store file that may wait for the disk, on a worker. */
+struct read_job {
+	fuse_req_t req;
+	struct node *n;
+	size_t size;
+	off_t off;
+};
+
+static void read_job_run(void *arg)
+{
+	struct read_job *j = arg;
+	int r = shared_open_object(j->n);
+
+	if (r < 0) {
+		reply_err(j->req, OP_READ, -r);
+	} else {
+		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(j->size);
+		buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		buf.buf[0].fd = j->n->fd;
+		buf.buf[0].pos = j->off;
+		fuse_reply_data(j->req, &buf, FUSE_BUF_SPLICE_MOVE);
+	}
+	pthread_mutex_lock(&fsd.lock);
+	node_unref(j->n);
+	pthread_mutex_unlock(&fsd.lock);
+	free(j);
+}
+
+/*
+ * Read what the page cache has without blocking (RWF_NOWAIT); 1 if the
+ * request was answered, 0 if it has to wait for the disk.
+ */
+static int read_cached(fuse_req_t req, struct node *n, size_t size, off_t off)
+{
+	if (n->fd < 0 || n->state <= 0)
+		return 0;
+	if ((uint64_t)off >= n->size) {
+		fuse_reply_buf(req, NULL, 0);
+		return 1;
+	}
+	size_t want = MIN(size, n->size - (uint64_t)off);
+	char *b = xmalloc(want);
+	struct iovec iov = {b, want};
+	ssize_t got = preadv2(n->fd, &iov, 1, off, RWF_NOWAIT);
+	if (got == (ssize_t)want) {
+		fuse_reply_buf(req, b, want);
+		free(b);
+		return 1;
+	}
+	free(b);
+	return 0;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct node *n = node_of(ino);
-	int r;
 
 	(void)fi;
 	count(OP_READ);
 	if (n->kind == N_SHARED) {
-		r = shared_open_object(n);
-		if (r < 0) {
-			reply_err(req, OP_READ, -r);
+		if (read_cached(req, n, size, off))
 			return;
-		}
-		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
-		buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-		buf.buf[0].fd = n->fd;
-		buf.buf[0].pos = off;
-		fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+		struct read_job *j = xmalloc(sizeof(*j));
+		*j = (struct read_job){req, n, size, off};
+		pthread_mutex_lock(&fsd.lock);
+		n->refs++;
+		pthread_mutex_unlock(&fsd.lock);
+		fs_defer(read_job_run, j);
 		return;
 	}
 	if (n->kind == N_FILE && S_ISREG(n->mode)) {
@@ -294,6 +345,18 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	pthread_mutex_unlock(&fsd.lock);
 	fuse_reply_buf(req, buf, size - rem);
 	free(buf);
+}
+
+/*
+ * ENOSYS once: from then on the kernel opens directories without asking,
+ * never sends releasedir, and caches their listings (FOPEN_CACHE_DIR is the
+ * default without opendir); cached listings are dropped when a directory's
+ * mtime changes or we invalidate it.
+ */
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino, (void)fi;
+	fuse_reply_err(req, ENOSYS);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -429,10 +492,10 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.read = op_read,
 	.write = op_write,
 	.release = op_release,
+	.opendir = op_opendir,
 	.readdir = op_readdir,
 	.readdirplus = op_readdirplus,
 	.statfs = op_statfs,
 	.create = op_create,
-	/* no opendir: ENOSYS once, then the kernel opens directories by itself;
-	 * no flush, getxattr, listxattr: ENOSYS once, then never asked again */
+	/* no flush, getxattr, listxattr: ENOSYS once, then never asked again */
 };
