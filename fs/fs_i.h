@@ -107,6 +107,7 @@ struct fsd {
 	struct node **table;         /* all nodes but root, by key hash */
 	size_t table_cap, table_n;
 	struct fsenv *envs;          /* current and stale envs */
+	struct strmap trees;         /* object id -> struct tree *, shared */
 	char **env_names;            /* root listing, rebuilt when stale */
 	size_t n_env_names;
 	bool env_names_stale;

@@ -267,6 +267,44 @@ static void fsenv_put(struct fsenv *e)
 		fsenv_free(e);
 }
 
+/*
+ * Manifests (package trees, env trees) are shared by every env that uses
+ * them, and read into memory once: lookups never wait for a manifest page
+ * to come back from disk, and a thousand envs made of the same packages
+ * hold one copy. They stay until unmount.
+ */
+static int tree_get(void *ctx, const struct objid *id, const char *what, struct tree **out)
+{
+	char hex[OBJID_STR_MAX];
+	bool created;
+
+	(void)ctx;
+	objid_format(id, hex);
+	uint64_t *v = strmap_put(&fsd.trees, hex, strlen(hex), &created);
+	if (*v) {
+		*out = (struct tree *)(uintptr_t)*v;
+		return 0;
+	}
+	_cleanup_close_ int fd = store_object_open(fsd.s, id);
+	char path[OBJID_STR_MAX];
+	objid_path(id, path);
+	int r = fd < 0 ? vf_error_errno(-fd, "%s: objects/%s", what, path) : tree_read_fd(fd, what, out);
+	if (r < 0) {
+		*v = 0; /* remembered as bad; a later load tries again */
+		return r;
+	}
+	*v = (uint64_t)(uintptr_t)*out;
+	return 0;
+}
+
+static void tree_put(void *ctx, struct tree *t)
+{
+	(void)ctx;
+	(void)t; /* shared, kept */
+}
+
+static const struct view_trees shared_trees = {tree_get, tree_put, NULL};
+
 /* The identity of envs/NAME/env now, to notice replacement. */
 static bool env_file_stat(const char *name, struct stat *st)
 {
@@ -330,7 +368,7 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 			*err = EIO;
 			return NULL;
 		}
-		if (view_open(fsd.s, m, false, &v) < 0) {
+		if (view_open(fsd.s, m, false, &shared_trees, &v) < 0) {
 			fs_log("env %s: %s", n, vf_last_error());
 			env_free(m);
 			*err = EIO;
@@ -512,13 +550,68 @@ void envs_changed(void)
 /* ---- store files ------------------------------------------------------------------ */
 
 /*
- * Open a shared node's object and check it once: a missing object, a size
- * that is not the manifest's, or content that does not hash to its name
- * makes every read of the node fail with EIO, and the log names the object.
+ * Open a shared node's object and check it once: a missing object, or a
+ * size other than the manifest's, makes every read fail with EIO, and the
+ * log names the object. Content is checked against the object's name too:
+ * before the first byte is served for objects up to CHECK_SYNC_MAX, in
+ * the background for larger ones (a cold import reads only parts of big
+ * shared libraries; hashing all of them first cost 10% of its time). A
+ * large object found damaged fails from then on and the kernel's cached
+ * pages of it are dropped.
  */
-int shared_open_object(struct node *n)
+#define CHECK_SYNC_MAX (1u << 20)
+
+static const char *hash_check(int fd, const struct node *n, size_t size)
+{
+	uint8_t h[16];
+
+	if (size == 0)
+		return NULL;
+	void *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+	if (m == MAP_FAILED)
+		return "cannot be read";
+	madvise(m, size, MADV_SEQUENTIAL);
+	fsd.s->hash(m, size, h);
+	munmap(m, size);
+	return memcmp(h, n->obj.hash, 16) ? "does not match its name (corrupt)" : NULL;
+}
+
+static void mark_damaged(struct node *n, const char *why)
 {
 	char path[OBJID_STR_MAX];
+
+	objid_path(&n->obj, path);
+	if (n->state >= 0) {
+		n->state = -EIO;
+		fsd.st.damaged_objects++;
+		fs_log("objects/%s %s: reads of %s fail with EIO (venvfs store verify lists the damage)", path, why,
+		       n->seen_as ? n->seen_as : "it");
+	}
+}
+
+static void background_check(void *arg)
+{
+	struct node *n = arg;
+	int fd;
+
+	pthread_mutex_lock(&fsd.lock);
+	fd = n->fd >= 0 ? dup(n->fd) : -1;
+	pthread_mutex_unlock(&fsd.lock);
+	const char *why = fd >= 0 ? hash_check(fd, n, n->size) : NULL;
+	if (fd >= 0)
+		close(fd);
+	pthread_mutex_lock(&fsd.lock);
+	if (why)
+		mark_damaged(n, why);
+	uintptr_t ino = (uintptr_t)n;
+	node_unref(n);
+	pthread_mutex_unlock(&fsd.lock);
+	if (why)
+		fuse_lowlevel_notify_inval_inode(fsd.se, ino, 0, 0);
+}
+
+int shared_open_object(struct node *n)
+{
 	int fd, state;
 	struct stat st;
 
@@ -531,44 +624,35 @@ int shared_open_object(struct node *n)
 	if (fd >= 0)
 		return 0;
 
-	objid_path(&n->obj, path);
 	fd = store_object_open(fsd.s, &n->obj);
 	const char *why = NULL;
 	if (fd < 0)
 		why = fd == -ENOENT ? "is missing" : "cannot be opened";
 	else if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != n->size)
 		why = "has the wrong size (damaged)";
-	else if (st.st_size > 0) {
-		void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-		uint8_t h[16];
-		if (m == MAP_FAILED) {
-			why = "cannot be read";
-		} else {
-			fsd.s->hash(m, (size_t)st.st_size, h);
-			munmap(m, (size_t)st.st_size);
-			if (memcmp(h, n->obj.hash, 16) != 0)
-				why = "does not match its name (corrupt)";
-		}
-	}
+	else if (n->size <= CHECK_SYNC_MAX)
+		why = hash_check(fd, n, n->size);
+	bool later = !why && n->size > CHECK_SYNC_MAX;
+
 	pthread_mutex_lock(&fsd.lock);
 	if (why) {
 		if (fd >= 0)
 			close(fd);
-		if (n->state == 0) {
-			n->state = -EIO;
-			fsd.st.damaged_objects++;
-			fs_log("objects/%s %s: reads of %s fail with EIO (venvfs store verify lists the damage)", path,
-			       why, n->seen_as ? n->seen_as : "it");
-		}
+		mark_damaged(n, why);
 		state = n->state;
 	} else if (n->fd < 0) {
 		n->fd = fd;
 		n->state = 1;
 		state = 0;
+		if (later)
+			n->refs++; /* held by the background check */
 	} else {
 		close(fd); /* another thread got there first */
 		state = 0;
+		later = false;
 	}
 	pthread_mutex_unlock(&fsd.lock);
+	if (later)
+		fs_defer(background_check, n);
 	return state < 0 ? state : 0;
 }

@@ -173,6 +173,35 @@ int tree_map_fd(int fd, const char *what, struct tree **out)
 	return 0;
 }
 
+int tree_read_fd(int fd, const char *what, struct tree **out)
+{
+	struct stat st;
+	struct tree *t;
+	int r;
+
+	if (fstat(fd, &st) < 0)
+		return vf_error_errno(errno, "%s", what);
+	if (!S_ISREG(st.st_mode) || st.st_size < (off_t)sizeof(struct tree_hdr))
+		return vf_error(EIO, "%s: truncated manifest", what);
+	void *p = xmalloc((size_t)st.st_size);
+	ssize_t n = pread_full(fd, p, (size_t)st.st_size, 0);
+	if (n != st.st_size) {
+		free(p);
+		return n < 0 ? vf_error_errno((int)-n, "%s", what) : vf_error(EIO, "%s: short read", what);
+	}
+	t = xcalloc(1, sizeof(*t));
+	t->owned = p;
+	t->base = p;
+	t->len = (size_t)st.st_size;
+	r = validate(t, what);
+	if (r < 0) {
+		tree_free(t);
+		return r;
+	}
+	*out = t;
+	return 0;
+}
+
 void tree_free(struct tree *t)
 {
 	if (!t)

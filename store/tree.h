@@ -141,6 +141,8 @@ struct tree {
 int tree_load(const void *data, size_t len, bool copy, struct tree **out);
 /* Map and validate a manifest from an open file ("what" names it in errors). */
 int tree_map_fd(int fd, const char *what, struct tree **out);
+/* The same, read into memory (stays resident: no page-ins later). */
+int tree_read_fd(int fd, const char *what, struct tree **out);
 void tree_free(struct tree *t);
 
 static inline const struct tree_node *tree_node(const struct tree *t, uint32_t i)

@@ -10,10 +10,10 @@
 
 #include "template.h"
 
-static int load_tree_object(struct store *s, const struct objid *id, const char *what, struct tree **out)
+static int map_tree(void *ctx, const struct objid *id, const char *what, struct tree **out)
 {
 	char path[OBJID_STR_MAX];
-	_cleanup_close_ int fd = store_object_open(s, id);
+	_cleanup_close_ int fd = store_object_open(ctx, id);
 
 	objid_path(id, path);
 	if (fd < 0)
@@ -21,12 +21,19 @@ static int load_tree_object(struct store *s, const struct objid *id, const char 
 	return tree_map_fd(fd, what, out);
 }
 
-int view_open(struct store *s, struct env *env, bool strict, struct view **out)
+static void free_tree(void *ctx, struct tree *t)
+{
+	(void)ctx;
+	tree_free(t);
+}
+
+int view_open(struct store *s, struct env *env, bool strict, const struct view_trees *trees, struct view **out)
 {
 	struct view *v = xcalloc(1, sizeof(*v));
 	int r;
 
 	v->s = s;
+	v->trees = trees ? *trees : (struct view_trees){map_tree, free_tree, s};
 	v->env = env;
 	v->site_dir = env_site_dir(env);
 	{
@@ -39,7 +46,7 @@ int view_open(struct store *s, struct env *env, bool strict, struct view **out)
 	}
 	v->layers = xcalloc(env->n_pkgs + 1, sizeof(*v->layers));
 	v->layers[0].what = xasprintf("env %s tree", env->name);
-	r = load_tree_object(s, &env->tree, v->layers[0].what, &v->layers[0].tree);
+	r = v->trees.get(v->trees.ctx, &env->tree, v->layers[0].what, &v->layers[0].tree);
 	if (r < 0)
 		goto fail;
 	if (v->layers[0].tree->hdr->kind != TREE_ENV) {
@@ -55,17 +62,14 @@ int view_open(struct store *s, struct env *env, bool strict, struct view **out)
 		char path[OBJID_STR_MAX];
 		objid_path(&p->id, path);
 		_cleanup_free_ char *what = xasprintf("package %s %s (objects/%s)", p->name, p->version, path);
-		_cleanup_close_ int fd = store_object_open(s, &p->id);
-		if (fd < 0)
-			r = vf_error_errno(-fd, "%s", what);
-		else
-			r = tree_map_fd(fd, what, &l->tree);
+		r = v->trees.get(v->trees.ctx, &p->id, what, &l->tree);
 		if (r == 0 && l->tree->hdr->kind != TREE_PACKAGE)
 			r = vf_error(EIO, "%s: not a package manifest", what);
 		if (r < 0) {
 			if (strict)
 				goto fail;
-			tree_free(l->tree);
+			if (l->tree)
+				v->trees.put(v->trees.ctx, l->tree);
 			l->tree = NULL;
 			if (!v->broken)
 				v->broken = xstrdup(vf_last_error());
@@ -87,12 +91,14 @@ void view_free(struct view *v)
 	if (!v)
 		return;
 	for (uint16_t i = 0; i < v->n_layers; i++) {
-		tree_free(v->layers[i].tree);
+		if (v->layers[i].tree)
+			v->trees.put(v->trees.ctx, v->layers[i].tree);
 		free(v->layers[i].what);
 		free(v->layers[i].orig_mtimes);
 	}
 	if (v->n_layers == 0 && v->layers) {
-		tree_free(v->layers[0].tree);
+		if (v->layers[0].tree)
+			v->trees.put(v->trees.ctx, v->layers[0].tree);
 		free(v->layers[0].what);
 	}
 	free(v->layers);

@@ -30,6 +30,16 @@
 #include "store.h"
 #include "tree.h"
 
+/*
+ * Where a view gets its trees: by default each is mapped from the store;
+ * the daemon shares one copy of each manifest among all the envs using it.
+ */
+struct view_trees {
+	int (*get)(void *ctx, const struct objid *id, const char *what, struct tree **out);
+	void (*put)(void *ctx, struct tree *t);
+	void *ctx;
+};
+
 struct view_layer {
 	struct tree *tree;
 	const struct env_pkg *pkg; /* NULL for the env tree */
@@ -45,6 +55,7 @@ struct view {
 	struct view_layer *layers;
 	uint16_t n_layers;
 	char *broken;         /* first layer that failed to load, or NULL */
+	struct view_trees trees;
 };
 
 /* A position in a read-only layer. */
@@ -67,11 +78,11 @@ struct view_ent {
 };
 
 /*
- * Map the env's trees. With strict, a missing or damaged package manifest
- * is an error; without (the daemon), the package is left out, v->broken
- * names it and the rest of the env works.
+ * Load the env's trees (trees NULL: map them). With strict, a missing or
+ * damaged package manifest is an error; without (the daemon), the package
+ * is left out, v->broken names it and the rest of the env works.
  */
-int view_open(struct store *s, struct env *env, bool strict, struct view **out);
+int view_open(struct store *s, struct env *env, bool strict, const struct view_trees *trees, struct view **out);
 void view_free(struct view *v);
 
 static inline const struct tree_node *view_node(const struct view *v, struct view_src s)
