@@ -1,6 +1,7 @@
 /*
  * fs_i.h - private to the daemon: nodes (our inodes), mounted envs, the
- * daemon's state, counters and logging. inode.c explains the inode model.
+ * daemon's state, counters and logging. inode.c explains the inode model,
+ * write.c copy-up and the writable layer as the daemon uses it.
  */
 #ifndef VENVFS_FS_I_H
 #define VENVFS_FS_I_H
@@ -15,6 +16,7 @@
 
 #include "env.h"
 #include "fs.h"
+#include "layer.h"
 #include "store.h"
 #include "view.h"
 
@@ -26,7 +28,8 @@ enum node_kind {
 	N_ROOT,   /* the mount point: one directory per env */
 	N_DIR,    /* a directory of an env */
 	N_SHARED, /* a store file, one node for every env that has it */
-	N_FILE,   /* a non-directory of one env: template, symlink, FIFO... */
+	N_FILE,   /* a read-only non-directory of one env: template, symlink... */
+	N_UPPER,  /* a non-directory in one env's writable layer */
 };
 
 struct fsenv;
@@ -35,9 +38,10 @@ struct node {
 	enum node_kind kind;
 	uint64_t ino;        /* st_ino: stable across mounts (inode.c) */
 	uint64_t nlookup;    /* the kernel's references (lookups not forgotten) */
-	uint32_t refs;       /* ours: children naming it as parent */
+	uint32_t refs;       /* ours: children naming it as parent, jobs */
 	struct node *hnext;  /* hash chain */
 	uint64_t hash;       /* of its key in the node table */
+	bool hashed;         /* in the table (unlinked nodes are not) */
 
 	/* N_DIR, N_FILE: where it is */
 	struct fsenv *env;
@@ -45,14 +49,15 @@ struct node {
 	char *name;
 	uint16_t name_len;
 
-	/* attributes */
+	/* attributes (N_UPPER: read from the file each time) */
 	uint32_t mode;
 	uint64_t size;
 	struct timespec mtime;
 
-	/* N_DIR: its read-only sources, and its listing once built */
+	/* N_DIR: its writable part, its read-only sources, its listing */
+	struct layer_dir up;
 	struct view_dir dir;
-	struct view_ent *list;
+	struct merged_name *list;
 	size_t nlist;
 	bool listed;
 
@@ -62,9 +67,13 @@ struct node {
 
 	/* N_SHARED: the object, opened on first read and checked once */
 	struct objid obj;
-	int fd;
+	int fd;             /* N_SHARED: object; N_UPPER: O_PATH of the file */
 	int state;          /* 0 unchecked, 1 good, <0 errno (damaged) */
 	char *seen_as;      /* "env/path" where first met, for messages */
+
+	/* N_UPPER: identity in the writable layer */
+	dev_t dev;
+	ino_t upper_ino;
 };
 
 /* One env being served. */
@@ -74,8 +83,10 @@ struct fsenv {
 	struct view *view;
 	char *path;          /* MOUNT/NAME: what templates are rendered for */
 	struct node *root;   /* its top directory */
+	int workfd;          /* HOME/envs/NAME/work */
 	uint32_t refs;       /* nodes of this env alive */
 	bool stale;          /* replaced or removed: no new lookups */
+	bool dirty;          /* written since the last absorb */
 	struct fsenv *next;
 	struct timespec loaded_mtime; /* of envs/NAME/env when loaded */
 	ino_t loaded_ino;
@@ -95,14 +106,16 @@ struct fs_stats {
 	uint64_t errors[OP_COUNT];
 	uint64_t by_errno[STAT_ERRNO_MAX];
 	uint64_t damaged_objects;   /* reads refused: object missing or corrupt */
-	uint64_t estale_retries;    /* write-opens redirected (inode.c) */
+	uint64_t estale_retries;    /* write-opens of shared files redirected */
+	uint64_t copy_ups;          /* files copied into a writable layer */
+	uint64_t absorbs;           /* distributions absorbed into the store */
 };
 
 struct fsd {
 	struct store *s;
 	struct fuse_session *se;
 	char *mountpoint;
-	pthread_mutex_t lock;        /* nodes, envs, lazily built state */
+	pthread_mutex_t lock;        /* nodes, envs, layers: see ops.c */
 	struct node root;
 	struct node **table;         /* all nodes but root, by key hash */
 	size_t table_cap, table_n;
@@ -118,6 +131,9 @@ struct fsd {
 	FILE *log;
 	bool log_stderr;
 	uint64_t nodes_alive;
+	uint64_t last_request_ns;    /* for absorb-when-idle */
+	unsigned absorb_idle_s;      /* 0: never on idle */
+	bool absorb_on_unmount;
 };
 
 extern struct fsd fsd;
@@ -136,11 +152,26 @@ struct fsenv *env_get(const char *name, size_t len, int *err);
 int node_child(struct node *dir, const char *name, size_t len, struct node **out);
 void node_ref_lookup(struct node *n, uint64_t count);
 void node_forget(struct node *n, uint64_t count);
-void node_unref(struct node *n); /* drop an internal reference */
-void node_stat(const struct node *n, struct stat *st);
+void node_unref(struct node *n);
+void node_unhash(struct node *n);
+void node_rehash_upper(struct node *n);
+void node_rehash_named(struct node *n, struct node *parent, const char *name);
+int node_stat(struct node *n, struct stat *st);
 int node_list(struct node *dir);
+void node_list_drop(struct node *dir);
 int root_list(void);
 int shared_open_object(struct node *n);
 void envs_changed(void);
+char *node_path(const struct node *dir, const char *name);
+struct node *upper_node(struct fsenv *e, struct node *dir, const char *name);
+
+/* write.c */
+int copy_up_dir(struct node *dir);
+int copy_up_node(struct node *n);
+int copy_up_shared(struct node *dir, const char *name, struct node *shared, bool empty, struct node **out);
+void intent_add(pid_t pid, struct node *n, bool trunc);
+bool intent_take(pid_t pid, struct node *n, bool *trunc);
+char *dir_lower_path(const struct node *dir);
+int fs_absorb_env(const char *name, struct buf *report);
 
 #endif

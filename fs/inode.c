@@ -19,9 +19,12 @@
  *             files however many envs import numpy, as hardlinks would,
  *             but without their flaw: a shared inode is never written.
  *             Writing one env's copy goes through copy-up (layer.c).
- *   N_FILE    any other non-directory of one env: rendered templates
- *             (scripts, activate, pyvenv.cfg, RECORD), symlinks, FIFOs,
- *             sockets. Keyed like N_DIR.
+ *   N_FILE    any other read-only non-directory of one env: rendered
+ *             templates (scripts, activate, pyvenv.cfg, RECORD), symlinks,
+ *             FIFOs, sockets. Keyed like N_DIR.
+ *   N_UPPER   a non-directory in one env's writable layer, keyed by (env,
+ *             device, inode) so hard links are one node; it holds an
+ *             O_PATH descriptor of the file.
  *
  * Inode numbers (st_ino) are not node addresses: they are hashes that do
  * not depend on the mount, so a path has the same st_ino across remounts:
@@ -29,6 +32,8 @@
  *   env root           XXH3-64(env name)
  *   N_DIR, N_FILE      XXH3-64(name, seed = parent's st_ino)
  *   N_SHARED           XXH3-64(object id, mode, mtime)
+ *   N_UPPER            XXH3-64(device, inode, seed = the env's root st_ino)
+ *                      (changes on copy-up, as overlayfs without xino)
  *
  * (Collisions of 64-bit hashes are possible in principle; tools only
  * compare st_ino of files they already opened, where a collision between
@@ -96,6 +101,7 @@ static void table_grow(void)
 
 static void table_add(struct node *n)
 {
+	n->hashed = true;
 	if (fsd.table_n + 1 > fsd.table_cap)
 		table_grow();
 	n->hnext = fsd.table[n->hash & (fsd.table_cap - 1)];
@@ -105,6 +111,9 @@ static void table_add(struct node *n)
 
 static void table_del(struct node *n)
 {
+	if (!n->hashed)
+		return;
+	n->hashed = false;
 	struct node **p = &fsd.table[n->hash & (fsd.table_cap - 1)];
 
 	while (*p && *p != n)
@@ -122,6 +131,23 @@ static struct node *find_named(struct fsenv *e, struct node *parent, const char 
 	for (struct node *n = fsd.table[h & (fsd.table_cap - 1)]; n; n = n->hnext)
 		if (n->hash == h && (n->kind == N_DIR || n->kind == N_FILE) && n->env == e && n->parent == parent &&
 		    n->name_len == len && memcmp(n->name, name, len) == 0)
+			return n;
+	return NULL;
+}
+
+static uint64_t key_upper(const struct fsenv *e, dev_t dev, ino_t ino)
+{
+	uint64_t k[3] = {(uint64_t)(uintptr_t)e, (uint64_t)dev, (uint64_t)ino};
+
+	return XXH3_64bits(k, sizeof(k));
+}
+
+static struct node *find_upper(struct fsenv *e, dev_t dev, ino_t ino, uint64_t h)
+{
+	if (!fsd.table_cap)
+		return NULL;
+	for (struct node *n = fsd.table[h & (fsd.table_cap - 1)]; n; n = n->hnext)
+		if (n->hash == h && n->kind == N_UPPER && n->env == e && n->dev == dev && n->upper_ino == ino)
 			return n;
 	return NULL;
 }
@@ -159,12 +185,43 @@ struct node *node_of(fuse_ino_t ino)
 	return ino == FUSE_ROOT_ID ? &fsd.root : (struct node *)(uintptr_t)ino;
 }
 
+void node_unhash(struct node *n)
+{
+	table_del(n);
+}
+
+/* Re-key a node that became N_UPPER (its dev/upper_ino are set). */
+void node_rehash_upper(struct node *n)
+{
+	table_del(n);
+	n->hash = key_upper(n->env, n->dev, n->upper_ino);
+	table_add(n);
+}
+
+/* Re-key a directory or file node moved to (parent, name). */
+void node_rehash_named(struct node *n, struct node *parent, const char *name)
+{
+	table_del(n);
+	if (n->parent != parent) {
+		parent->refs++;
+		struct node *old = n->parent;
+		n->parent = parent;
+		node_unref(old);
+	}
+	free(n->name);
+	n->name = xstrdup(name);
+	n->name_len = (uint16_t)strlen(name);
+	n->hash = key_named(n->env, parent, name, n->name_len);
+	table_add(n);
+}
+
 static struct node *node_new(enum node_kind kind)
 {
 	struct node *n = xcalloc(1, sizeof(*n));
 
 	n->kind = kind;
 	n->fd = -1;
+	n->up.fd = -1;
 	fsd.nodes_alive++;
 	return n;
 }
@@ -179,8 +236,9 @@ static void node_free(struct node *n)
 	table_del(n);
 	if (n->fd >= 0)
 		close(n->fd);
+	layer_dir_close(&n->up);
 	view_dir_free(&n->dir);
-	free(n->list);
+	layer_merge_list_free(n->list, n->nlist);
 	buf_free(&n->rendered);
 	free(n->name);
 	free(n->seen_as);
@@ -224,9 +282,41 @@ static void set_mtime(struct node *n, int64_t sec, uint32_t nsec)
 	n->mtime.tv_nsec = nsec;
 }
 
-void node_stat(const struct node *n, struct stat *st)
+static void newest(struct timespec *a, const struct timespec *b)
+{
+	if (b->tv_sec > a->tv_sec || (b->tv_sec == a->tv_sec && b->tv_nsec > a->tv_nsec))
+		*a = *b;
+}
+
+/*
+ * Attributes as the env shows them. Directories with a writable part take
+ * its mode and the newest of its and the read-only mtimes, so a listing
+ * change (an entry made or removed there) always moves the mtime.
+ */
+int node_stat(struct node *n, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
+	if (n->kind == N_UPPER) {
+		if (fstatat(n->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+		st->st_ino = n->ino;
+		st->st_dev = 0;
+		st->st_nlink = S_ISDIR(st->st_mode) ? 1 : st->st_nlink;
+		st->st_uid = fsd.uid == 0 ? st->st_uid : fsd.uid;
+		st->st_gid = fsd.uid == 0 ? st->st_gid : fsd.gid;
+		return 0;
+	}
+	if (n->kind == N_DIR && n->up.fd >= 0) {
+		struct stat us;
+		if (fstat(n->up.fd, &us) == 0) {
+			n->mode = us.st_mode;
+			struct timespec lower = {0};
+			if (n->dir.n)
+				view_dir_mtime(n->env->view, &n->dir, &lower.tv_sec, (uint32_t *)&lower.tv_nsec);
+			n->mtime = us.st_mtim;
+			newest(&n->mtime, &lower);
+		}
+	}
 	st->st_ino = n->ino;
 	st->st_mode = n->mode;
 	st->st_nlink = 1; /* directories too: "unknown", which stops find's leaf guess */
@@ -242,6 +332,7 @@ void node_stat(const struct node *n, struct stat *st)
 		st->st_mtim = fsd.envs_mtime;
 		st->st_atim = st->st_ctim = fsd.envs_mtime;
 	}
+	return 0;
 }
 
 /* ---- envs ------------------------------------------------------------------------- */
@@ -256,6 +347,8 @@ static void fsenv_free(struct fsenv *e)
 		*p = e->next;
 	view_free(e->view);
 	env_free(e->env);
+	if (e->workfd >= 0)
+		close(e->workfd);
 	free(e->name);
 	free(e->path);
 	free(e);
@@ -324,6 +417,9 @@ static void env_make_root(struct fsenv *e)
 	tn = view_node(e->view, r->dir.src[0]);
 	r->mode = tn->mode;
 	view_dir_mtime(e->view, &r->dir, &r->mtime.tv_sec, (uint32_t *)&r->mtime.tv_nsec);
+	_cleanup_free_ char *up = xasprintf("%s/upper", e->name);
+	if (layer_dir_open(fsd.s->envs_fd, up, &r->up) < 0 || r->up.fd < 0)
+		fs_log("env %s: its writable layer %s/envs/%s cannot be opened", e->name, fsd.s->home, up);
 	r->ino = env_root_ino(e->name, strlen(e->name));
 	r->hash = key_named(e, NULL, "", 0);
 	r->name = xstrdup(e->name);
@@ -383,6 +479,10 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 		e->path = xasprintf("%s/%s", fsd.mountpoint, n);
 		e->loaded_ino = st.st_ino;
 		e->loaded_mtime = st.st_mtim;
+		_cleanup_free_ char *work = xasprintf("%s/work", n);
+		if (mkdirat(fsd.s->envs_fd, work, 0700) < 0 && errno != EEXIST)
+			fs_log("env %s: %s/envs/%s: %s", n, fsd.s->home, work, strerror(errno));
+		e->workfd = openat(fsd.s->envs_fd, work, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		e->next = fsd.envs;
 		fsd.envs = e;
 	}
@@ -429,9 +529,61 @@ static int new_named(struct node *dir, const char *name, size_t len, enum node_k
 	return 0;
 }
 
+/* The node of a file in the writable layer (find or make; NULL on error). */
+struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
+{
+	struct stat st;
+	int fd = openat(dir->up.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	uint64_t h = key_upper(e, st.st_dev, st.st_ino);
+	struct node *n = find_upper(e, st.st_dev, st.st_ino, h);
+	if (n) {
+		close(fd);
+		return n;
+	}
+	n = node_new(N_UPPER);
+	n->env = e;
+	e->refs++;
+	n->fd = fd;
+	n->dev = st.st_dev;
+	n->upper_ino = st.st_ino;
+	n->mode = st.st_mode;
+	n->hash = h;
+	uint64_t k[2] = {(uint64_t)st.st_dev, (uint64_t)st.st_ino};
+	n->ino = XXH3_64bits_withSeed(k, sizeof(k), e->root ? e->root->ino : 0) | 2;
+	n->seen_as = describe(dir, name, strlen(name));
+	table_add(n);
+	return n;
+}
+
+static struct node *shared_node(const struct objid *id, uint32_t mode, uint64_t size, const struct timespec *mt,
+				struct node *dir, const char *name, size_t len)
+{
+	uint64_t h = key_shared(id, mode, mt);
+	struct node *n = find_shared(id, mode, mt, h);
+
+	if (!n) {
+		n = node_new(N_SHARED);
+		n->obj = *id;
+		n->mode = mode;
+		n->size = size;
+		n->mtime = *mt;
+		n->hash = h;
+		n->ino = h | 2;
+		n->seen_as = describe(dir, name, len);
+		table_add(n);
+	}
+	return n;
+}
+
 int node_child(struct node *dir, const char *name, size_t len, struct node **out)
 {
-	struct view_src top;
+	struct merged m;
 	int err;
 
 	if (dir->kind == N_ROOT) {
@@ -447,37 +599,47 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 		return -ENAMETOOLONG;
 	struct fsenv *e = dir->env;
 	struct view *v = e->view;
-	if (!view_lookup(v, &dir->dir, name, len, &top))
+	_cleanup_free_ char *z = xstrndup(name, len);
+	int r = layer_merge_lookup(v, &dir->up, &dir->dir, z, &m);
+	if (r < 0)
+		return r;
+	if (m.upper == L_WHITEOUT || (m.upper == L_NONE && !m.lower))
 		return -ENOENT;
-	const struct tree_node *tn = view_node(v, top);
-	uint64_t h;
-	struct node *n;
+	if (m.upper == L_FILE) {
+		struct node *n = upper_node(e, dir, z);
+		if (!n)
+			return -EIO;
+		*out = n;
+		return 0;
+	}
+	if (m.upper == L_META) {
+		*out = shared_node(&m.ent.obj, m.ent.mode, m.ent.size, &m.ent.mtime, dir, name, len);
+		return 0;
+	}
 
+	uint64_t h = key_named(e, dir, name, len);
+	struct node *n = find_named(e, dir, name, len, h);
+	if (n) {
+		*out = n;
+		return 0;
+	}
+	if (m.upper == L_DIR) {
+		new_named(dir, name, len, N_DIR, h, &n);
+		r = layer_dir_open(dir->up.fd, z, &n->up);
+		layer_child_lower(v, &dir->dir, z, &n->up, &n->dir);
+		n->mode = m.ent.st.st_mode;
+		n->mtime = m.ent.st.st_mtim;
+		table_add(n);
+		*out = n;
+		return r;
+	}
+
+	const struct tree_node *tn = view_node(v, m.src);
 	if (S_ISREG(tn->mode) && !(tn->flags & TREE_F_TEMPLATE)) {
 		struct objid id;
 		struct timespec mt = {tn->mtime_sec, tn->mtime_nsec};
 		tree_node_objid(tn, &id);
-		h = key_shared(&id, tn->mode, &mt);
-		n = find_shared(&id, tn->mode, &mt, h);
-		if (!n) {
-			n = node_new(N_SHARED);
-			n->obj = id;
-			n->mode = tn->mode;
-			n->size = tn->size;
-			n->mtime = mt;
-			n->hash = h;
-			n->ino = h | 2;
-			n->seen_as = describe(dir, name, len);
-			table_add(n);
-		}
-		*out = n;
-		return 0;
-	}
-
-	h = key_named(e, dir, name, len);
-	n = find_named(e, dir, name, len, h);
-	if (n) {
-		*out = n;
+		*out = shared_node(&id, tn->mode, tn->size, &mt, dir, name, len);
 		return 0;
 	}
 	if (S_ISDIR(tn->mode)) {
@@ -487,14 +649,14 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 		view_dir_mtime(v, &n->dir, &n->mtime.tv_sec, (uint32_t *)&n->mtime.tv_nsec);
 	} else {
 		new_named(dir, name, len, N_FILE, h, &n);
-		n->src = top;
+		n->src = m.src;
 		n->mode = tn->mode;
 		set_mtime(n, tn->mtime_sec, tn->mtime_nsec);
 		if (S_ISLNK(tn->mode)) {
 			n->size = tn->u.link.len;
 		} else if (S_ISREG(tn->mode)) {
 			/* a template: its size depends on where it is shown */
-			int r = view_render(v, top, e->path, NULL, &n->rendered);
+			r = view_render(v, m.src, e->path, NULL, &n->rendered);
 			if (r < 0) {
 				fs_log("%s/%.*s: %s", e->name, (int)len, name, vf_last_error());
 				n->state = -EIO;
@@ -507,17 +669,30 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 	return 0;
 }
 
+char *node_path(const struct node *dir, const char *name)
+{
+	return describe((struct node *)dir, name, strlen(name));
+}
+
 /* ---- listings -------------------------------------------------------------------- */
 
 int node_list(struct node *dir)
 {
 	if (dir->listed)
 		return 0;
-	int r = view_list(dir->env->view, &dir->dir, &dir->list, &dir->nlist);
+	int r = layer_merge_list(dir->env->view, &dir->up, &dir->dir, &dir->list, &dir->nlist);
 	if (r < 0)
 		return r;
 	dir->listed = true;
 	return 0;
+}
+
+void node_list_drop(struct node *dir)
+{
+	layer_merge_list_free(dir->list, dir->nlist);
+	dir->list = NULL;
+	dir->nlist = 0;
+	dir->listed = false;
 }
 
 int root_list(void)

@@ -1,24 +1,28 @@
 /*
  * ops.c - the FUSE low-level handlers: thin glue from requests to nodes
- * (inode.c) and views (store/view.h).
+ * (inode.c), the union of layers (store/layer.h) and copy-up (write.c).
  *
  * Every handler replies exactly once, through reply_err() or one of the
  * fuse_reply_* calls at its end; every failure goes through reply_err(),
  * which counts it by operation and errno (`venvfs stats` shows them).
+ * Handlers run under fsd.lock, except the data path (reads and writes of
+ * open files) and the jobs workers run (main.c).
  *
  * Caching (the kernel does most of the work, the daemon stays out of the
- * way): env content is immutable until we change it ourselves, so entries,
- * attributes and negative lookups are cached "forever" (TIMEOUT_FOREVER,
- * retracted with notifications when something does change); opendir is
- * answered ENOSYS once, after which the kernel opens directories without
- * asking and caches their listings; open keeps the page cache and asks for
- * no flush on close; readdirplus primes the entry cache while listing.
+ * way): env content changes only through this daemon (or absorb, which
+ * tells the kernel), so entries, attributes and negative lookups are
+ * cached "forever" (TIMEOUT_FOREVER); opendir is answered ENOSYS once,
+ * after which the kernel opens directories without asking and caches
+ * their listings; open keeps the page cache and asks for no flush on
+ * close; readdirplus primes the entry cache while listing.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -36,21 +40,53 @@ static void reply_err(fuse_req_t req, enum fs_op op, int err)
 	fuse_reply_err(req, err);
 }
 
+static void lock(void)
+{
+	pthread_mutex_lock(&fsd.lock);
+	fsd.last_request_ns = now_ns();
+}
+
+static void unlock(void)
+{
+	pthread_mutex_unlock(&fsd.lock);
+}
+
 static double entry_timeout(const struct node *parent)
 {
 	return parent->kind == N_ROOT ? TIMEOUT_ROOT : TIMEOUT_FOREVER;
 }
 
-static void fill_entry(struct fuse_entry_param *e, struct node *n, double timeout)
+static int fill_entry(struct fuse_entry_param *e, struct node *n, double timeout)
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = (fuse_ino_t)(uintptr_t)n;
 	e->attr_timeout = timeout;
 	e->entry_timeout = timeout;
-	node_stat(n, &e->attr);
+	return node_stat(n, &e->attr);
+}
+
+/* /proc/self/fd/N: how to reach a file we hold an O_PATH descriptor of. */
+static void fd_path(int fd, char out[32])
+{
+	snprintf(out, 32, "/proc/self/fd/%d", fd);
 }
 
 /* ---- lookup and attributes ---------------------------------------------------- */
+
+/*
+ * Resolve name in dir; a lookup that follows a refused write-open of a
+ * shared store file (write.c) copies it into this env first.
+ */
+static int lookup_locked(fuse_req_t req, struct node *dir, const char *name, struct node **out)
+{
+	int r = node_child(dir, name, strlen(name), out);
+	bool trunc;
+
+	if (r == 0 && (*out)->kind == N_SHARED && dir->kind == N_DIR &&
+	    intent_take(fuse_req_ctx(req)->pid, *out, &trunc))
+		r = copy_up_shared(dir, name, *out, trunc, out);
+	return r;
+}
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
@@ -59,13 +95,11 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	int r;
 
 	count(OP_LOOKUP);
-	pthread_mutex_lock(&fsd.lock);
-	r = node_child(dir, name, strlen(name), &n);
-	if (r == 0) {
+	lock();
+	r = lookup_locked(req, dir, name, &n);
+	if (r == 0 && (r = fill_entry(&e, n, entry_timeout(dir))) == 0)
 		node_ref_lookup(n, 1);
-		fill_entry(&e, n, entry_timeout(dir));
-	}
-	pthread_mutex_unlock(&fsd.lock);
+	unlock();
 	if (r == -ENOENT) {
 		/* a negative entry: the kernel remembers the name is not there */
 		memset(&e, 0, sizeof(e));
@@ -83,19 +117,19 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
 	count(OP_FORGET);
-	pthread_mutex_lock(&fsd.lock);
+	lock();
 	node_forget(node_of(ino), nlookup);
-	pthread_mutex_unlock(&fsd.lock);
+	unlock();
 	fuse_reply_none(req);
 }
 
 static void op_forget_multi(fuse_req_t req, size_t count_, struct fuse_forget_data *forgets)
 {
 	count(OP_FORGET);
-	pthread_mutex_lock(&fsd.lock);
+	lock();
 	for (size_t i = 0; i < count_; i++)
 		node_forget(node_of(forgets[i].ino), forgets[i].nlookup);
-	pthread_mutex_unlock(&fsd.lock);
+	unlock();
 	fuse_reply_none(req);
 }
 
@@ -103,67 +137,224 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct node *n = node_of(ino);
 	struct stat st;
+	int r;
 
 	(void)fi;
 	count(OP_GETATTR);
-	pthread_mutex_lock(&fsd.lock);
+	lock();
 	if (n->kind == N_ROOT)
 		root_list();
-	node_stat(n, &st);
-	pthread_mutex_unlock(&fsd.lock);
-	fuse_reply_attr(req, &st, n->kind == N_ROOT ? TIMEOUT_ROOT : TIMEOUT_FOREVER);
+	r = node_stat(n, &st);
+	unlock();
+	if (r < 0)
+		reply_err(req, OP_GETATTR, -r);
+	else
+		fuse_reply_attr(req, &st, n->kind == N_ROOT ? TIMEOUT_ROOT : TIMEOUT_FOREVER);
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct node *n = node_of(ino);
+	char target[PATH_MAX + 1];
 
 	count(OP_READLINK);
-	if (n->kind != N_FILE || !S_ISLNK(n->mode)) {
+	lock();
+	if (n->kind == N_FILE && S_ISLNK(n->mode)) {
+		struct tree *t = n->env->view->layers[n->src.layer].tree;
+		const struct tree_node *tn = tree_node(t, n->src.node);
+		size_t len = MIN(tn->u.link.len, PATH_MAX);
+		memcpy(target, tree_link_target(t, tn), len);
+		target[len] = '\0';
+	} else if (n->kind == N_UPPER) {
+		ssize_t len = readlinkat(n->fd, "", target, PATH_MAX);
+		if (len < 0) {
+			int e = errno;
+			unlock();
+			reply_err(req, OP_READLINK, e == ENOENT ? EINVAL : e);
+			return;
+		}
+		target[len] = '\0';
+	} else {
+		unlock();
 		reply_err(req, OP_READLINK, EINVAL);
 		return;
 	}
-	struct tree *t = n->env->view->layers[n->src.layer].tree;
-	const struct tree_node *tn = tree_node(t, n->src.node);
-	_cleanup_free_ char *target = xstrndup(tree_link_target(t, tn), tn->u.link.len);
+	unlock();
 	fuse_reply_readlink(req, target);
 }
-
-/* ---- files ------------------------------------------------------------------------- */
 
 static bool wants_write(int flags)
 {
 	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
 
+/* Apply a setattr to an N_UPPER node (fd: an open file, or -1). */
+static int setattr_upper(struct node *n, const struct stat *a, int to_set, int fd, const struct fuse_ctx *ctx)
+{
+	char p[32];
+
+	fd_path(n->fd, p);
+	if (to_set & FUSE_SET_ATTR_MODE) {
+		mode_t m = a->st_mode & 07777;
+		if (S_ISREG(n->mode))
+			m &= ~(mode_t)S_ISVTX; /* the marker of layer.h */
+		if (fchmodat(AT_FDCWD, p, m, 0) < 0)
+			return -errno;
+	}
+	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		uid_t u = to_set & FUSE_SET_ATTR_UID ? a->st_uid : (uid_t)-1;
+		gid_t g = to_set & FUSE_SET_ATTR_GID ? a->st_gid : (gid_t)-1;
+		if (fsd.uid != 0 && ctx->uid != 0 && u != (uid_t)-1 && u != ctx->uid)
+			return -EPERM;
+		if (fchownat(n->fd, "", u, g, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 && fsd.uid == 0)
+			return -errno;
+	}
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		int r = fd >= 0 ? ftruncate(fd, a->st_size) : truncate(p, a->st_size);
+		if (r < 0)
+			return -errno;
+	}
+	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW)) {
+		struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
+		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+			ts[0].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_ATIME)
+			ts[0] = a->st_atim;
+		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+			ts[1].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_MTIME)
+			ts[1] = a->st_mtim;
+		if (S_ISLNK(n->mode)) {
+			if (utimensat(n->fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 && errno != EINVAL)
+				return -errno;
+		} else if (utimensat(AT_FDCWD, p, ts, 0) < 0) {
+			return -errno;
+		}
+	}
+	n->env->dirty = true;
+	return 0;
+}
+
+static int setattr_dir(struct node *n, const struct stat *a, int to_set)
+{
+	int r = copy_up_dir(n);
+
+	if (r < 0)
+		return r;
+	if (to_set & FUSE_SET_ATTR_SIZE)
+		return -EISDIR;
+	if ((to_set & FUSE_SET_ATTR_MODE) && fchmod(n->up.fd, a->st_mode & 07777) < 0)
+		return -errno;
+	if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) && fsd.uid == 0 &&
+	    fchown(n->up.fd, to_set & FUSE_SET_ATTR_UID ? a->st_uid : (uid_t)-1,
+		   to_set & FUSE_SET_ATTR_GID ? a->st_gid : (gid_t)-1) < 0)
+		return -errno;
+	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW)) {
+		struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
+		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+			ts[0].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_ATIME)
+			ts[0] = a->st_atim;
+		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+			ts[1].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_MTIME)
+			ts[1] = a->st_mtim;
+		if (futimens(n->up.fd, ts) < 0)
+			return -errno;
+	}
+	n->env->dirty = true;
+	return 0;
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+	struct node *n = node_of(ino);
+	struct stat st;
+	int r = 0;
+
+	count(OP_SETATTR);
+	lock();
+	switch (n->kind) {
+	case N_ROOT:
+		r = -EPERM;
+		break;
+	case N_SHARED:
+		/* which env? the retried lookup will say (write.c) */
+		intent_add(fuse_req_ctx(req)->pid, n, (to_set & FUSE_SET_ATTR_SIZE) && attr->st_size == 0);
+		r = -ESTALE;
+		break;
+	case N_DIR:
+		r = setattr_dir(n, attr, to_set);
+		break;
+	case N_FILE:
+		r = copy_up_node(n);
+		if (r < 0)
+			break;
+		/* it is an N_UPPER node now */
+		__attribute__((fallthrough));
+	case N_UPPER:
+		r = setattr_upper(n, attr, to_set, fi ? (int)fi->fh : -1, fuse_req_ctx(req));
+		break;
+	}
+	if (r == 0)
+		r = node_stat(n, &st);
+	unlock();
+	if (r < 0)
+		reply_err(req, OP_SETATTR, -r);
+	else
+		fuse_reply_attr(req, &st, TIMEOUT_FOREVER);
+}
+
+/* ---- files ------------------------------------------------------------------------- */
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct node *n = node_of(ino);
+	int r = 0;
 
 	count(OP_OPEN);
+	lock();
 	if (n->kind == N_DIR || n->kind == N_ROOT) {
-		reply_err(req, OP_OPEN, EISDIR);
+		r = -EISDIR;
+	} else if (n->kind == N_SHARED) {
+		if (wants_write(fi->flags)) {
+			intent_add(fuse_req_ctx(req)->pid, n, fi->flags & O_TRUNC);
+			r = -ESTALE;
+		} else if (n->state < 0) {
+			r = n->state;
+		}
+	} else if (n->kind == N_FILE) {
+		if (wants_write(fi->flags))
+			r = copy_up_node(n);
+		else if (n->state < 0)
+			r = n->state;
+	}
+	if (r == 0 && n->kind == N_UPPER) {
+		char p[32];
+		fd_path(n->fd, p);
+		int fd = open(p, (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC);
+		if (fd < 0)
+			r = -errno;
+		else
+			fi->fh = (uint64_t)fd;
+		if (wants_write(fi->flags))
+			n->env->dirty = true;
+	}
+	unlock();
+	if (r < 0) {
+		reply_err(req, OP_OPEN, -r);
 		return;
 	}
-	if (wants_write(fi->flags)) {
-		fs_log("refused a write-open of %s: envs are read-only in this version",
-		       n->seen_as ? n->seen_as : n->name);
-		reply_err(req, OP_OPEN, EROFS);
-		return;
-	}
-	if (n->state < 0) {
-		reply_err(req, OP_OPEN, -n->state);
-		return;
-	}
-	fi->keep_cache = 1; /* the content never changes under an open inode */
+	fi->keep_cache = 1; /* every change to the file goes through us */
 	fi->noflush = 1;    /* nothing to flush on close */
 	fuse_reply_open(req, fi);
 }
 
-/* A read of a store file that may wait for the disk, on a worker. */
+/* A read that may wait for the disk, on a worker. */
 struct read_job {
 	fuse_req_t req;
 	struct node *n;
+	int fd; /* N_UPPER: the open file */
 	size_t size;
 	off_t off;
 };
@@ -171,14 +362,14 @@ struct read_job {
 static void read_job_run(void *arg)
 {
 	struct read_job *j = arg;
-	int r = shared_open_object(j->n);
+	int r = j->fd >= 0 ? 0 : shared_open_object(j->n);
 
 	if (r < 0) {
 		reply_err(j->req, OP_READ, -r);
 	} else {
 		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(j->size);
 		buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-		buf.buf[0].fd = j->n->fd;
+		buf.buf[0].fd = j->fd >= 0 ? j->fd : j->n->fd;
 		buf.buf[0].pos = j->off;
 		fuse_reply_data(j->req, &buf, FUSE_BUF_SPLICE_MOVE);
 	}
@@ -189,47 +380,34 @@ static void read_job_run(void *arg)
 }
 
 /*
- * Read what the page cache has without blocking (RWF_NOWAIT); 1 if the
- * request was answered, 0 if it has to wait for the disk.
+ * Read what the page cache has without blocking (RWF_NOWAIT); true if the
+ * request was answered, false if it has to wait for the disk.
  */
-static int read_cached(fuse_req_t req, struct node *n, size_t size, off_t off)
+static bool read_cached(fuse_req_t req, int fd, uint64_t size, size_t want_size, off_t off)
 {
-	if (n->fd < 0 || n->state <= 0)
-		return 0;
-	if ((uint64_t)off >= n->size) {
+	if ((uint64_t)off >= size) {
 		fuse_reply_buf(req, NULL, 0);
-		return 1;
+		return true;
 	}
-	size_t want = MIN(size, n->size - (uint64_t)off);
+	size_t want = MIN(want_size, size - (uint64_t)off);
 	char *b = xmalloc(want);
 	struct iovec iov = {b, want};
-	ssize_t got = preadv2(n->fd, &iov, 1, off, RWF_NOWAIT);
+	ssize_t got = preadv2(fd, &iov, 1, off, RWF_NOWAIT);
 	if (got == (ssize_t)want) {
 		fuse_reply_buf(req, b, want);
 		free(b);
-		return 1;
+		return true;
 	}
 	free(b);
-	return 0;
+	return false;
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct node *n = node_of(ino);
+	int fd = -1;
 
-	(void)fi;
 	count(OP_READ);
-	if (n->kind == N_SHARED) {
-		if (read_cached(req, n, size, off))
-			return;
-		struct read_job *j = xmalloc(sizeof(*j));
-		*j = (struct read_job){req, n, size, off};
-		pthread_mutex_lock(&fsd.lock);
-		n->refs++;
-		pthread_mutex_unlock(&fsd.lock);
-		fs_defer(read_job_run, j);
-		return;
-	}
 	if (n->kind == N_FILE && S_ISREG(n->mode)) {
 		if (n->state < 0) {
 			reply_err(req, OP_READ, EIO);
@@ -243,18 +421,556 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_buf(req, n->rendered.data + off, MIN(size, len - (size_t)off));
 		return;
 	}
-	reply_err(req, OP_READ, EINVAL);
+	if (n->kind == N_UPPER) {
+		struct stat st;
+		fd = (int)fi->fh;
+		if (fstat(fd, &st) == 0 && read_cached(req, fd, (uint64_t)st.st_size, size, off))
+			return;
+	} else if (n->kind == N_SHARED) {
+		if (n->fd >= 0 && n->state > 0 && read_cached(req, n->fd, n->size, size, off))
+			return;
+	} else {
+		reply_err(req, OP_READ, EINVAL);
+		return;
+	}
+	struct read_job *j = xmalloc(sizeof(*j));
+	*j = (struct read_job){req, n, fd, size, off};
+	pthread_mutex_lock(&fsd.lock);
+	n->refs++;
+	pthread_mutex_unlock(&fsd.lock);
+	fs_defer(read_job_run, j);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct node *n = node_of(ino);
+
+	count(OP_WRITE);
+	if (n->kind != N_UPPER) {
+		reply_err(req, OP_WRITE, EBADF);
+		return;
+	}
+	ssize_t w = pwrite((int)fi->fh, buf, size, off);
+	if (w < 0)
+		reply_err(req, OP_WRITE, errno);
+	else
+		fuse_reply_write(req, (size_t)w);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)ino;
-	(void)fi;
+	struct node *n = node_of(ino);
+
 	count(OP_RELEASE);
+	if (n->kind == N_UPPER && fi->fh)
+		close((int)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
+struct fsync_job {
+	fuse_req_t req;
+	int fd;
+	int datasync;
+};
+
+static void fsync_job_run(void *arg)
+{
+	struct fsync_job *j = arg;
+	int r = j->datasync ? fdatasync(j->fd) : fsync(j->fd);
+
+	if (r < 0)
+		reply_err(j->req, OP_FSYNC, errno);
+	else
+		fuse_reply_err(j->req, 0);
+	free(j);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct node *n = node_of(ino);
+
+	count(OP_FSYNC);
+	if (n->kind != N_UPPER || !fi || !fi->fh) {
+		fuse_reply_err(req, 0); /* store content is durable already */
+		return;
+	}
+	struct fsync_job *j = xmalloc(sizeof(*j));
+	*j = (struct fsync_job){req, (int)fi->fh, datasync};
+	fs_defer(fsync_job_run, j);
+}
+
+/* ---- making and removing names ---------------------------------------------------- */
+
+/*
+ * Prepare dir for a new entry name: a writable part, and nothing of that
+ * name showing. *whiteout says a whiteout holds the name (the new entry
+ * replaces it; a new directory then hides what is below: opaque).
+ */
+static int prepare_new(struct node *dir, const char *name, bool *whiteout)
+{
+	struct merged m;
+	int r;
+
+	if (dir->kind == N_ROOT)
+		return -EPERM; /* envs are made with venvfs create/clone/import */
+	if (dir->kind != N_DIR)
+		return -ENOTDIR;
+	if (strlen(name) > 255)
+		return -ENAMETOOLONG;
+	if ((r = copy_up_dir(dir)) < 0)
+		return r;
+	if ((r = layer_merge_lookup(dir->env->view, &dir->up, &dir->dir, name, &m)) < 0)
+		return r;
+	if (m.upper != L_NONE && m.upper != L_WHITEOUT)
+		return -EEXIST;
+	if (m.upper == L_NONE && m.lower)
+		return -EEXIST;
+	*whiteout = m.upper == L_WHITEOUT;
+	return 0;
+}
+
+/* Give a newly made entry to its creator (as root, with allow_other). */
+static void own(int dirfd, const char *name, const struct fuse_ctx *ctx)
+{
+	if (fsd.uid == 0 && (ctx->uid != 0 || ctx->gid != 0))
+		fchownat(dirfd, name, ctx->uid, ctx->gid, AT_SYMLINK_NOFOLLOW);
+}
+
+/* Put work/tmp at dir/name, over a whiteout (atomically) or into a free name. */
+static int place_new(struct node *dir, const char *tmp, const char *name, bool whiteout, bool is_dir)
+{
+	struct fsenv *e = dir->env;
+
+	if (!whiteout) {
+		if (renameat2(e->workfd, tmp, dir->up.fd, name, RENAME_NOREPLACE) < 0)
+			return -errno;
+		return 0;
+	}
+	if (!is_dir) {
+		if (renameat(e->workfd, tmp, dir->up.fd, name) < 0)
+			return -errno;
+		return 0;
+	}
+	/* a directory cannot be renamed over a file: swap, then drop it */
+	if (renameat2(e->workfd, tmp, dir->up.fd, name, RENAME_EXCHANGE) < 0)
+		return -errno;
+	unlinkat(e->workfd, tmp, 0);
+	return 0;
+}
+
+static void reply_new(fuse_req_t req, enum fs_op op, struct node *dir, const char *name, int r,
+		      struct fuse_file_info *fi)
+{
+	struct fuse_entry_param e;
+	struct node *n = NULL;
+
+	if (r == 0) {
+		node_list_drop(dir);
+		dir->env->dirty = true;
+		r = node_child(dir, name, strlen(name), &n);
+	}
+	if (r == 0 && (r = fill_entry(&e, n, TIMEOUT_FOREVER)) == 0)
+		node_ref_lookup(n, 1);
+	unlock();
+	if (r < 0) {
+		if (fi && fi->fh)
+			close((int)fi->fh);
+		reply_err(req, op, -r);
+	} else if (fi) {
+		fi->keep_cache = 1;
+		fi->noflush = 1;
+		fuse_reply_create(req, &e, fi);
+	} else {
+		fuse_reply_entry(req, &e);
+	}
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	struct node *dir = node_of(parent);
+	bool wh;
+	int r;
+
+	count(OP_MKNOD);
+	lock();
+	r = prepare_new(dir, name, &wh);
+	if (r == 0) {
+		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
+		if (S_ISREG(mode))
+			mode &= ~(mode_t)S_ISVTX;
+		if (mknodat(dir->env->workfd, tmp, mode, rdev) < 0)
+			r = -errno;
+		else {
+			own(dir->env->workfd, tmp, fuse_req_ctx(req));
+			r = place_new(dir, tmp, name, wh, false);
+			if (r < 0)
+				unlinkat(dir->env->workfd, tmp, 0);
+		}
+	}
+	reply_new(req, OP_MKNOD, dir, name, r, NULL);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct node *dir = node_of(parent);
+	bool wh;
+	int r;
+
+	count(OP_MKDIR);
+	lock();
+	r = prepare_new(dir, name, &wh);
+	if (r == 0 && !wh) {
+		if (mkdirat(dir->up.fd, name, mode & 07777) < 0)
+			r = -errno;
+		else
+			own(dir->up.fd, name, fuse_req_ctx(req));
+	} else if (r == 0) {
+		/* over a whiteout: what is below stays hidden (opaque) */
+		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
+		int fd = -1;
+		if (mkdirat(dir->env->workfd, tmp, mode & 07777) < 0 ||
+		    (fd = openat(dir->env->workfd, tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+			r = -errno;
+		if (r == 0)
+			r = layer_set_dir(fd, true, NULL);
+		if (fd >= 0)
+			close(fd);
+		if (r == 0) {
+			own(dir->env->workfd, tmp, fuse_req_ctx(req));
+			r = place_new(dir, tmp, name, true, true);
+		}
+		if (r < 0)
+			unlinkat(dir->env->workfd, tmp, AT_REMOVEDIR);
+	}
+	reply_new(req, OP_MKDIR, dir, name, r, NULL);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	struct node *dir = node_of(parent);
+	bool wh;
+	int r;
+
+	count(OP_SYMLINK);
+	lock();
+	r = prepare_new(dir, name, &wh);
+	if (r == 0) {
+		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
+		if (symlinkat(link, dir->env->workfd, tmp) < 0)
+			r = -errno;
+		else {
+			own(dir->env->workfd, tmp, fuse_req_ctx(req));
+			r = place_new(dir, tmp, name, wh, false);
+			if (r < 0)
+				unlinkat(dir->env->workfd, tmp, 0);
+		}
+	}
+	reply_new(req, OP_SYMLINK, dir, name, r, NULL);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+	struct node *dir = node_of(parent);
+	bool wh;
+	int r;
+
+	count(OP_CREATE);
+	lock();
+	fi->fh = 0;
+	r = prepare_new(dir, name, &wh);
+	if (r == 0) {
+		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
+		int flags = (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) | O_CREAT | O_EXCL | O_CLOEXEC;
+		int fd = openat(dir->env->workfd, tmp, flags, mode & 07777 & ~S_ISVTX);
+		if (fd < 0)
+			r = -errno;
+		else {
+			own(dir->env->workfd, tmp, fuse_req_ctx(req));
+			r = place_new(dir, tmp, name, wh, false);
+			if (r < 0) {
+				close(fd);
+				unlinkat(dir->env->workfd, tmp, 0);
+			} else {
+				fi->fh = (uint64_t)fd;
+			}
+		}
+	}
+	reply_new(req, OP_CREATE, dir, name, r, fi);
+}
+
+/* Does the read-only side of dir have name (showing through)? */
+static bool lower_has(struct node *dir, const char *name)
+{
+	struct view_src s;
+
+	return !dir->up.opaque && dir->dir.n && view_lookup(dir->env->view, &dir->dir, name, strlen(name), &s);
+}
+
+/* Forget what names dir/name stood for (the name now means something else). */
+static void unhash_name(struct node *dir, const char *name)
+{
+	struct node *n;
+
+	if (node_child(dir, name, strlen(name), &n) == 0 && (n->kind == N_DIR || n->kind == N_FILE))
+		node_unhash(n);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct node *dir = node_of(parent);
+	struct merged m;
+	int r;
+
+	count(OP_UNLINK);
+	lock();
+	r = dir->kind != N_DIR ? -EPERM : copy_up_dir(dir);
+	if (r == 0)
+		r = layer_merge_lookup(dir->env->view, &dir->up, &dir->dir, name, &m);
+	if (r == 0) {
+		bool shows_upper = m.upper == L_FILE || m.upper == L_META;
+		bool shows_lower = m.upper == L_NONE && m.lower;
+		bool is_dir = m.upper == L_DIR ||
+			      (shows_lower && S_ISDIR(view_node(dir->env->view, m.src)->mode));
+		if (!shows_upper && !shows_lower && m.upper != L_DIR)
+			r = -ENOENT;
+		else if (is_dir)
+			r = -EISDIR;
+		else {
+			unhash_name(dir, name);
+			if (lower_has(dir, name))
+				r = layer_whiteout(dir->up.fd, name, dir->env->workfd); /* atomic: replaces */
+			else if (unlinkat(dir->up.fd, name, 0) < 0)
+				r = -errno;
+			node_list_drop(dir);
+			dir->env->dirty = true;
+		}
+	}
+	unlock();
+	if (r < 0)
+		reply_err(req, OP_UNLINK, -r);
+	else
+		fuse_reply_err(req, 0);
+}
+
+/* Remove the (merged-empty) directory child from the writable layer. */
+static int remove_dir(struct node *dir, const char *name, struct node *child)
+{
+	struct fsenv *e = dir->env;
+	int r = 0;
+
+	node_unhash(child);
+	if (child->up.fd >= 0) {
+		/* move it aside first (it holds whiteouts at most), then delete */
+		_cleanup_free_ char *tmp = xasprintf("rm.%016llx", (unsigned long long)random_u64());
+		if (renameat(dir->up.fd, name, e->workfd, tmp) < 0)
+			return -errno;
+		rm_rf_at(e->workfd, tmp);
+	}
+	if (lower_has(dir, name))
+		r = layer_whiteout(dir->up.fd, name, e->workfd);
+	node_list_drop(dir);
+	e->dirty = true;
+	return r;
+}
+
+static int dir_is_empty(struct node *child)
+{
+	int r = node_list(child);
+
+	if (r < 0)
+		return r;
+	return child->nlist == 0 ? 0 : -ENOTEMPTY;
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct node *dir = node_of(parent), *child;
+	int r;
+
+	count(OP_RMDIR);
+	lock();
+	r = dir->kind != N_DIR ? -EPERM : copy_up_dir(dir);
+	if (r == 0)
+		r = node_child(dir, name, strlen(name), &child);
+	if (r == 0 && child->kind != N_DIR)
+		r = -ENOTDIR;
+	if (r == 0)
+		r = dir_is_empty(child);
+	if (r == 0)
+		r = remove_dir(dir, name, child);
+	unlock();
+	if (r < 0)
+		reply_err(req, OP_RMDIR, -r);
+	else
+		fuse_reply_err(req, 0);
+}
+
+/*
+ * rename(2) in the union:
+ *   - an entry of the writable layer is renamed there;
+ *   - a store file is re-created at the new name as a metacopy (no data
+ *     copied), and a per-env read-only file is copied up first;
+ *   - a directory with read-only content gets a writable part at the new
+ *     name marked "redirect" to where that content is (overlayfs's
+ *     redirect_dir): pip renames whole package directories while
+ *     upgrading, and kernel overlayfs answering EXDEV there broke it
+ *     (pip#6943);
+ *   - the old name is whited out if something below would show through.
+ * RENAME_NOREPLACE works; RENAME_EXCHANGE and RENAME_WHITEOUT answer
+ * EINVAL (callers such as uv fall back).
+ */
+static int do_rename(struct node *od, const char *on, struct node *nd, const char *nn, unsigned int flags)
+{
+	struct view *v = od->env->view;
+	struct merged src, dst;
+	struct node *sn = NULL, *dn = NULL;
+	int r;
+
+	if (flags & ~RENAME_NOREPLACE)
+		return -EINVAL;
+	if (od->kind != N_DIR || nd->kind != N_DIR)
+		return -EPERM;
+	if (od->env != nd->env)
+		return -EXDEV;
+	if ((r = copy_up_dir(od)) < 0 || (r = copy_up_dir(nd)) < 0)
+		return r;
+	if ((r = layer_merge_lookup(v, &od->up, &od->dir, on, &src)) < 0 ||
+	    (r = layer_merge_lookup(v, &nd->up, &nd->dir, nn, &dst)) < 0)
+		return r;
+	bool src_there = src.upper == L_FILE || src.upper == L_META || src.upper == L_DIR || (src.upper == L_NONE && src.lower);
+	bool dst_there = dst.upper == L_FILE || dst.upper == L_META || dst.upper == L_DIR || (dst.upper == L_NONE && dst.lower);
+	if (!src_there)
+		return -ENOENT;
+	if ((r = node_child(od, on, strlen(on), &sn)) < 0)
+		return r;
+	if (dst_there && (flags & RENAME_NOREPLACE))
+		return -EEXIST;
+	if (od == nd && !strcmp(on, nn))
+		return 0;
+	bool src_dir = sn->kind == N_DIR;
+	if (dst_there) {
+		if ((r = node_child(nd, nn, strlen(nn), &dn)) < 0)
+			return r;
+		if (dn == sn)
+			return 0; /* two names of one file: nothing to do */
+		if (src_dir && dn->kind != N_DIR)
+			return -ENOTDIR;
+		if (!src_dir && dn->kind == N_DIR)
+			return -EISDIR;
+		if (src_dir && (r = dir_is_empty(dn)) < 0)
+			return r;
+	}
+	/* a directory cannot move below itself */
+	for (struct node *p = nd; src_dir && p; p = p->parent)
+		if (p == sn)
+			return -EINVAL;
+
+	bool src_lower = lower_has(od, on);
+	if (!src_dir) {
+		if (sn->kind == N_FILE && (r = copy_up_node(sn)) < 0)
+			return r;
+		if (dst_there && dn->kind != N_DIR)
+			unhash_name(nd, nn);
+		if (sn->kind == N_UPPER || src.upper == L_META) {
+			if (renameat(od->up.fd, on, nd->up.fd, nn) < 0)
+				return -errno;
+		} else if (sn->kind == N_SHARED) {
+			r = layer_metacopy(nd->up.fd, nn, nd->env->workfd, &sn->obj, sn->size, sn->mode, &sn->mtime);
+			if (r < 0)
+				return r;
+		} else {
+			return -EIO;
+		}
+		if (src_lower && (r = layer_whiteout(od->up.fd, on, od->env->workfd)) < 0)
+			return r;
+	} else {
+		/* where the read-only part of the moving directory lives */
+		_cleanup_free_ char *lowerpath = sn->dir.n && !sn->up.opaque ? dir_lower_path(sn) : NULL;
+		if (dst_there)
+			remove_dir(nd, nn, dn);
+		bool dst_lower = lower_has(nd, nn);
+		if (sn->up.fd >= 0) {
+			if (renameat(od->up.fd, on, nd->up.fd, nn) < 0)
+				return -errno;
+		} else if (mkdirat(nd->up.fd, nn, sn->mode & 07777) < 0) {
+			return -errno;
+		}
+		if (src_lower && (r = layer_whiteout(od->up.fd, on, od->env->workfd)) < 0)
+			return r;
+		struct layer_dir moved;
+		if ((r = layer_dir_open(nd->up.fd, nn, &moved)) < 0 || moved.fd < 0)
+			return r < 0 ? r : -EIO;
+		if (lowerpath && !moved.opaque)
+			r = layer_set_dir(moved.fd, false, lowerpath);
+		else if (!lowerpath && dst_lower)
+			r = layer_set_dir(moved.fd, true, NULL);
+		layer_dir_close(&moved);
+		if (r < 0)
+			return r;
+		/* the node moves with its new key; its read-only part stays */
+		layer_dir_close(&sn->up);
+		layer_dir_open(nd->up.fd, nn, &sn->up);
+		node_rehash_named(sn, nd, nn);
+	}
+	node_list_drop(od);
+	node_list_drop(nd);
+	od->env->dirty = true;
+	return 0;
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname,
+		      unsigned int flags)
+{
+	int r;
+
+	count(OP_RENAME);
+	lock();
+	r = do_rename(node_of(parent), name, node_of(newparent), newname, flags);
+	unlock();
+	if (r < 0)
+		reply_err(req, OP_RENAME, -r);
+	else
+		fuse_reply_err(req, 0);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	struct node *n = node_of(ino), *dir = node_of(newparent);
+	bool wh;
+	int r;
+
+	count(OP_LINK);
+	lock();
+	/* a store file has no single place to link from: callers copy (uv does) */
+	r = n->kind != N_UPPER ? -EXDEV : dir->kind != N_DIR || dir->env != n->env ? -EXDEV : 0;
+	if (r == 0)
+		r = prepare_new(dir, newname, &wh);
+	if (r == 0) {
+		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
+		char p[32];
+		fd_path(n->fd, p);
+		if (linkat(AT_FDCWD, p, dir->env->workfd, tmp, AT_SYMLINK_FOLLOW) < 0)
+			r = -errno;
+		else if ((r = place_new(dir, tmp, newname, wh, false)) < 0)
+			unlinkat(dir->env->workfd, tmp, 0);
+	}
+	reply_new(req, OP_LINK, dir, newname, r, NULL);
+}
+
 /* ---- directories ----------------------------------------------------------------- */
+
+/*
+ * ENOSYS once: from then on the kernel opens directories without asking,
+ * never sends releasedir, and caches their listings (FOPEN_CACHE_DIR is the
+ * default without opendir); a cached listing is dropped when the
+ * directory changes through the mount, or when we invalidate it.
+ */
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino, (void)fi;
+	fuse_reply_err(req, ENOSYS);
+}
 
 /* One listing entry of dir at position i (after "." and ".."). */
 static int dir_entry(struct node *dir, size_t i, const char **name, size_t *len)
@@ -269,7 +985,7 @@ static int dir_entry(struct node *dir, size_t i, const char **name, size_t *len)
 	if (i >= dir->nlist)
 		return 0;
 	*name = dir->list[i].name;
-	*len = dir->list[i].name_len;
+	*len = strlen(*name);
 	return 1;
 }
 
@@ -282,10 +998,10 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	int r;
 
 	count(op);
-	pthread_mutex_lock(&fsd.lock);
+	lock();
 	r = dir->kind == N_ROOT ? root_list() : dir->kind == N_DIR ? node_list(dir) : -ENOTDIR;
 	if (r < 0) {
-		pthread_mutex_unlock(&fsd.lock);
+		unlock();
 		free(buf);
 		reply_err(req, op, -r);
 		return;
@@ -315,9 +1031,11 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			st.st_mode = S_IFDIR;
 			st.st_ino = env_root_ino(name, len);
 		} else if (i >= 2) {
-			if (node_child(dir, name, len, &n) < 0)
+			if (node_child(dir, name, len, &n) < 0 || node_stat(n, &st) < 0) {
+				if (n)
+					node_forget(n, 0);
 				continue;
-			node_stat(n, &st);
+			}
 		}
 		if (plus) {
 			if (n)
@@ -342,21 +1060,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		p += need;
 		rem -= need;
 	}
-	pthread_mutex_unlock(&fsd.lock);
+	unlock();
 	fuse_reply_buf(req, buf, size - rem);
 	free(buf);
-}
-
-/*
- * ENOSYS once: from then on the kernel opens directories without asking,
- * never sends releasedir, and caches their listings (FOPEN_CACHE_DIR is the
- * default without opendir); cached listings are dropped when a directory's
- * mtime changes or we invalidate it.
- */
-static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	(void)ino, (void)fi;
-	fuse_reply_err(req, ENOSYS);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -385,77 +1091,6 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &sv);
 }
 
-/* ---- writes (read-only for now) --------------------------------------------------- */
-
-static void refuse(fuse_req_t req, enum fs_op op, const char *what)
-{
-	count(op);
-	fs_log("refused %s: envs are read-only in this version", what);
-	reply_err(req, op, EROFS);
-}
-
-static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
-{
-	(void)ino, (void)attr, (void)to_set, (void)fi;
-	refuse(req, OP_SETATTR, "setattr");
-}
-
-static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
-{
-	(void)parent, (void)name, (void)mode, (void)rdev;
-	refuse(req, OP_MKNOD, "mknod");
-}
-
-static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
-{
-	(void)parent, (void)name, (void)mode;
-	refuse(req, OP_MKDIR, "mkdir");
-}
-
-static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-	(void)parent, (void)name;
-	refuse(req, OP_UNLINK, "unlink");
-}
-
-static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-	(void)parent, (void)name;
-	refuse(req, OP_RMDIR, "rmdir");
-}
-
-static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
-{
-	(void)link, (void)parent, (void)name;
-	refuse(req, OP_SYMLINK, "symlink");
-}
-
-static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname,
-		      unsigned int flags)
-{
-	(void)parent, (void)name, (void)newparent, (void)newname, (void)flags;
-	refuse(req, OP_RENAME, "rename");
-}
-
-static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
-{
-	(void)ino, (void)newparent, (void)newname;
-	refuse(req, OP_LINK, "link");
-}
-
-static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
-{
-	(void)parent, (void)name, (void)mode, (void)fi;
-	refuse(req, OP_CREATE, "create");
-}
-
-static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
-		     struct fuse_file_info *fi)
-{
-	(void)ino, (void)buf, (void)size, (void)off, (void)fi;
-	refuse(req, OP_WRITE, "write");
-}
-
 /* ---- session ------------------------------------------------------------------------ */
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
@@ -468,8 +1103,13 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC; /* O_TRUNC comes with open */
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+	/* no POSIX or flock locks of our own: the kernel keeps them locally,
+	 * which is what one host needs (uv locks <venv>/.lock) */
+	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
 	conn->time_gran = 1;
 }
 
@@ -492,6 +1132,7 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.read = op_read,
 	.write = op_write,
 	.release = op_release,
+	.fsync = op_fsync,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
 	.readdirplus = op_readdirplus,

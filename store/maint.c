@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "env.h"
+#include "layer.h"
 #include "pyfmt.h"
 #include "tree.h"
 #include "util.h"
@@ -664,6 +665,14 @@ int store_gc(struct store *s, bool progress, struct gc_stats *st)
 	for (size_t i = 0; i < ne; i++) {
 		bool unreadable = false;
 		store_mark_env(s, names[i], &objects, &packages, NULL, NULL, &unreadable);
+		/* files renamed inside a writable layer still name their objects */
+		_cleanup_free_ char *up = xasprintf("%s/upper", names[i]);
+		int ufd = openat(s->envs_fd, up, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (ufd >= 0) {
+			if (layer_mark_objects(ufd, &objects) < 0)
+				unreadable = true;
+			close(ufd);
+		}
 		if (unreadable) {
 			/* an env we cannot read: deleting what it might use would
 			 * turn a damaged env into a lost one */
