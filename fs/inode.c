@@ -398,6 +398,30 @@ static void tree_put(void *ctx, struct tree *t)
 
 static const struct view_trees shared_trees = {tree_get, tree_put, NULL};
 
+/*
+ * Remember that env name was shown at path: pip and uv write that path into
+ * the scripts they install through the mount, and export and absorb turn
+ * it back into a template (envs/NAME/views, one path a line).
+ */
+static void record_view_path(const char *name, const char *path)
+{
+	_cleanup_buf_ struct buf text = {0};
+	_cleanup_free_ char *p = xasprintf("%s/views", name);
+
+	if (read_file_at(fsd.s->envs_fd, p, 1 << 20, &text) == 0) {
+		for (char *save, *l = strtok_r(text.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+			if (!strcmp(l, path))
+				return;
+	}
+	int fd = openat(fsd.s->envs_fd, p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return;
+	_cleanup_free_ char *line = xasprintf("%s\n", path);
+	if (write_full(fd, line, strlen(line)) < 0)
+		fs_log("env %s: cannot record %s in %s", name, path, p);
+	close(fd);
+}
+
 /* The identity of envs/NAME/env now, to notice replacement. */
 static bool env_file_stat(const char *name, struct stat *st)
 {
@@ -483,6 +507,7 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 		if (mkdirat(fsd.s->envs_fd, work, 0700) < 0 && errno != EEXIST)
 			fs_log("env %s: %s/envs/%s: %s", n, fsd.s->home, work, strerror(errno));
 		e->workfd = openat(fsd.s->envs_fd, work, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		record_view_path(n, e->path);
 		e->next = fsd.envs;
 		fsd.envs = e;
 	}

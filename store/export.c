@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 #include "env.h"
+#include "layer.h"
+#include "template.h"
 #include "pyfmt.h"
 #include "venv.h"
 #include "view.h"
@@ -31,6 +33,8 @@ struct exporter {
 	struct view *v;
 	const char *dest;      /* final absolute path */
 	char *dest_real;       /* its realpath-to-be */
+	char **views;          /* paths the env was shown at (envs/NAME/views) */
+	size_t n_views;
 	struct progress prog;
 	uint64_t files, bytes;
 };
@@ -122,10 +126,13 @@ static int write_pyc(struct exporter *x, struct view_src src, const struct objid
 	return 0;
 }
 
-static int export_dir(struct exporter *x, int dfd, const struct view_dir *d, struct buf *path);
+static int export_dir(struct exporter *x, int dfd, const struct layer_dir *ld, const struct view_dir *d,
+		      struct buf *path);
 
-static int export_entry(struct exporter *x, int dfd, const struct view_dir *d, const struct view_ent *ent,
-			struct buf *path)
+/* An entry of the read-only layers (ld: the writable part of its parent,
+ * for directories that continue there). */
+static int export_entry(struct exporter *x, int dfd, const struct layer_dir *ld, const struct view_dir *d,
+			const struct view_ent *ent, struct buf *path)
 {
 	const struct tree_node *n = view_node(x->v, ent->top);
 	_cleanup_free_ char *name = xstrndup(ent->name, ent->name_len);
@@ -143,8 +150,10 @@ static int export_entry(struct exporter *x, int dfd, const struct view_dir *d, c
 		cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (cfd < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		struct layer_dir none = {.fd = -1};
+		(void)ld;
 		view_child_dir(x->v, d, ent->name, ent->name_len, &child);
-		r = export_dir(x, cfd, &child, path);
+		r = export_dir(x, cfd, &none, &child, path);
 		view_dir_free(&child);
 		if (r < 0)
 			return r;
@@ -206,26 +215,159 @@ static int export_entry(struct exporter *x, int dfd, const struct view_dir *d, c
 	return 0;
 }
 
-static int export_dir(struct exporter *x, int dfd, const struct view_dir *d, struct buf *path)
+/*
+ * Files pip or uv wrote through a mount name the mount's path (script
+ * shebangs): re-render them for the destination, as the store's templates
+ * are.
+ */
+static int export_upper_content(struct exporter *x, int in, const struct stat *st, int out, const char *path)
 {
-	struct view_ent *ents;
+	_cleanup_buf_ struct buf data = {0}, blob = {0}, next = {0};
+
+	bool in_bin = str_has_prefix(path, "bin/") && !strchr(path + 4, '/');
+	if (!in_bin || !x->n_views || st->st_size > (1 << 24)) {
+		loff_t off = 0;
+		while (off < st->st_size) {
+			ssize_t n = copy_file_range(in, &off, out, NULL, (size_t)(st->st_size - off), 0);
+			if (n <= 0) {
+				if (n < 0 && errno == EINTR)
+					continue;
+				if (n < 0)
+					return vf_error_errno(errno, "%s/%s", x->dest, path);
+				break;
+			}
+		}
+		return 0;
+	}
+	buf_grow(&data, (size_t)st->st_size);
+	ssize_t n = pread_full(in, data.data, (size_t)st->st_size, 0);
+	if (n < 0)
+		return vf_error_errno((int)-n, "%s/%s", x->dest, path);
+	data.len = (size_t)n;
+	for (size_t i = 0; i < x->n_views; i++) {
+		struct tpl_paths tp = {.env = x->views[i], .env_real = x->views[i]};
+		if (tpl_make_subst(data.data, data.len, &tp, &blob) != 1)
+			continue;
+		struct tpl_ctx ctx = {.env = x->dest, .env_real = x->dest_real};
+		if (tpl_render(blob.data, blob.len, &ctx, &next) < 0)
+			return vf_error_prefix(EIO, "%s/%s: ", x->dest, path);
+		buf_free(&data);
+		data = next;
+		memset(&next, 0, sizeof(next));
+	}
+	int r = write_full(out, data.data, data.len);
+	return r < 0 ? vf_error_errno(-r, "%s/%s", x->dest, path) : 0;
+}
+
+/* An entry of the writable layer. */
+static int export_upper(struct exporter *x, int dfd, const struct layer_dir *ld, const struct view_dir *d,
+			const char *name, const struct layer_ent *e, struct buf *path)
+{
+	struct timespec ts[2] = {e->st.st_mtim, e->st.st_mtim};
+	uint32_t mode = e->st.st_mode;
+	int r = 0;
+
+	if (e->kind == L_DIR) {
+		struct layer_dir cld;
+		struct view_dir child;
+		_cleanup_close_ int cfd = -1;
+		if ((r = layer_dir_open(ld->fd, name, &cld)) < 0)
+			return vf_error_errno(-r, "%s", path->data);
+		layer_child_lower(x->v, d, name, &cld, &child);
+		if (mkdirat(dfd, name, 0700) < 0 || (cfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+			r = vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		if (r == 0)
+			r = export_dir(x, cfd, &cld, &child, path);
+		layer_dir_close(&cld);
+		view_dir_free(&child);
+		if (r == 0 && (fchmod(cfd, mode & 07777) < 0 || futimens(cfd, ts) < 0))
+			r = vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		return r;
+	}
+	if (e->kind == L_META) {
+		_cleanup_close_ int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		struct timespec mt[2] = {e->mtime, e->mtime};
+		if (fd < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		if ((r = copy_object(x, &e->obj, fd, path->data)) < 0)
+			return r;
+		if (fchmod(fd, e->mode & 07777) < 0 || futimens(fd, mt) < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		return 0;
+	}
+	if (S_ISREG(mode)) {
+		_cleanup_close_ int in = openat(ld->fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		_cleanup_close_ int out = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (in < 0 || out < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		if ((r = export_upper_content(x, in, &e->st, out, path->data)) < 0)
+			return r;
+		if (fchmod(out, mode & 07777) < 0 || futimens(out, ts) < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+		return 0;
+	}
+	if (S_ISLNK(mode)) {
+		char target[PATH_MAX + 1];
+		ssize_t n = readlinkat(ld->fd, name, target, sizeof(target) - 1);
+		if (n < 0)
+			return vf_error_errno(errno, "%s", path->data);
+		target[n] = '\0';
+		if (symlinkat(target, dfd, name) < 0)
+			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+	} else if (mknodat(dfd, name, mode, e->st.st_rdev) < 0) {
+		return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+	}
+	if (utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0)
+		return vf_error_errno(errno, "%s/%s", x->dest, path->data);
+	return 0;
+}
+
+static int export_dir(struct exporter *x, int dfd, const struct layer_dir *ld, const struct view_dir *d,
+		      struct buf *path)
+{
+	struct merged_name *names;
 	size_t n, base = path->len;
-	int r = view_list(x->v, d, &ents, &n);
+	int r = layer_merge_list(x->v, ld, d, &names, &n);
 
 	if (r < 0)
-		return r;
+		return vf_error_errno(-r, "listing %s", path->data);
 	for (size_t i = 0; i < n && r == 0; i++) {
+		struct merged m;
 		path->len = base;
 		if (base)
 			buf_addc(path, '/');
-		buf_add(path, ents[i].name, ents[i].name_len);
-		r = export_entry(x, dfd, d, &ents[i], path);
+		buf_adds(path, names[i].name);
+		r = layer_merge_lookup(x->v, ld, d, names[i].name, &m);
+		if (r < 0) {
+			r = vf_error_errno(-r, "%s", path->data);
+			break;
+		}
+		if (m.upper == L_DIR || m.upper == L_FILE || m.upper == L_META) {
+			r = export_upper(x, dfd, ld, d, names[i].name, &m.ent, path);
+		} else if (m.lower) {
+			struct view_ent ent = {names[i].name, (uint16_t)strlen(names[i].name), m.src};
+			r = export_entry(x, dfd, ld, d, &ent, path);
+		}
 	}
 	path->len = base;
 	if (path->data)
 		path->data[base] = '\0';
-	free(ents);
+	layer_merge_list_free(names, n);
 	return r;
+}
+
+/* The paths an env was shown at by mounts (recorded by the daemon). */
+static void load_views(struct exporter *x, const char *name)
+{
+	_cleanup_buf_ struct buf text = {0};
+	_cleanup_free_ char *p = xasprintf("%s/views", name);
+
+	if (read_file_at(x->s->envs_fd, p, 1 << 20, &text) < 0)
+		return;
+	for (char *save, *l = strtok_r(text.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		x->views = xrealloc(x->views, (x->n_views + 1) * sizeof(char *));
+		x->views[x->n_views++] = xstrdup(l);
+	}
 }
 
 int venv_export(struct store *s, const char *name, const char *dir, const struct export_opts *o)
@@ -287,12 +429,20 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 		goto out;
 	}
 	progress_init(&x.prog, "exporting", o && o->progress);
+	load_views(&x, name);
 	view_root(x.v, &root);
 	{
 		struct buf path = {0};
+		struct layer_dir up;
+		_cleanup_free_ char *upname = xasprintf("%s/upper", name);
 		buf_grow(&path, 256);
 		path.data[0] = '\0';
-		r = export_dir(&x, tfd, &root, &path);
+		r = layer_dir_open(s->envs_fd, upname, &up);
+		if (r == 0)
+			r = export_dir(&x, tfd, &up, &root, &path);
+		else
+			r = vf_error_errno(-r, "%s/envs/%s", s->home, upname);
+		layer_dir_close(&up);
 		buf_free(&path);
 	}
 	view_dir_free(&root);
@@ -323,5 +473,8 @@ out:
 	view_free(x.v);
 	env_free(env);
 	free(x.dest_real);
+	for (size_t i = 0; i < x.n_views; i++)
+		free(x.views[i]);
+	free(x.views);
 	return r;
 }
