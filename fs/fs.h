@@ -8,6 +8,7 @@
 #include <stdbool.h>
 
 #include "store.h"
+#include "venv.h"
 
 struct fs_opts {
 	const char *mountpoint;
@@ -18,6 +19,8 @@ struct fs_opts {
 	unsigned max_threads; /* workers (ours) or threads (libfuse's); 0: default */
 	unsigned spin_us;    /* keep polling for requests this long after one */
 	const char *log_path; /* NULL: HOME/log/mount.log */
+	unsigned absorb_idle_s; /* absorb changed envs after this long idle; 0: never */
+	bool no_absorb_on_unmount; /* do not absorb changed envs when unmounted */
 };
 
 /*
@@ -31,7 +34,8 @@ int fs_mount(struct store *s, const struct fs_opts *o);
 /* Unmount (the daemon then exits). */
 int fs_unmount(const char *mountpoint);
 
-/* Unmount, then wait (up to 5 s) for the daemon of store s to exit. */
+/* Unmount, then wait for the daemon of store s to exit (it may absorb
+ * what was installed first). */
 int fs_unmount_and_wait(struct store *s, const char *mountpoint);
 
 /* Where the daemon of a store logs by default. */
@@ -42,5 +46,12 @@ char *fs_default_log(struct store *s);
  * *out): requests, errors by errno, nodes, envs.
  */
 int fs_stats(struct store *s, const char *mountpoint, char **out);
+
+/*
+ * Absorb env name (store/venv.h): directly, or, if a daemon serves the env
+ * (holding its lock), by asking that daemon. say gets the report lines.
+ */
+int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx,
+	      struct absorb_stats *st);
 
 #endif

@@ -8,6 +8,7 @@
 
 #define FUSE_USE_VERSION 34
 
+#include <errno.h>
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -57,7 +58,8 @@ struct node {
 	/* N_DIR: its writable part, its read-only sources, its listing */
 	struct layer_dir up;
 	struct view_dir dir;
-	struct merged_name *list;
+	struct merged_name *list; /* ordered by cookie (inode.c) */
+	uint64_t *cookies;
 	size_t nlist;
 	bool listed;
 
@@ -71,9 +73,10 @@ struct node {
 	int state;          /* 0 unchecked, 1 good, <0 errno (damaged) */
 	char *seen_as;      /* "env/path" where first met, for messages */
 
-	/* N_UPPER: identity in the writable layer */
+	/* N_UPPER: identity in the writable layer, open write handles */
 	dev_t dev;
 	ino_t upper_ino;
+	uint32_t writers;
 };
 
 /* One env being served. */
@@ -85,8 +88,11 @@ struct fsenv {
 	struct node *root;   /* its top directory */
 	int workfd;          /* HOME/envs/NAME/work */
 	uint32_t refs;       /* nodes of this env alive */
-	bool stale;          /* replaced or removed: no new lookups */
-	bool dirty;          /* written since the last absorb */
+	bool stale;          /* replaced or removed: no new lookups, no writes */
+	bool readonly;       /* another daemon holds its env lock */
+	uint64_t gen;        /* changes to its writable layer (absorb checks) */
+	uint64_t absorbed_gen; /* gen when last absorbed: dirty if different */
+	char *retired_layer; /* absorbed: its old writable layer, deleted with it */
 	struct fsenv *next;
 	struct timespec loaded_mtime; /* of envs/NAME/env when loaded */
 	ino_t loaded_ino;
@@ -122,6 +128,7 @@ struct fsd {
 	struct fsenv *envs;          /* current and stale envs */
 	struct strmap trees;         /* object id -> struct tree *, shared */
 	char **env_names;            /* root listing, rebuilt when stale */
+	uint64_t *env_cookies;
 	size_t n_env_names;
 	bool env_names_stale;
 	struct timespec envs_mtime;
@@ -134,12 +141,16 @@ struct fsd {
 	uint64_t last_request_ns;    /* for absorb-when-idle */
 	unsigned absorb_idle_s;      /* 0: never on idle */
 	bool absorb_on_unmount;
+	struct strmap env_locks;     /* env name -> its lock's fd + 1 (0: not ours) */
 };
 
 extern struct fsd fsd;
 
 /* logging: timestamped lines in the log (and stderr in the foreground) */
 void fs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* main.c: keep exit signals away from a helper thread */
+void fs_block_exit_signals(void);
 
 /* main.c: run fn(arg) on a worker thread (it replies to its request) */
 void fs_defer(void (*fn)(void *), void *arg);
@@ -149,6 +160,9 @@ void node_init_root(void);
 struct node *node_of(fuse_ino_t ino);
 uint64_t env_root_ino(const char *name, size_t len);
 struct fsenv *env_get(const char *name, size_t len, int *err);
+struct fsenv *env_current(const char *name);
+void env_retire(struct fsenv *e);
+struct node *upper_lookup(struct fsenv *e, dev_t dev, ino_t ino);
 int node_child(struct node *dir, const char *name, size_t len, struct node **out);
 void node_ref_lookup(struct node *n, uint64_t count);
 void node_forget(struct node *n, uint64_t count);
@@ -159,6 +173,7 @@ void node_rehash_named(struct node *n, struct node *parent, const char *name);
 int node_stat(struct node *n, struct stat *st);
 int node_list(struct node *dir);
 void node_list_drop(struct node *dir);
+size_t list_seek(const uint64_t *cookies, size_t n, uint64_t off);
 int root_list(void);
 int shared_open_object(struct node *n);
 void envs_changed(void);
@@ -172,6 +187,21 @@ int copy_up_shared(struct node *dir, const char *name, struct node *shared, bool
 void intent_add(pid_t pid, struct node *n, bool trunc);
 bool intent_take(pid_t pid, struct node *n, bool *trunc);
 char *dir_lower_path(const struct node *dir);
-int fs_absorb_env(const char *name, struct buf *report);
+/* Changing env e: 0, or -ESTALE (replaced) / -EROFS (not ours to change). */
+static inline int env_writable(struct fsenv *e)
+{
+	return e->stale ? -ESTALE : e->readonly ? -EROFS : 0;
+}
+
+static inline void env_touch(struct fsenv *e)
+{
+	e->gen++;
+}
+
+/* control.c */
+char *control_socket_path(struct store *s, const char *mountpoint);
+void control_start(void);
+void control_stop(void);
+void absorb_dirty_envs(bool unmounting);
 
 #endif

@@ -152,6 +152,11 @@ static struct node *find_upper(struct fsenv *e, dev_t dev, ino_t ino, uint64_t h
 	return NULL;
 }
 
+struct node *upper_lookup(struct fsenv *e, dev_t dev, ino_t ino)
+{
+	return find_upper(e, dev, ino, key_upper(e, dev, ino));
+}
+
 static struct node *find_shared(const struct objid *id, uint32_t mode, const struct timespec *mt, uint64_t h)
 {
 	if (!fsd.table_cap)
@@ -282,16 +287,10 @@ static void set_mtime(struct node *n, int64_t sec, uint32_t nsec)
 	n->mtime.tv_nsec = nsec;
 }
 
-static void newest(struct timespec *a, const struct timespec *b)
-{
-	if (b->tv_sec > a->tv_sec || (b->tv_sec == a->tv_sec && b->tv_nsec > a->tv_nsec))
-		*a = *b;
-}
-
 /*
- * Attributes as the env shows them. Directories with a writable part take
- * its mode and the newest of its and the read-only mtimes, so a listing
- * change (an entry made or removed there) always moves the mtime.
+ * Attributes as the env shows them. A directory with a writable part is
+ * that directory: its owner, mode and times (it was made with the
+ * read-only directory's mtime, and every listing change happens there).
  */
 int node_stat(struct node *n, struct stat *st)
 {
@@ -307,15 +306,17 @@ int node_stat(struct node *n, struct stat *st)
 		return 0;
 	}
 	if (n->kind == N_DIR && n->up.fd >= 0) {
-		struct stat us;
-		if (fstat(n->up.fd, &us) == 0) {
-			n->mode = us.st_mode;
-			struct timespec lower = {0};
-			if (n->dir.n)
-				view_dir_mtime(n->env->view, &n->dir, &lower.tv_sec, (uint32_t *)&lower.tv_nsec);
-			n->mtime = us.st_mtim;
-			newest(&n->mtime, &lower);
-		}
+		if (fstat(n->up.fd, st) < 0)
+			return -errno;
+		n->mode = st->st_mode;
+		n->mtime = st->st_mtim;
+		st->st_ino = n->ino;
+		st->st_dev = 0;
+		st->st_nlink = 1;
+		st->st_size = 0;
+		st->st_uid = fsd.uid == 0 ? st->st_uid : fsd.uid;
+		st->st_gid = fsd.uid == 0 ? st->st_gid : fsd.gid;
+		return 0;
 	}
 	st->st_ino = n->ino;
 	st->st_mode = n->mode;
@@ -337,6 +338,14 @@ int node_stat(struct node *n, struct stat *st)
 
 /* ---- envs ------------------------------------------------------------------------- */
 
+static void rm_trash(void *arg)
+{
+	char *p = arg;
+
+	rm_rf_at(fsd.s->envs_fd, p);
+	free(p);
+}
+
 static void fsenv_free(struct fsenv *e)
 {
 	struct fsenv **p = &fsd.envs;
@@ -345,6 +354,15 @@ static void fsenv_free(struct fsenv *e)
 		p = &(*p)->next;
 	if (*p)
 		*p = e->next;
+	if (e->retired_layer) {
+		/* replaced by absorb and no longer shown to anyone: delete it
+		 * (moved aside now, deleted on a worker) */
+		_cleanup_free_ char *from = xasprintf("%s/%s", e->name, e->retired_layer);
+		_cleanup_free_ char *to = xasprintf("%s/.trash-%s", e->name, e->retired_layer);
+		if (renameat(fsd.s->envs_fd, from, fsd.s->envs_fd, to) == 0)
+			fs_defer(rm_trash, steal_pointer(&to));
+		free(e->retired_layer);
+	}
 	view_free(e->view);
 	env_free(e->env);
 	if (e->workfd >= 0)
@@ -441,7 +459,7 @@ static void env_make_root(struct fsenv *e)
 	tn = view_node(e->view, r->dir.src[0]);
 	r->mode = tn->mode;
 	view_dir_mtime(e->view, &r->dir, &r->mtime.tv_sec, (uint32_t *)&r->mtime.tv_nsec);
-	_cleanup_free_ char *up = xasprintf("%s/upper", e->name);
+	_cleanup_free_ char *up = xasprintf("%s/%s", e->name, env_upper(e->env));
 	if (layer_dir_open(fsd.s->envs_fd, up, &r->up) < 0 || r->up.fd < 0)
 		fs_log("env %s: its writable layer %s/envs/%s cannot be opened", e->name, fsd.s->home, up);
 	r->ino = env_root_ino(e->name, strlen(e->name));
@@ -450,6 +468,54 @@ static void env_make_root(struct fsenv *e)
 	r->name_len = (uint16_t)strlen(e->name);
 	table_add(r);
 	e->root = r;
+}
+
+/*
+ * The env was replaced: the old one lives on, read-only, for whoever still
+ * holds its nodes (a shell's working directory, open files); new lookups
+ * get the new one.
+ */
+void env_retire(struct fsenv *e)
+{
+	e->stale = true;
+	if (e->root && e->root->nlookup == 0 && e->root->refs == 0) {
+		struct node *r = e->root;
+		e->root = NULL;
+		node_free(r);
+	} else if (e->refs == 0) {
+		fsenv_free(e);
+	}
+}
+
+/* The env being served under name now (not a replaced one), or NULL. */
+struct fsenv *env_current(const char *name)
+{
+	for (struct fsenv *e = fsd.envs; e; e = e->next)
+		if (!e->stale && !strcmp(e->name, name))
+			return e;
+	return NULL;
+}
+
+/*
+ * Take the env's lock the first time it is served: whoever holds it may
+ * change the env's writable layer (env.h). Another daemon serving the same
+ * store got it first: this one serves the env read-only.
+ */
+static bool env_lock_once(const char *name)
+{
+	uint64_t *slot = strmap_get(&fsd.env_locks, name, strlen(name));
+
+	if (slot)
+		return *slot != 0;
+	int fd = env_lock(fsd.s, name);
+	if (fd == -EWOULDBLOCK)
+		fs_log("env %s: another venvfs daemon serves it writable; served read-only here", name);
+	else if (fd < 0)
+		fs_log("env %s: %s; served read-only", name, vf_last_error());
+	*strmap_put(&fsd.env_locks, name, strlen(name), NULL) = fd >= 0 ? (uint64_t)fd + 1 : 0;
+	if (fd >= 0)
+		env_sweep_layers(fsd.s, name);
+	return fd >= 0;
 }
 
 struct fsenv *env_get(const char *name, size_t len, int *err)
@@ -467,16 +533,8 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 		if (e->loaded_ino == st.st_ino && e->loaded_mtime.tv_sec == st.st_mtim.tv_sec &&
 		    e->loaded_mtime.tv_nsec == st.st_mtim.tv_nsec)
 			break;
-		/* replaced (re-imported, absorbed...): the old one lives on for
-		 * whoever still holds its nodes; new lookups get the new one */
-		e->stale = true;
-		if (e->root && e->root->nlookup == 0 && e->root->refs == 0) {
-			struct node *r = e->root;
-			e->root = NULL;
-			node_free(r);
-		} else if (e->refs == 0) {
-			fsenv_free(e);
-		}
+		/* replaced (re-imported, absorbed...) */
+		env_retire(e);
 		e = NULL;
 		break;
 	}
@@ -501,6 +559,7 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 		e->env = m;
 		e->view = v;
 		e->path = xasprintf("%s/%s", fsd.mountpoint, n);
+		e->readonly = !env_lock_once(n);
 		e->loaded_ino = st.st_ino;
 		e->loaded_mtime = st.st_mtim;
 		_cleanup_free_ char *work = xasprintf("%s/work", n);
@@ -701,6 +760,57 @@ char *node_path(const struct node *dir, const char *name)
 
 /* ---- listings -------------------------------------------------------------------- */
 
+/*
+ * Directory offsets. A listing is read in pieces, and entries may be
+ * created or removed between two pieces (`rm -r` deletes while it lists),
+ * so an offset cannot be a position in the listing: it is a cookie, a
+ * hash of the entry's name, and a listing is ordered by cookie. Reading
+ * on from a cookie returns every entry after it that still exists, and
+ * none twice. Offsets 1 and 2 are "." and "..".
+ */
+static uint64_t name_cookie(const char *name)
+{
+	return (XXH3_64bits(name, strlen(name)) >> 2) + 3;
+}
+
+static int cookie_cmp(const void *a, const void *b)
+{
+	uint64_t x = name_cookie(((const struct merged_name *)a)->name);
+	uint64_t y = name_cookie(((const struct merged_name *)b)->name);
+
+	return x < y ? -1 : x > y;
+}
+
+static int cookie_cmp_str(const void *a, const void *b)
+{
+	uint64_t x = name_cookie(*(char *const *)a), y = name_cookie(*(char *const *)b);
+
+	return x < y ? -1 : x > y;
+}
+
+/* Cookies of a listing sorted by cookie (equal ones made distinct). */
+static uint64_t *make_cookies(size_t n, const char *(*name_of)(void *, size_t), void *ctx)
+{
+	uint64_t *c = xmalloc((n + 1) * sizeof(*c));
+
+	for (size_t i = 0; i < n; i++) {
+		c[i] = name_cookie(name_of(ctx, i));
+		if (i && c[i] <= c[i - 1])
+			c[i] = c[i - 1] + 1;
+	}
+	return c;
+}
+
+static const char *list_name(void *ctx, size_t i)
+{
+	return ((struct merged_name *)ctx)[i].name;
+}
+
+static const char *names_name(void *ctx, size_t i)
+{
+	return ((char **)ctx)[i];
+}
+
 int node_list(struct node *dir)
 {
 	if (dir->listed)
@@ -708,6 +818,9 @@ int node_list(struct node *dir)
 	int r = layer_merge_list(dir->env->view, &dir->up, &dir->dir, &dir->list, &dir->nlist);
 	if (r < 0)
 		return r;
+	if (dir->nlist)
+		qsort(dir->list, dir->nlist, sizeof(*dir->list), cookie_cmp);
+	dir->cookies = make_cookies(dir->nlist, list_name, dir->list);
 	dir->listed = true;
 	return 0;
 }
@@ -715,9 +828,25 @@ int node_list(struct node *dir)
 void node_list_drop(struct node *dir)
 {
 	layer_merge_list_free(dir->list, dir->nlist);
+	free(dir->cookies);
+	dir->cookies = NULL;
 	dir->list = NULL;
 	dir->nlist = 0;
 	dir->listed = false;
+}
+
+size_t list_seek(const uint64_t *cookies, size_t n, uint64_t off)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (cookies[mid] <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
 }
 
 int root_list(void)
@@ -734,6 +863,10 @@ int root_list(void)
 		fs_log("listing envs: %s", vf_last_error());
 		return -EIO;
 	}
+	if (fsd.n_env_names)
+		qsort(fsd.env_names, fsd.n_env_names, sizeof(char *), cookie_cmp_str);
+	free(fsd.env_cookies);
+	fsd.env_cookies = make_cookies(fsd.n_env_names, names_name, fsd.env_names);
 	fsd.env_names_stale = false;
 	return 0;
 }

@@ -120,6 +120,21 @@ static void write_stats(void)
 	rename(tmp, p);
 }
 
+/*
+ * Helper threads leave SIGTERM, SIGINT and SIGHUP to the thread serving
+ * requests, whose poll() they must interrupt to end the loop at once.
+ */
+void fs_block_exit_signals(void)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
 /* ---- housekeeping ------------------------------------------------------------------ */
 
 static int hk_stop[2] = {-1, -1};
@@ -131,6 +146,7 @@ static void *housekeeping(void *arg)
 	sigset_t usr1;
 	(void)arg;
 
+	fs_block_exit_signals();
 	sigemptyset(&usr1);
 	sigaddset(&usr1, SIGUSR1);
 	int sfd = signalfd(-1, &usr1, SFD_CLOEXEC);
@@ -237,9 +253,11 @@ static int cleanup_dead_mount(const char *mp)
 	return 0;
 }
 
+/* The daemon absorbs what was installed before it exits: that may take a
+ * while (a minute for gigabytes), so wait up to ten. */
 static void wait_for_exit(pid_t pid)
 {
-	for (int i = 0; i < 500 && kill(pid, 0) == 0; i++)
+	for (int i = 0; i < 60000 && kill(pid, 0) == 0; i++)
 		usleep(10000);
 }
 
@@ -340,6 +358,7 @@ void fs_defer(void (*fn)(void *), void *arg)
 static void *worker(void *arg)
 {
 	(void)arg;
+	fs_block_exit_signals();
 	for (;;) {
 		pthread_mutex_lock(&pool.lock);
 		while (!pool.head && !pool.stop)
@@ -520,6 +539,9 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	pthread_sigmask(SIG_BLOCK, &usr1, NULL);
 	if (pipe2(hk_stop, O_CLOEXEC) == 0)
 		pthread_create(&hk_thread, NULL, housekeeping, NULL);
+	fsd.absorb_idle_s = o->absorb_idle_s;
+	fsd.absorb_on_unmount = !o->no_absorb_on_unmount;
+	control_start();
 
 	if (o->libfuse_mt) {
 		struct fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -538,11 +560,16 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		if (write(hk_stop[1], "x", 1) == 1)
 			pthread_join(hk_thread, NULL);
 	}
+	control_stop();
 	{
 		_cleanup_buf_ struct buf b = {0};
 		format_stats(&b);
 		fs_log("unmounting; counters:\n%s", b.data);
 	}
+	/* unmounted first: absorbing may take a while, and nothing is served */
+	fuse_session_unmount(fsd.se);
+	if (fsd.absorb_on_unmount)
+		absorb_dirty_envs(true);
 out:
 	fuse_session_unmount(fsd.se);
 	fuse_remove_signal_handlers(fsd.se);

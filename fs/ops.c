@@ -83,8 +83,11 @@ static int lookup_locked(fuse_req_t req, struct node *dir, const char *name, str
 	bool trunc;
 
 	if (r == 0 && (*out)->kind == N_SHARED && dir->kind == N_DIR &&
-	    intent_take(fuse_req_ctx(req)->pid, *out, &trunc))
-		r = copy_up_shared(dir, name, *out, trunc, out);
+	    intent_take(fuse_req_ctx(req)->pid, *out, &trunc)) {
+		r = env_writable(dir->env);
+		if (r == 0)
+			r = copy_up_shared(dir, name, *out, trunc, out);
+	}
 	return r;
 }
 
@@ -231,7 +234,7 @@ static int setattr_upper(struct node *n, const struct stat *a, int to_set, int f
 			return -errno;
 		}
 	}
-	n->env->dirty = true;
+	env_touch(n->env);
 	return 0;
 }
 
@@ -262,7 +265,7 @@ static int setattr_dir(struct node *n, const struct stat *a, int to_set)
 		if (futimens(n->up.fd, ts) < 0)
 			return -errno;
 	}
-	n->env->dirty = true;
+	env_touch(n->env);
 	return 0;
 }
 
@@ -274,9 +277,11 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 
 	count(OP_SETATTR);
 	lock();
-	switch (n->kind) {
+	if (n->kind != N_ROOT && n->kind != N_SHARED)
+		r = env_writable(n->env);
+	switch (r ? N_ROOT : n->kind) {
 	case N_ROOT:
-		r = -EPERM;
+		r = r ? r : -EPERM;
 		break;
 	case N_SHARED:
 		/* which env? the retried lookup will say (write.c) */
@@ -324,21 +329,28 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			r = n->state;
 		}
 	} else if (n->kind == N_FILE) {
-		if (wants_write(fi->flags))
+		if (wants_write(fi->flags) && (r = env_writable(n->env)) == 0)
 			r = copy_up_node(n);
 		else if (n->state < 0)
 			r = n->state;
 	}
+	if (r == 0 && n->kind == N_UPPER && wants_write(fi->flags))
+		r = env_writable(n->env);
 	if (r == 0 && n->kind == N_UPPER) {
 		char p[32];
 		fd_path(n->fd, p);
-		int fd = open(p, (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC);
-		if (fd < 0)
+		/* O_DIRECT: the kernel already sends each such read and write
+		 * to us; our buffers are not aligned for the disk */
+		int fd = open(p, (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT)) | O_CLOEXEC);
+		if (fd < 0) {
 			r = -errno;
-		else
+		} else {
 			fi->fh = (uint64_t)fd;
-		if (wants_write(fi->flags))
-			n->env->dirty = true;
+			if (wants_write(fi->flags)) {
+				n->writers++;
+				env_touch(n->env);
+			}
+		}
 	}
 	unlock();
 	if (r < 0) {
@@ -451,6 +463,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		reply_err(req, OP_WRITE, EBADF);
 		return;
 	}
+	__atomic_store_n(&fsd.last_request_ns, now_ns(), __ATOMIC_RELAXED);
 	ssize_t w = pwrite((int)fi->fh, buf, size, off);
 	if (w < 0)
 		reply_err(req, OP_WRITE, errno);
@@ -463,8 +476,15 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct node *n = node_of(ino);
 
 	count(OP_RELEASE);
-	if (n->kind == N_UPPER && fi->fh)
+	if (n->kind == N_UPPER && fi->fh) {
 		close((int)fi->fh);
+		if (wants_write(fi->flags)) {
+			lock();
+			if (n->writers)
+				n->writers--;
+			unlock();
+		}
+	}
 	fuse_reply_err(req, 0);
 }
 
@@ -518,6 +538,8 @@ static int prepare_new(struct node *dir, const char *name, bool *whiteout)
 		return -ENOTDIR;
 	if (strlen(name) > 255)
 		return -ENAMETOOLONG;
+	if ((r = env_writable(dir->env)) < 0)
+		return r;
 	if ((r = copy_up_dir(dir)) < 0)
 		return r;
 	if ((r = layer_merge_lookup(dir->env->view, &dir->up, &dir->dir, name, &m)) < 0)
@@ -567,11 +589,14 @@ static void reply_new(fuse_req_t req, enum fs_op op, struct node *dir, const cha
 
 	if (r == 0) {
 		node_list_drop(dir);
-		dir->env->dirty = true;
+		env_touch(dir->env);
 		r = node_child(dir, name, strlen(name), &n);
 	}
-	if (r == 0 && (r = fill_entry(&e, n, TIMEOUT_FOREVER)) == 0)
+	if (r == 0 && (r = fill_entry(&e, n, TIMEOUT_FOREVER)) == 0) {
 		node_ref_lookup(n, 1);
+		if (fi && n->kind == N_UPPER)
+			n->writers++;
+	}
 	unlock();
 	if (r < 0) {
 		if (fi && fi->fh)
@@ -681,7 +706,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	r = prepare_new(dir, name, &wh);
 	if (r == 0) {
 		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
-		int flags = (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) | O_CREAT | O_EXCL | O_CLOEXEC;
+		int flags = (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_DIRECT)) | O_CREAT | O_EXCL | O_CLOEXEC;
 		int fd = openat(dir->env->workfd, tmp, flags, mode & 07777 & ~S_ISVTX);
 		if (fd < 0)
 			r = -errno;
@@ -724,7 +749,9 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	count(OP_UNLINK);
 	lock();
-	r = dir->kind != N_DIR ? -EPERM : copy_up_dir(dir);
+	r = dir->kind != N_DIR ? -EPERM : env_writable(dir->env);
+	if (r == 0)
+		r = copy_up_dir(dir);
 	if (r == 0)
 		r = layer_merge_lookup(dir->env->view, &dir->up, &dir->dir, name, &m);
 	if (r == 0) {
@@ -743,7 +770,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 			else if (unlinkat(dir->up.fd, name, 0) < 0)
 				r = -errno;
 			node_list_drop(dir);
-			dir->env->dirty = true;
+			env_touch(dir->env);
 		}
 	}
 	unlock();
@@ -770,7 +797,7 @@ static int remove_dir(struct node *dir, const char *name, struct node *child)
 	if (lower_has(dir, name))
 		r = layer_whiteout(dir->up.fd, name, e->workfd);
 	node_list_drop(dir);
-	e->dirty = true;
+	env_touch(e);
 	return r;
 }
 
@@ -790,7 +817,9 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	count(OP_RMDIR);
 	lock();
-	r = dir->kind != N_DIR ? -EPERM : copy_up_dir(dir);
+	r = dir->kind != N_DIR ? -EPERM : env_writable(dir->env);
+	if (r == 0)
+		r = copy_up_dir(dir);
 	if (r == 0)
 		r = node_child(dir, name, strlen(name), &child);
 	if (r == 0 && child->kind != N_DIR)
@@ -822,7 +851,6 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
  */
 static int do_rename(struct node *od, const char *on, struct node *nd, const char *nn, unsigned int flags)
 {
-	struct view *v = od->env->view;
 	struct merged src, dst;
 	struct node *sn = NULL, *dn = NULL;
 	int r;
@@ -830,9 +858,12 @@ static int do_rename(struct node *od, const char *on, struct node *nd, const cha
 	if (flags & ~RENAME_NOREPLACE)
 		return -EINVAL;
 	if (od->kind != N_DIR || nd->kind != N_DIR)
-		return -EPERM;
+		return -EPERM; /* envs are renamed by no one: the mount root is the store's */
+	struct view *v = od->env->view;
 	if (od->env != nd->env)
 		return -EXDEV;
+	if ((r = env_writable(od->env)) < 0)
+		return r;
 	if ((r = copy_up_dir(od)) < 0 || (r = copy_up_dir(nd)) < 0)
 		return r;
 	if ((r = layer_merge_lookup(v, &od->up, &od->dir, on, &src)) < 0 ||
@@ -887,16 +918,34 @@ static int do_rename(struct node *od, const char *on, struct node *nd, const cha
 	} else {
 		/* where the read-only part of the moving directory lives */
 		_cleanup_free_ char *lowerpath = sn->dir.n && !sn->up.opaque ? dir_lower_path(sn) : NULL;
-		if (dst_there)
-			remove_dir(nd, nn, dn);
+		if (dst_there && (r = remove_dir(nd, nn, dn)) < 0)
+			return r;
 		bool dst_lower = lower_has(nd, nn);
-		if (sn->up.fd >= 0) {
+		struct layer_ent at_dst;
+		if ((r = layer_lookup(&nd->up, nn, &at_dst)) < 0)
+			return r;
+		bool over_whiteout = at_dst.kind == L_WHITEOUT, src_hidden = false;
+		if (sn->up.fd >= 0 && over_whiteout) {
+			/* a directory cannot replace a file: swap it with the
+			 * whiteout, which then hides the old name, or goes */
+			if (renameat2(od->up.fd, on, nd->up.fd, nn, RENAME_EXCHANGE) < 0)
+				return -errno;
+			if (!src_lower)
+				unlinkat(od->up.fd, on, 0);
+			src_hidden = true;
+		} else if (sn->up.fd >= 0) {
 			if (renameat(od->up.fd, on, nd->up.fd, nn) < 0)
 				return -errno;
-		} else if (mkdirat(nd->up.fd, nn, sn->mode & 07777) < 0) {
-			return -errno;
+		} else {
+			_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
+			if (mkdirat(nd->env->workfd, tmp, sn->mode & 07777) < 0)
+				return -errno;
+			if ((r = place_new(nd, tmp, nn, over_whiteout, true)) < 0) {
+				unlinkat(nd->env->workfd, tmp, AT_REMOVEDIR);
+				return r;
+			}
 		}
-		if (src_lower && (r = layer_whiteout(od->up.fd, on, od->env->workfd)) < 0)
+		if (src_lower && !src_hidden && (r = layer_whiteout(od->up.fd, on, od->env->workfd)) < 0)
 			return r;
 		struct layer_dir moved;
 		if ((r = layer_dir_open(nd->up.fd, nn, &moved)) < 0 || moved.fd < 0)
@@ -915,7 +964,7 @@ static int do_rename(struct node *od, const char *on, struct node *nd, const cha
 	}
 	node_list_drop(od);
 	node_list_drop(nd);
-	od->env->dirty = true;
+	env_touch(od->env);
 	return 0;
 }
 
@@ -973,18 +1022,20 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 /* One listing entry of dir at position i (after "." and ".."). */
-static int dir_entry(struct node *dir, size_t i, const char **name, size_t *len)
+/* Entry i of a listing (ordered by cookie), and the offset after it. */
+static int dir_entry(struct node *dir, size_t i, const char **name, size_t *len, uint64_t *next)
 {
 	if (dir->kind == N_ROOT) {
 		if (i >= fsd.n_env_names)
 			return 0;
 		*name = fsd.env_names[i];
-		*len = strlen(*name);
-		return 1;
+		*next = fsd.env_cookies[i];
+	} else {
+		if (i >= dir->nlist)
+			return 0;
+		*name = dir->list[i].name;
+		*next = dir->cookies[i];
 	}
-	if (i >= dir->nlist)
-		return 0;
-	*name = dir->list[i].name;
 	*len = strlen(*name);
 	return 1;
 }
@@ -1006,21 +1057,27 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		reply_err(req, op, -r);
 		return;
 	}
-	for (off_t i = off;; i++) {
+	/* positions: 0 ".", 1 "..", 2 + i entry i; offsets are cookies */
+	size_t start = off <= 2 ? (size_t)off
+				: 2 + (dir->kind == N_ROOT ? list_seek(fsd.env_cookies, fsd.n_env_names, (uint64_t)off)
+							   : list_seek(dir->cookies, dir->nlist, (uint64_t)off));
+	for (size_t i = start;; i++) {
 		struct fuse_entry_param e;
 		struct stat st;
 		const char *name;
 		size_t len;
 		size_t need;
+		uint64_t next;
 
 		memset(&e, 0, sizeof(e));
 		memset(&st, 0, sizeof(st));
 		if (i < 2) {
 			name = i == 0 ? "." : "..";
-			len = (size_t)i + 1;
+			len = i + 1;
+			next = i + 1;
 			st.st_mode = S_IFDIR;
 			st.st_ino = i == 0 ? dir->ino : 1;
-		} else if (!dir_entry(dir, (size_t)i - 2, &name, &len)) {
+		} else if (!dir_entry(dir, i - 2, &name, &len, &next)) {
 			break;
 		}
 		_cleanup_free_ char *z = xstrndup(name, len);
@@ -1042,9 +1099,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 				fill_entry(&e, n, entry_timeout(dir));
 			else
 				e.attr = st; /* ino 0: a name without attributes */
-			need = fuse_add_direntry_plus(req, p, rem, z, &e, i + 1);
+			need = fuse_add_direntry_plus(req, p, rem, z, &e, (off_t)next);
 		} else {
-			need = fuse_add_direntry(req, p, rem, z, &st, i + 1);
+			need = fuse_add_direntry(req, p, rem, z, &st, (off_t)next);
 		}
 		if (need > rem) {
 			/* does not fit: not sent, so no reference taken; a node

@@ -105,46 +105,13 @@ int copy_up_dir(struct node *dir)
 	if (r == 0 && dir->up.fd < 0)
 		r = -EIO;
 	node_list_drop(p);
-	dir->env->dirty = true;
+	env_touch(dir->env);
 	return r;
 }
 
 static char *work_name(void)
 {
 	return xasprintf("cu.%016llx", (unsigned long long)random_u64());
-}
-
-/* Copy the content of fd `in` (size bytes) into `out`. */
-static int copy_data(int in, int out, uint64_t size)
-{
-	if (size == 0 || ioctl(out, FICLONE, in) == 0)
-		return 0;
-	loff_t off = 0;
-	while ((uint64_t)off < size) {
-		ssize_t n = copy_file_range(in, &off, out, NULL, (size_t)(size - (uint64_t)off), 0);
-		if (n > 0)
-			continue;
-		if (n == 0)
-			break;
-		if (errno == EINTR)
-			continue;
-		if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
-			return -errno;
-		char buf[1 << 16];
-		for (;;) {
-			ssize_t rn = pread(in, buf, sizeof(buf), off);
-			if (rn < 0)
-				return -errno;
-			if (rn == 0)
-				break;
-			int w = write_full(out, buf, (size_t)rn);
-			if (w < 0)
-				return w;
-			off += rn;
-		}
-		break;
-	}
-	return (uint64_t)off == size ? 0 : -EIO;
 }
 
 /* Put the finished work file tmp at dir/name and make its node. */
@@ -158,7 +125,7 @@ static int place(struct node *dir, const char *tmp, const char *name)
 		return -err;
 	}
 	node_list_drop(dir);
-	e->dirty = true;
+	env_touch(e);
 	fsd.st.copy_ups++;
 	return 0;
 }
@@ -176,7 +143,7 @@ int copy_up_shared(struct node *dir, const char *name, struct node *shared, bool
 		return -errno;
 	if (!empty) {
 		_cleanup_close_ int src = store_object_open(fsd.s, &shared->obj);
-		r = src < 0 ? -EIO : copy_data(src, fd, shared->size);
+		r = src < 0 ? -EIO : copy_file(src, fd, shared->size);
 		if (r < 0) {
 			char path[OBJID_STR_MAX];
 			objid_path(&shared->obj, path);

@@ -495,8 +495,8 @@ int venv_clone(struct store *s, const char *src, const char *dst)
 
 	/* the writable layer is copied (reflinked where possible) */
 	tmp = xasprintf("%s/envs/.clone-%s-%016llx", s->home, dst, (unsigned long long)random_u64());
-	upper = path_join(tmp, "upper");
-	srcup = xasprintf("%s/envs/%s/upper", s->home, src);
+	upper = path_join(tmp, env_upper(e));
+	srcup = xasprintf("%s/envs/%s/%s", s->home, src, env_upper(e));
 	if (mkdir(tmp, 0700) < 0 || mkdir(upper, 0755) < 0) {
 		r = vf_error_errno(errno, "%s", tmp);
 		goto out;

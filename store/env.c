@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -37,6 +38,7 @@ void env_free(struct env *e)
 	free(e->python_version);
 	free(e->prompt);
 	free(e->origin);
+	free(e->upper);
 	for (size_t i = 0; i < e->n_pkgs; i++) {
 		free(e->pkgs[i].name);
 		free(e->pkgs[i].version);
@@ -84,6 +86,8 @@ void env_format(const struct env *e, struct buf *b)
 		objid_format(&e->mtimes, id);
 		buf_printf(b, "mtimes %s\n", id);
 	}
+	if (e->upper && strcmp(e->upper, "upper"))
+		put_kv(b, "upper", e->upper);
 	for (size_t i = 0; i < e->n_pkgs; i++) {
 		_cleanup_free_ char *n = text_escape(e->pkgs[i].name, strlen(e->pkgs[i].name));
 		_cleanup_free_ char *v = text_escape(e->pkgs[i].version, strlen(e->pkgs[i].version));
@@ -168,6 +172,13 @@ int env_parse(const char *text, size_t len, const char *what, struct env **out)
 		} else if (!strcmp(key, "origin")) {
 			free(e->origin);
 			e->origin = xstrdup(val.data);
+		} else if (!strcmp(key, "upper")) {
+			if (!str_has_prefix(val.data, "upper") || strchr(val.data, '/')) {
+				r = vf_error(EIO, "%s:%u: bad writable layer name", what, line);
+				goto fail;
+			}
+			free(e->upper);
+			e->upper = xstrdup(val.data);
 		} else if (!strcmp(key, "created")) {
 			e->created = strtoll(val.data, NULL, 10);
 		} else if (!strcmp(key, "tree") || !strcmp(key, "mtimes")) {
@@ -221,6 +232,11 @@ bool env_exists(struct store *s, const char *name)
 	struct stat st;
 
 	return env_valid_name(name) && fstatat(s->envs_fd, path, &st, 0) == 0;
+}
+
+const char *env_upper(const struct env *e)
+{
+	return e->upper ? e->upper : "upper";
 }
 
 char *env_python_xy(const struct env *e)
@@ -301,7 +317,7 @@ int env_install(struct store *s, const struct env *e, bool replace, const char *
 		return vf_error(EINVAL, "%s: not a valid env name (letters, digits, '.', '_', '-', '+')", e->name);
 	if (mkdirat(s->envs_fd, tmp, 0755) < 0)
 		return vf_error_errno(errno, "%s/envs/%s", s->home, tmp);
-	p = xasprintf("%s/upper", tmp);
+	p = xasprintf("%s/%s", tmp, env_upper(e));
 	if (upper_from) {
 		if (renameat(AT_FDCWD, upper_from, s->envs_fd, p) < 0) {
 			r = vf_error_errno(errno, "moving %s into the env", upper_from);
@@ -368,4 +384,50 @@ int env_remove(struct store *s, const char *name)
 	if (r < 0)
 		return vf_error_errno(-r, "deleting %s/envs/%s", s->home, trash);
 	return 0;
+}
+
+int env_lock(struct store *s, const char *name)
+{
+	_cleanup_free_ char *p = xasprintf("run/env-%s.lock", name);
+	int fd;
+
+	if (!env_valid_name(name))
+		return vf_error(EINVAL, "%s: not a valid env name", name);
+	mkdirat(s->fd, "run", 0755);
+	fd = openat(s->fd, p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return vf_error_errno(errno, "%s/%s", s->home, p);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		close(fd);
+		return e == EWOULDBLOCK ? -EWOULDBLOCK : vf_error_errno(e, "%s/%s", s->home, p);
+	}
+	return fd;
+}
+
+void env_sweep_layers(struct store *s, const char *name)
+{
+	struct env *e;
+	_cleanup_close_ int efd = openat(s->envs_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = efd >= 0 ? openat(efd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+
+	if (!dir) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	if (env_load(s, name, &e) < 0) {
+		vf_clear_error();
+		closedir(dir);
+		return;
+	}
+	while ((de = readdir(dir))) {
+		if ((str_has_prefix(de->d_name, "upper") && strcmp(de->d_name, env_upper(e))) ||
+		    str_has_prefix(de->d_name, ".trash-upper"))
+			rm_rf_at(efd, de->d_name);
+	}
+	closedir(dir);
+	env_free(e);
 }

@@ -3,7 +3,9 @@
  *
  *   HOME/envs/NAME/env      the manifest (text, below), replaced atomically
  *   HOME/envs/NAME/upper/   the env's writable layer (files of its own
- *                           written through the mount)
+ *                           written through the mount); absorb replaces
+ *                           it with a new one, upper-XXXX/, named by the
+ *                           manifest's "upper" line
  *   HOME/envs/NAME/work/    scratch space for copy-up, same file system
  *
  * The manifest is line-oriented text, one "key value" per line, values
@@ -21,6 +23,8 @@
  *   created 1763712000
  *   tree <objid>                  env tree (tree.h): files in no package
  *   mtimes <objid>                optional: original times of package files
+ *   upper upper-5f0c3a0e          optional: the writable layer's directory
+ *                                 (default "upper")
  *   package <objid> <name> <version>
  *   ...
  *
@@ -60,6 +64,7 @@ struct env {
 	struct objid tree;
 	bool has_mtimes;
 	struct objid mtimes;
+	char *upper;             /* writable layer directory, NULL: "upper" */
 	struct env_pkg *pkgs;
 	size_t n_pkgs;
 };
@@ -72,6 +77,9 @@ int env_parse(const char *text, size_t len, const char *what, struct env **out);
 void env_format(const struct env *e, struct buf *out);
 void env_free(struct env *e);
 void env_add_package(struct env *e, const struct objid *id, const char *name, const char *version);
+
+/* The name of the env's writable layer directory in HOME/envs/NAME/. */
+const char *env_upper(const struct env *e);
 
 /* "lib/python3.11/site-packages" for this env's Python. */
 char *env_site_dir(const struct env *e);
@@ -96,5 +104,19 @@ int env_save(struct store *s, const struct env *e);
 int env_remove(struct store *s, const char *name);
 
 bool env_exists(struct store *s, const char *name);
+
+/*
+ * The env's lock (HOME/run/env-NAME.lock), held by whoever may change its
+ * writable layer: the daemon serving it, or absorb when no daemon does.
+ * Returns a descriptor (close it to release) or -EWOULDBLOCK.
+ */
+int env_lock(struct store *s, const char *name);
+
+/*
+ * Delete writable layers of env name that its manifest no longer names
+ * (left by an absorb that crashed, before or after its switch). Only the
+ * holder of the env lock may.
+ */
+void env_sweep_layers(struct store *s, const char *name);
 
 #endif

@@ -63,38 +63,9 @@ static int copy_object(struct exporter *x, const struct objid *id, int out, cons
 		return vf_error_errno(-in, "%s: store object %s", path, hex);
 	if (fstat(in, &st) < 0)
 		return vf_error_errno(errno, "objects/%s", hex);
-	if (st.st_size == 0)
-		return 0;
-	if (ioctl(out, FICLONE, in) == 0)
-		return 0;
-	loff_t off_in = 0;
-	while (off_in < st.st_size) {
-		ssize_t n = copy_file_range(in, &off_in, out, NULL, (size_t)(st.st_size - off_in), 0);
-		if (n > 0)
-			continue;
-		if (n == 0)
-			break;
-		if (errno == EINTR)
-			continue;
-		if (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP) {
-			char buf[1 << 16];
-			for (;;) {
-				ssize_t rn = pread(in, buf, sizeof(buf), off_in);
-				if (rn < 0)
-					return vf_error_errno(errno, "objects/%s", hex);
-				if (rn == 0)
-					break;
-				int r = write_full(out, buf, (size_t)rn);
-				if (r < 0)
-					return vf_error_errno(-r, "%s", path);
-				off_in += rn;
-			}
-			break;
-		}
-		return vf_error_errno(errno, "%s", path);
-	}
-	if (off_in != st.st_size)
-		return vf_error(EIO, "objects/%s: short copy", hex);
+	int r = copy_file(in, out, (uint64_t)st.st_size);
+	if (r < 0)
+		return vf_error_errno(-r, "%s: copying objects/%s", path, hex);
 	return 0;
 }
 
@@ -226,18 +197,8 @@ static int export_upper_content(struct exporter *x, int in, const struct stat *s
 
 	bool in_bin = str_has_prefix(path, "bin/") && !strchr(path + 4, '/');
 	if (!in_bin || !x->n_views || st->st_size > (1 << 24)) {
-		loff_t off = 0;
-		while (off < st->st_size) {
-			ssize_t n = copy_file_range(in, &off, out, NULL, (size_t)(st->st_size - off), 0);
-			if (n <= 0) {
-				if (n < 0 && errno == EINTR)
-					continue;
-				if (n < 0)
-					return vf_error_errno(errno, "%s/%s", x->dest, path);
-				break;
-			}
-		}
-		return 0;
+		int r = copy_file(in, out, (uint64_t)st->st_size);
+		return r < 0 ? vf_error_errno(-r, "%s/%s", x->dest, path) : 0;
 	}
 	buf_grow(&data, (size_t)st->st_size);
 	ssize_t n = pread_full(in, data.data, (size_t)st->st_size, 0);
@@ -434,7 +395,7 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 	{
 		struct buf path = {0};
 		struct layer_dir up;
-		_cleanup_free_ char *upname = xasprintf("%s/upper", name);
+		_cleanup_free_ char *upname = xasprintf("%s/%s", name, env_upper(env));
 		buf_grow(&path, 256);
 		path.data[0] = '\0';
 		r = layer_dir_open(s->envs_fd, upname, &up);

@@ -55,6 +55,7 @@
 #include <dirent.h>
 
 #include "env.h"
+#include "package.h"
 #include "pyfmt.h"
 #include "statcache.h"
 #include "store.h"
@@ -104,8 +105,7 @@ struct dist {
 	bool mismatch;
 	struct buf why;     /* first reasons, for the warning */
 	unsigned n_why;
-	char *name, *version;
-	struct buf tags, requires, requires_python;
+	struct dist_meta meta;
 	struct objid pkg_id;
 	struct buf manifest;
 	int64_t *orig_mtimes;
@@ -295,37 +295,6 @@ static void dist_why(struct dist *d, const char *fmt, ...)
 	buf_adds(&d->why, msg);
 }
 
-/*
- * Resolve a path lexically against base (both relative to the env root).
- * Fails if it climbs above the root. out gets the normalised path.
- */
-static int resolve_rel(const char *base, const char *path, struct buf *out)
-{
-	buf_reset(out);
-	buf_adds(out, base);
-	for (const char *p = path; *p;) {
-		const char *e = strchrnul(p, '/');
-		size_t n = (size_t)(e - p);
-		if (n == 0 || (n == 1 && p[0] == '.')) {
-			/* skip */
-		} else if (n == 2 && p[0] == '.' && p[1] == '.') {
-			if (out->len == 0)
-				return -1;
-			char *slash = memrchr(out->data, '/', out->len);
-			out->len = slash ? (size_t)(slash - out->data) : 0;
-			out->data[out->len] = '\0';
-		} else {
-			if (out->len)
-				buf_addc(out, '/');
-			buf_add(out, p, n);
-		}
-		p = *e ? e + 1 : e;
-	}
-	if (!out->data)
-		buf_grow(out, 0), out->data[0] = '\0';
-	return 0;
-}
-
 /* Where does symlink entry i point, relative to the env root? -1: outside. */
 static int symlink_inside(struct imp *im, uint32_t i, struct buf *target_out)
 {
@@ -349,11 +318,11 @@ static int symlink_inside(struct imp *im, uint32_t i, struct buf *target_out)
 		for (int k = 0; k < 2; k++) {
 			size_t rl = strlen(roots[k]);
 			if (!strncmp(target, roots[k], rl) && (target[rl] == '/' || target[rl] == '\0'))
-				return resolve_rel("", target + rl, target_out) < 0 ? -1 : 0;
+				return path_resolve_rel("", target + rl, target_out) < 0 ? -1 : 0;
 		}
 		return -1;
 	}
-	return resolve_rel(dir, target, target_out) < 0 ? -1 : 0;
+	return path_resolve_rel(dir, target, target_out) < 0 ? -1 : 0;
 }
 
 static int read_records(struct imp *im)
@@ -408,7 +377,7 @@ static int read_records(struct imp *im)
 			if (row->path[0] == '/')
 				return vf_error(EINVAL, "%s:%u: absolute path %s (files outside the env cannot be imported)",
 						d->record_what, row->line, row->path);
-			if (resolve_rel(im->site, row->path, &full) < 0)
+			if (path_resolve_rel(im->site, row->path, &full) < 0)
 				return vf_error(EINVAL, "%s:%u: path %s escapes the env", d->record_what, row->line,
 						row->path);
 			if (full.len > site_len && !strncmp(full.data, im->site, site_len) && full.data[site_len] == '/') {
@@ -590,9 +559,7 @@ static bool rel_to_root(struct imp *im, const struct ient *e, unsigned *root, co
 
 static bool is_template_candidate(const struct ient *e)
 {
-	if (!strcmp(e->path, "pyvenv.cfg"))
-		return true;
-	return str_has_prefix(e->path, "bin/") && !strchr(e->path + 4, '/');
+	return !strcmp(e->path, "pyvenv.cfg") || package_is_script(e->path);
 }
 
 static bool is_activate(const struct ient *e)
@@ -679,21 +646,15 @@ static int read_one(struct imp *im, uint32_t i, struct buf *scratch, bool allow_
 			e->tflags |= TREE_F_TEMPLATE;
 		}
 	} else if (norm) {
-		uint32_t hm, hs;
 		const struct ient *src = &im->e[e->src];
-		if (pyc_timestamp_header(data, len, &hm, &hs) && hm == (uint32_t)src->st.st_mtim.tv_sec &&
-		    hs == (uint32_t)src->st.st_size) {
-			/* the compile path (co_filename) becomes canonical too */
-			unsigned root;
-			const char *rel;
-			rel_to_root(im, src, &root, &rel);
-			_cleanup_free_ char *canon = xasprintf("%s%s%s", PYC_CANON_PREFIX,
-							       root == TREE_ROOT_SITE ? "site-packages/" : "env/", rel);
-			_cleanup_free_ char *p1 = xasprintf("%s/%s", im->abs, src->path);
-			_cleanup_free_ char *p2 = xasprintf("%s/%s", im->real, src->path);
-			if (!pyc_rewrite_strings(data, len, p1, true, canon, &alt) && strcmp(p1, p2))
-				pyc_rewrite_strings(data, len, p2, true, canon, &alt);
-			pyc_set_mtime(alt.data, (uint32_t)TREE_STORE_MTIME);
+		unsigned root;
+		const char *rel;
+		rel_to_root(im, src, &root, &rel);
+		_cleanup_free_ char *p1 = xasprintf("%s/%s", im->abs, src->path);
+		_cleanup_free_ char *p2 = xasprintf("%s/%s", im->real, src->path);
+		const char *at[2] = {p1, p2};
+		if (package_pyc_normalise(data, len, src->st.st_mtim.tv_sec, (uint64_t)src->st.st_size, at,
+					  strcmp(p1, p2) ? 2 : 1, root, rel, &alt)) {
 			put = alt.data;
 			put_len = alt.len;
 			e->tflags |= TREE_F_PYC_NORM;
@@ -831,60 +792,33 @@ static int classify(struct imp *im)
 
 /* ---- 5. build ------------------------------------------------------------------ */
 
+/* A small file of the venv, or nothing. */
+static void read_small(struct imp *im, const char *path, struct buf *out)
+{
+	int fd = open_beneath(im->rootfd, path, O_RDONLY);
+	struct stat st;
+
+	buf_reset(out);
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 24)) {
+		buf_grow(out, (size_t)st.st_size);
+		ssize_t n = read_full(fd, out->data, (size_t)st.st_size);
+		out->len = n > 0 ? (size_t)n : 0;
+		out->data[out->len] = '\0';
+	}
+	close(fd);
+}
+
 static void read_metadata(struct imp *im, struct dist *d)
 {
-	_cleanup_buf_ struct buf meta = {0}, val = {0};
+	_cleanup_buf_ struct buf meta = {0}, wheel = {0};
 	_cleanup_free_ char *mp = xasprintf("%s/METADATA", im->e[d->dir_ent].path);
 	_cleanup_free_ char *wp = xasprintf("%s/WHEEL", im->e[d->dir_ent].path);
-	int fd;
 
-	/* dist-info name: {name}-{version}.dist-info */
-	const char *base = strrchr(im->e[d->dir_ent].path, '/');
-	base = base ? base + 1 : im->e[d->dir_ent].path;
-	size_t blen = strlen(base) - strlen(".dist-info");
-	const char *dash = memchr(base, '-', blen);
-	_cleanup_free_ char *dname = xstrndup(base, dash ? (size_t)(dash - base) : blen);
-	_cleanup_free_ char *dver = dash ? xstrndup(dash + 1, blen - (size_t)(dash + 1 - base)) : xstrdup("0");
-
-	if ((fd = open_beneath(im->rootfd, mp, O_RDONLY)) >= 0) {
-		struct stat st;
-		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 24)) {
-			buf_grow(&meta, (size_t)st.st_size);
-			ssize_t n = read_full(fd, meta.data, (size_t)st.st_size);
-			meta.len = n > 0 ? (size_t)n : 0;
-			meta.data[meta.len] = '\0';
-		}
-		close(fd);
-	}
-	if (meta.len && rfc822_get(meta.data, meta.len, "Name", ' ', &val))
-		d->name = pep503_normalize(val.data, val.len);
-	else
-		d->name = pep503_normalize(dname, strlen(dname));
-	if (meta.len && rfc822_get(meta.data, meta.len, "Version", ' ', &val))
-		d->version = xstrdup(val.data);
-	else
-		d->version = xstrdup(dver);
-	if (meta.len) {
-		rfc822_get(meta.data, meta.len, "Requires-Dist", '\n', &d->requires);
-		rfc822_get(meta.data, meta.len, "Requires-Python", ' ', &d->requires_python);
-	}
-	if ((fd = open_beneath(im->rootfd, wp, O_RDONLY)) >= 0) {
-		_cleanup_buf_ struct buf wheel = {0};
-		struct stat st;
-		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (1 << 20)) {
-			buf_grow(&wheel, (size_t)st.st_size);
-			ssize_t n = read_full(fd, wheel.data, (size_t)st.st_size);
-			wheel.len = n > 0 ? (size_t)n : 0;
-			wheel.data[wheel.len] = '\0';
-			rfc822_get(wheel.data, wheel.len, "Tag", ' ', &d->tags);
-		}
-		close(fd);
-	}
-	/* names become directory names in the store */
-	if (!d->name[0] || strchr(d->name, '/') || d->name[0] == '.') {
-		free(d->name);
-		d->name = xstrdup("unnamed");
-	}
+	read_small(im, mp, &meta);
+	read_small(im, wp, &wheel);
+	dist_meta_parse(im->e[d->dir_ent].path, meta.data, meta.len, wheel.data, wheel.len, &d->meta);
 }
 
 static void entry_from(const struct ient *e, struct tree_entry *te, bool package)
@@ -928,30 +862,22 @@ static int add_symlink(struct imp *im, struct tree_builder *tb, unsigned root, c
 static int record_template(struct imp *im, struct dist *d, bool *made, struct objid *id)
 {
 	_cleanup_buf_ struct buf blob = {0};
+	_cleanup_free_ bool *tpl = xcalloc(d->rec.n + 1, sizeof(bool));
 	char want[RECORD_HASH_MAX];
-	size_t pos = 0;
 	uint64_t added;
 
-	*made = false;
-	tpl_record_begin(&blob);
 	for (size_t j = 0; j < d->rec.n; j++) {
 		uint32_t ei = d->row_ent[j];
-		struct record_row *row = &d->rec.rows[j];
-		if (ei == NO_ENT || !(im->e[ei].tflags & TREE_F_TEMPLATE) || !row->hash[0])
+		if (ei == NO_ENT || !(im->e[ei].tflags & TREE_F_TEMPLATE))
 			continue;
 		memcpy(want, "sha256=", 7);
 		b64url_nopad(im->e[ei].sha, 32, want + 7);
-		if (strcmp(want, row->hash) != 0)
-			continue;
-		tpl_record_literal(&blob, d->record_text.data + pos, row->hash_off - pos);
-		tpl_record_row(&blob, d->row_root[j], d->row_rel[j], strlen(d->row_rel[j]));
-		pos = row->row_end;
-		*made = true;
+		tpl[j] = !strcmp(want, d->rec.rows[j].hash);
 	}
+	*made = package_record_template(d->record_text.data, d->record_text.len, &d->rec, tpl, d->row_root,
+					d->row_rel, &blob);
 	if (!*made)
 		return 0;
-	tpl_record_literal(&blob, d->record_text.data + pos, d->record_text.len - pos);
-	tpl_record_end(&blob);
 	int r = store_txn_put(im->txn, blob.data, blob.len, id, &added);
 	if (r < 0)
 		return vf_error_prefix(-r, "%s: ", d->record_what);
@@ -962,40 +888,19 @@ static int record_template(struct imp *im, struct dist *d, bool *made, struct ob
 /* Path of an entry relative to a package root. */
 static bool rel_to_root(struct imp *im, const struct ient *e, unsigned *root, const char **rel)
 {
-	size_t sl = strlen(im->site);
-
-	if (e->len > sl && !strncmp(e->path, im->site, sl) && e->path[sl] == '/') {
-		*root = TREE_ROOT_SITE;
-		*rel = e->path + sl + 1;
-		return true;
-	}
-	if (e->len == sl && !strcmp(e->path, im->site)) {
-		*root = TREE_ROOT_SITE;
-		*rel = "";
-		return true;
-	}
-	*root = TREE_ROOT_ENV;
-	*rel = e->path;
+	*root = package_root_of(e->path, im->site, rel);
 	return true;
 }
 
 static int build_package(struct imp *im, size_t k)
 {
 	struct dist *d = &im->d[k];
-	struct tree_builder *tb = tree_builder_new(TREE_PACKAGE);
 	struct tree_entry te;
 	uint32_t site_ent = find_ent(im, im->site, strlen(im->site));
 	int r = 0;
 
 	read_metadata(im, d);
-	tree_builder_set_str(tb, TREE_STR_NAME, d->name, strlen(d->name));
-	tree_builder_set_str(tb, TREE_STR_VERSION, d->version, strlen(d->version));
-	const char *dibase = strrchr(im->e[d->dir_ent].path, '/') + 1;
-	tree_builder_set_str(tb, TREE_STR_DIST_INFO, dibase, strlen(dibase));
-	tree_builder_set_str(tb, TREE_STR_TAGS, d->tags.data ? d->tags.data : "", d->tags.len);
-	tree_builder_set_str(tb, TREE_STR_REQUIRES, d->requires.data ? d->requires.data : "", d->requires.len);
-	tree_builder_set_str(tb, TREE_STR_REQUIRES_PYTHON, d->requires_python.data ? d->requires_python.data : "",
-			     d->requires_python.len);
+	struct tree_builder *tb = package_builder_new(&d->meta, im->e[d->dir_ent].path);
 
 	/* the two roots take the modes of the env root and site-packages */
 	entry_from(&im->e[0], &te, true);
@@ -1027,7 +932,7 @@ static int build_package(struct imp *im, size_t k)
 			entry_from(&im->e[p], &te, true);
 			r = tree_builder_add(tb, proot, prel, strlen(prel), &te);
 			if (r < 0) {
-				r = vf_error_errno(-r, "%s/%s: cannot add to package %s", im->abs, im->e[p].path, d->name);
+				r = vf_error_errno(-r, "%s/%s: cannot add to package %s", im->abs, im->e[p].path, d->meta.name);
 				goto out;
 			}
 		}
@@ -1041,7 +946,7 @@ static int build_package(struct imp *im, size_t k)
 		else
 			r = tree_builder_add(tb, root, rel, strlen(rel), &te);
 		if (r < 0) {
-			r = vf_error_errno(-r, "%s/%s: cannot add to package %s", im->abs, e->path, d->name);
+			r = vf_error_errno(-r, "%s/%s: cannot add to package %s", im->abs, e->path, d->meta.name);
 			goto out;
 		}
 	}
@@ -1194,11 +1099,7 @@ static void imp_free(struct imp *im)
 		free(d->row_root);
 		free(d->row_rel);
 		buf_free(&d->why);
-		free(d->name);
-		free(d->version);
-		buf_free(&d->tags);
-		buf_free(&d->requires);
-		buf_free(&d->requires_python);
+		dist_meta_free(&d->meta);
 		buf_free(&d->manifest);
 		free(d->orig_mtimes);
 	}
@@ -1418,7 +1319,7 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 		r = store_txn_put(im.txn, d->manifest.data, d->manifest.len, &d->pkg_id, &added);
 		if (r < 0)
 			goto out;
-		env_add_package(env, &d->pkg_id, d->name, d->version);
+		env_add_package(env, &d->pkg_id, d->meta.name, d->meta.version);
 		st->packages++;
 	}
 	phase("build");
@@ -1430,7 +1331,7 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 		goto out;
 	phase("objects");
 	for (size_t k = 0; k < im.nd; k++)
-		if (!im.d[k].mismatch && (r = store_package_register(s, im.d[k].name, &im.d[k].pkg_id)) < 0)
+		if (!im.d[k].mismatch && (r = store_package_register(s, im.d[k].meta.name, &im.d[k].pkg_id)) < 0)
 			goto out;
 	phase("packages");
 	if (o->built) {

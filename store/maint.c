@@ -641,6 +641,26 @@ static int sweep_env_leftover(void *p, int dfd, const char *name, const struct s
 	return 0;
 }
 
+static int mark_layer(void *p, int dfd, const char *name, const struct stat *st)
+{
+	if (!S_ISDIR(st->st_mode) || !(str_has_prefix(name, "upper") || str_has_prefix(name, ".trash-upper")))
+		return 0;
+	int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = layer_mark_objects(fd, p);
+	close(fd);
+	return r;
+}
+
+/* Objects named by metacopies in the writable layers of env name. */
+static int mark_env_layers(struct store *s, const char *name, struct strmap *objects)
+{
+	int r = each_entry(s->envs_fd, name, mark_layer, objects);
+
+	return r == -ENOENT ? 0 : r;
+}
+
 int store_gc(struct store *s, bool progress, struct gc_stats *st)
 {
 	struct strmap objects = {0}, packages = {0};
@@ -665,14 +685,11 @@ int store_gc(struct store *s, bool progress, struct gc_stats *st)
 	for (size_t i = 0; i < ne; i++) {
 		bool unreadable = false;
 		store_mark_env(s, names[i], &objects, &packages, NULL, NULL, &unreadable);
-		/* files renamed inside a writable layer still name their objects */
-		_cleanup_free_ char *up = xasprintf("%s/upper", names[i]);
-		int ufd = openat(s->envs_fd, up, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (ufd >= 0) {
-			if (layer_mark_objects(ufd, &objects) < 0)
-				unreadable = true;
-			close(ufd);
-		}
+		/* files renamed inside a writable layer still name their
+		 * objects (in every layer directory: a daemon may still show
+		 * one that absorb replaced) */
+		if (mark_env_layers(s, names[i], &objects) < 0)
+			unreadable = true;
 		if (unreadable) {
 			/* an env we cannot read: deleting what it might use would
 			 * turn a damaged env into a lost one */

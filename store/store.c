@@ -438,7 +438,31 @@ static int write_tmp(struct store_txn *t, const struct objid *id, uint64_t no, c
 	return 0;
 }
 
-int store_txn_put(struct store_txn *t, const void *data, size_t len, struct objid *id, uint64_t *added)
+/* A file that already holds the content, to link rather than copy. */
+struct link_src {
+	int dirfd;
+	const char *name;
+	bool linked;
+};
+
+/* Make the temp file of a new object: a link to src if possible, else a copy. */
+static int make_tmp(struct store_txn *t, const struct objid *id, uint64_t no, const void *data, size_t len,
+		    struct link_src *src)
+{
+	if (src) {
+		char name[96];
+		tmp_name(t, id, no, name);
+		if (linkat(src->dirfd, src->name, t->s->objects_fd, name, 0) == 0) {
+			src->linked = true;
+			return 0;
+		}
+		/* another file system, a hard-link limit...: copy */
+	}
+	return write_tmp(t, id, no, data, len);
+}
+
+static int txn_insert(struct store_txn *t, const void *data, size_t len, struct objid *id, uint64_t *added,
+		      struct link_src *src)
 {
 	struct objid cand = {0};
 	int r;
@@ -474,7 +498,7 @@ int store_txn_put(struct store_txn *t, const void *data, size_t len, struct obji
 			p->state = PEND_WRITING;
 			uint64_t no = p->tmp_no;
 			pthread_mutex_unlock(&t->lock);
-			r = write_tmp(t, &cand, no, data, len);
+			r = make_tmp(t, &cand, no, data, len, src);
 			pthread_mutex_lock(&t->lock);
 			p = pend_find(t, &cand);
 			if (r < 0) {
@@ -523,6 +547,21 @@ int store_txn_put(struct store_txn *t, const void *data, size_t len, struct obji
 	}
 	*id = cand;
 	return 0;
+}
+
+int store_txn_put(struct store_txn *t, const void *data, size_t len, struct objid *id, uint64_t *added)
+{
+	return txn_insert(t, data, len, id, added, NULL);
+}
+
+int store_txn_link(struct store_txn *t, int dirfd, const char *name, const void *data, size_t len, struct objid *id,
+		   uint64_t *added, bool *linked)
+{
+	struct link_src src = {dirfd, name, false};
+	int r = txn_insert(t, data, len, id, added, &src);
+
+	*linked = src.linked;
+	return r;
 }
 
 uint64_t store_txn_pending_bytes(struct store_txn *t)

@@ -135,6 +135,16 @@ void store_txn_flush_background(struct store_txn *t);
 int store_txn_put(struct store_txn *t, const void *data, size_t len, struct objid *id, uint64_t *added);
 
 /*
+ * The same for content that is already a file on the store's file system
+ * (dirfd/name, holding exactly data): a new object is made by hard-linking
+ * that file rather than writing a copy (*linked then says so). The file
+ * becomes the object: it must never change again. Falls back to a copy
+ * where a link cannot be made (another file system).
+ */
+int store_txn_link(struct store_txn *t, int dirfd, const char *name, const void *data, size_t len, struct objid *id,
+		   uint64_t *added, bool *linked);
+
+/*
  * Make what was inserted so far durable and visible under its name (other
  * threads may go on inserting meanwhile). The names themselves are made
  * durable by store_txn_commit().

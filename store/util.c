@@ -697,13 +697,13 @@ static int copy_xattrs(int from, int to)
 	return 0;
 }
 
-static int copy_file_fd(int in, int out, off_t size)
+int copy_file(int in, int out, uint64_t size)
 {
 	if (size == 0 || ioctl(out, FICLONE, in) == 0)
 		return 0;
 	loff_t off = 0;
-	while (off < size) {
-		ssize_t n = copy_file_range(in, &off, out, NULL, (size_t)(size - off), 0);
+	while ((uint64_t)off < size) {
+		ssize_t n = copy_file_range(in, &off, out, NULL, (size_t)(size - (uint64_t)off), 0);
 		if (n > 0)
 			continue;
 		if (n == 0)
@@ -712,21 +712,21 @@ static int copy_file_fd(int in, int out, off_t size)
 			continue;
 		if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
 			return -errno;
-		char buf[65536];
+		char buf[1 << 16];
 		for (;;) {
-			ssize_t r = pread(in, buf, sizeof(buf), off);
-			if (r < 0)
+			ssize_t rn = pread(in, buf, sizeof(buf), off);
+			if (rn < 0)
 				return -errno;
-			if (r == 0)
+			if (rn == 0)
 				break;
-			int w = write_full(out, buf, (size_t)r);
+			int w = write_full(out, buf, (size_t)rn);
 			if (w < 0)
 				return w;
-			off += r;
+			off += rn;
 		}
 		break;
 	}
-	return 0;
+	return (uint64_t)off == size ? 0 : -EIO;
 }
 
 int copy_tree(int src_dirfd, int dst_dirfd)
@@ -776,7 +776,7 @@ int copy_tree(int src_dirfd, int dst_dirfd)
 			if (in < 0 || out < 0)
 				r = -errno;
 			if (r == 0)
-				r = copy_file_fd(in, out, st.st_size);
+				r = copy_file(in, out, st.st_size);
 			if (r == 0)
 				r = copy_xattrs(in, out);
 			if (r == 0 && (fchmod(out, st.st_mode & 07777) < 0 || futimens(out, ts) < 0))

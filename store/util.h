@@ -182,6 +182,8 @@ int mkdir_p_at(int dirfd, const char *path, mode_t mode);
  * system can, else copied in the kernel), directories, symlinks, FIFOs,
  * sockets, devices; modes, times and user.* extended attributes.
  */
+/* Copy size bytes of in to out (reflink, copy_file_range, or read/write). */
+int copy_file(int in, int out, uint64_t size);
 int copy_tree(int src_dirfd, int dst_dirfd);
 
 /* rm -rf relative to dirfd; missing is not an error. */

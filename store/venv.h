@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "store.h"
 
@@ -81,5 +82,51 @@ int venv_create(struct store *s, const struct create_opts *o, struct create_stat
 
 /* A new env identical to src (its writable layer copied), independent. */
 int venv_clone(struct store *s, const char *src, const char *dst);
+
+/* ---- absorbing what was installed through the mount (absorb.c) ------------ */
+
+struct absorb_opts {
+	bool progress;
+	/* one line per distribution: absorbed, left (and why), dropped;
+	 * NULL: stderr */
+	void (*say)(void *ctx, const char *msg);
+	void *say_ctx;
+	/* the daemon: keep the replaced writable layer (it may still show
+	 * it to processes that hold its files); its name is returned */
+	bool keep_old_layer;
+};
+
+struct absorb_stats {
+	uint64_t absorbed;      /* distributions that became packages */
+	uint64_t left;          /* complete-looking ones left where they are */
+	uint64_t dropped;       /* packages no file of which showed any more */
+	uint64_t files, bytes;  /* files absorbed and their size */
+	uint64_t linked_bytes;  /* that became objects by hard link: no copy */
+	uint64_t copied_bytes;  /* written to the store: normalised bytecode,
+				   templates, manifests, copies */
+	uint64_t dedup_bytes;   /* already in the store */
+	char *old_layer;        /* keep_old_layer: the replaced layer (malloc'd) */
+};
+
+/*
+ * Absorb env name: every complete distribution of its writable layer
+ * becomes a package (see absorb.c). The env lock must be free (no daemon
+ * serving the env): -EBUSY otherwise.
+ */
+int venv_absorb(struct store *s, const char *name, const struct absorb_opts *o, struct absorb_stats *st);
+
+/*
+ * The same in two steps, for the daemon: prepare while it goes on serving
+ * the env; then, under its own lock, absorb_unchanged() (the files that
+ * become objects were not written since, nor are open for writing:
+ * in_use) and absorb_commit(). absorb_free() undoes an uncommitted one.
+ */
+struct absorb;
+int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *o, struct absorb_stats *st,
+		   struct absorb **out);
+bool absorb_empty(const struct absorb *a);
+bool absorb_unchanged(const struct absorb *a, bool (*in_use)(void *ctx, dev_t dev, ino_t ino), void *ctx);
+int absorb_commit(struct absorb *a);
+void absorb_free(struct absorb *a);
 
 #endif

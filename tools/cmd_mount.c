@@ -1,12 +1,15 @@
 /*
- * cmd_mount.c - the subcommands around the daemon: mount, umount, stats.
+ * cmd_mount.c - the subcommands around the daemon: mount, umount, stats,
+ * absorb (which a daemon serving the env does itself).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "env.h"
 #include "fs.h"
 
 static int mount_opt(int opt, const char *arg, void *ctx)
@@ -36,6 +39,12 @@ static int mount_opt(int opt, const char *arg, void *ctx)
 	case 'j':
 		o->max_threads = (unsigned)atoi(arg);
 		return 0;
+	case 1005:
+		o->absorb_idle_s = (unsigned)atoi(arg);
+		return 0;
+	case 1006:
+		o->no_absorb_on_unmount = true;
+		return 0;
 	}
 	return -1;
 }
@@ -50,9 +59,11 @@ static int run_mount(const struct command *c, int argc, char **argv)
 		{"spin-us", required_argument, NULL, 1004},
 		{"log", required_argument, NULL, 1002},
 		{"threads", required_argument, NULL, 'j'},
+		{"absorb-idle", required_argument, NULL, 1005},
+		{"no-absorb-on-unmount", no_argument, NULL, 1006},
 		{0},
 	};
-	struct fs_opts o = {.spin_us = 50};
+	struct fs_opts o = {.spin_us = 50, .absorb_idle_s = 60};
 	struct store *s;
 	int i = parse_opts(c, argc, argv, opts, "fdj:", mount_opt, &o);
 
@@ -73,7 +84,7 @@ static int run_mount(const struct command *c, int argc, char **argv)
 const struct command cmd_mount = {
 	.name = "mount",
 	.summary = "show every env of the store as a venv under MOUNTPOINT",
-	.usage = "mount MOUNTPOINT [-f] [--allow-other] [--log FILE]",
+	.usage = "mount MOUNTPOINT [-f] [--allow-other] [--log FILE] [--absorb-idle SECONDS]",
 	.help = "Serves every env of the store as an ordinary venv directory, MOUNTPOINT/NAME/,\n"
 		"composed on the fly from the store. Envs created, cloned or removed later\n"
 		"appear and disappear without a remount. Runs in the background and logs to\n"
@@ -84,6 +95,9 @@ const struct command cmd_mount = {
 		"  --allow-other     let other users in (permissions are then enforced by the\n"
 		"                    kernel from each file's mode); default: only the mounting user\n"
 		"  --log FILE        log here instead of HOME/log/mount.log\n"
+		"  --absorb-idle S   absorb what was installed into envs once the mount has been\n"
+		"                    idle S seconds (default 60; 0: never)\n"
+		"  --no-absorb-on-unmount  do not absorb changed envs when unmounted\n"
 		"  -j, --threads N   worker threads for disk I/O (default 8)\n"
 		"  --spin-us N       keep polling for requests N us after each one (default 50;\n"
 		"                    0: sleep at once; cuts latency where idle CPUs halt)\n"
@@ -146,4 +160,67 @@ const struct command cmd_stats = {
 		"per operation, failures per errno, damaged objects met, nodes and envs in\n"
 		"memory, resident memory.",
 	.run = run_stats,
+};
+
+static void say_line(void *ctx, const char *msg)
+{
+	const char *name = ctx;
+
+	printf("%s: %s\n", name, msg);
+	fflush(stdout);
+}
+
+static int run_absorb(const struct command *c, int argc, char **argv)
+{
+	struct store *s;
+	char **names = NULL;
+	size_t n = 0;
+	int i = parse_opts(c, argc, argv, NULL, NULL, NULL, NULL), failed = 0;
+
+	if (i < 0)
+		return i == -1 ? 0 : 2;
+	if (open_store(c->name, false, &s))
+		return 1;
+	if (i < argc) {
+		names = argv + i;
+		n = (size_t)(argc - i);
+	} else if (env_list(s, &names, &n) < 0) {
+		store_close(s);
+		return fail(c->name);
+	}
+	for (size_t k = 0; k < n; k++) {
+		struct absorb_stats st;
+		char linked[32], copied[32];
+		if (fs_absorb(s, names[k], say_line, names[k], &st) < 0) {
+			fprintf(stderr, "venvfs absorb: %s\n", vf_last_error());
+			failed = 1;
+			continue;
+		}
+		if (!st.absorbed && !st.dropped && !st.left)
+			continue;
+		human_bytes(st.linked_bytes, linked);
+		human_bytes(st.copied_bytes, copied);
+		printf("%s: %" PRIu64 " absorbed, %" PRIu64 " left in the writable layer, %" PRIu64
+		       " dropped; %s moved into the store without copying, %s written\n",
+		       names[k], st.absorbed, st.left, st.dropped, linked, copied);
+	}
+	if (i >= argc)
+		env_list_free(names, n);
+	store_close(s);
+	return failed;
+}
+
+const struct command cmd_absorb = {
+	.name = "absorb",
+	.summary = "move packages installed into envs (pip, uv) into the store",
+	.usage = "absorb [NAME...]",
+	.help = "Every complete distribution that pip or uv installed into an env through the\n"
+		"mount (a *.dist-info with a RECORD whose files are all there and match) becomes\n"
+		"a package of the store, shared by every env that has it; packages uninstalled\n"
+		"from the env are dropped from it. The env looks the same before and after, and\n"
+		"running programs keep working. A distribution whose RECORD does not match its\n"
+		"files stays in the env's writable layer, and the report says why. Without NAME,\n"
+		"every env. A mounted env is absorbed by its daemon (this command asks it), which\n"
+		"also does so by itself when idle and when unmounted.",
+	.run = run_absorb,
 };

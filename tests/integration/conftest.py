@@ -146,3 +146,53 @@ def store_counts(home):
         if (home / "envs").exists() else 0,
         "tmp": count(home / "tmp"),
     }
+
+
+class Mount:
+    """A store, a mount point, and the daemon serving it."""
+
+    def __init__(self, venvfs, where):
+        self.venvfs = venvfs
+        self.path = where
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.mounted = False
+
+    def mount(self, *extra):
+        # VENVFS_TEST_MOUNT_ARGS: extra mount options for a whole run
+        # (tests/meson.build runs the mount suite again with --libfuse-mt)
+        extra = (*os.environ.get("VENVFS_TEST_MOUNT_ARGS", "").split(), *extra)
+        self.venvfs("mount", self.path, *extra)
+        self.mounted = True
+        return self
+
+    def umount(self):
+        if self.mounted:
+            self.venvfs("umount", self.path, check=False)
+            subprocess.run(["fusermount3", "-u", "-q", "-z", str(self.path)], capture_output=True)
+            self.mounted = False
+
+    def pid(self):
+        pidfile = next((self.venvfs.home / "run").glob("mount-*.pid"))
+        return int(pidfile.read_text().split()[0])
+
+    def stats(self):
+        out = self.venvfs("stats", self.path).stdout
+        d = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if parts[0] == "op":
+                d[parts[1]] = int(parts[3])
+                d[parts[1] + ".errors"] = int(parts[5])
+            elif len(parts) == 2:
+                d[parts[0]] = parts[1]
+        return d
+
+    def log(self):
+        return (self.venvfs.home / "log" / "mount.log").read_text()
+
+
+@pytest.fixture
+def mnt(tmp_path, venvfs):
+    m = Mount(venvfs, tmp_path / "mnt")
+    yield m
+    m.umount()

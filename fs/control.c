@@ -1,0 +1,357 @@
+/*
+ * control.c - absorbing envs the daemon serves, and the control socket
+ * through which `venvfs absorb` asks for it.
+ *
+ * An env served writable is the daemon's to change (it holds the env's
+ * lock, env.h), so the daemon absorbs it (store/absorb.c): when asked on
+ * its control socket (HOME/run/mount-<hash>.sock), when it has been idle
+ * for --absorb-idle seconds, and after unmounting. The expensive part,
+ * absorb_prepare(), runs while requests are served; then, under fsd.lock,
+ * the daemon checks nothing changed meanwhile (the env's change counter,
+ * and the files about to become objects: not written since, not open for
+ * writing) and commits. A change in the meantime means starting again, a
+ * few times, then giving up until later: an install in progress is left
+ * alone. After the switch the old env is retired (inode.c): processes
+ * holding its nodes keep seeing the same content, read-only, until the
+ * kernel forgets them; the kernel is told to drop its cached entry of the
+ * env, so new lookups see the absorbed one.
+ *
+ * Protocol (one request a connection, text): the client sends
+ * "absorb NAME\n"; the daemon answers with report lines "say <text>\n",
+ * then "ok <counters>\n", "error <message>\n" or "not-served\n".
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "fs_i.h"
+#include "venv.h"
+
+#define ABSORB_TRIES 3
+
+static int ctl_listen = -1;
+static int ctl_stop[2] = {-1, -1};
+static pthread_t ctl_thread;
+static bool ctl_running;
+static char *ctl_path;
+
+struct report {
+	int fd;          /* client socket, or -1 (log only) */
+	const char *env;
+};
+
+static void report_line(void *ctx, const char *msg)
+{
+	struct report *rp = ctx;
+
+	fs_log("absorb %s: %s", rp->env, msg);
+	if (rp->fd >= 0) {
+		_cleanup_free_ char *l = xasprintf("say %s\n", msg);
+		if (write_full(rp->fd, l, strlen(l)) < 0)
+			rp->fd = -1;
+	}
+}
+
+static bool writer_open(void *ctx, dev_t dev, ino_t ino)
+{
+	struct node *n = upper_lookup(ctx, dev, ino);
+
+	return n && n->writers > 0;
+}
+
+/*
+ * Absorb env name. 0 (st filled), -EAGAIN (kept changing), -ENOENT (not
+ * served here), or another error with a message.
+ */
+static int absorb_one(const char *name, struct report *rp, bool unmounting, struct absorb_stats *st)
+{
+	struct absorb_opts o = {.say = report_line, .say_ctx = rp, .keep_old_layer = true};
+	int r = -EAGAIN;
+
+	for (int attempt = 0; attempt < ABSORB_TRIES && r == -EAGAIN; attempt++) {
+		struct absorb *a = NULL;
+		int err;
+
+		pthread_mutex_lock(&fsd.lock);
+		struct fsenv *e = env_get(name, strlen(name), &err);
+		uint64_t gen = e ? e->gen : 0;
+		bool ours = e && !e->readonly;
+		pthread_mutex_unlock(&fsd.lock);
+		if (!e)
+			return err == ENOENT ? -ENOENT : vf_error(err, "env %s cannot be loaded (see the log)", name);
+		if (!ours)
+			return vf_error(EROFS, "env %s is served writable by another venvfs daemon", name);
+
+		r = absorb_prepare(fsd.s, name, &o, st, &a);
+		if (r < 0)
+			return r;
+
+		pthread_mutex_lock(&fsd.lock);
+		if (env_current(name) != e || e->gen != gen || !absorb_unchanged(a, writer_open, e)) {
+			r = -EAGAIN; /* written meanwhile: again */
+		} else {
+			r = absorb_commit(a);
+			if (r == 0 && absorb_empty(a)) {
+				e->absorbed_gen = gen;
+			} else if (r == 0) {
+				e->retired_layer = steal_pointer(&st->old_layer);
+				env_retire(e);
+				fsd.st.absorbs += st->absorbed;
+			}
+		}
+		bool changed = r == 0 && !absorb_empty(a);
+		pthread_mutex_unlock(&fsd.lock);
+		absorb_free(a);
+		free(st->old_layer);
+		st->old_layer = NULL;
+		if (changed && !unmounting)
+			fuse_lowlevel_notify_inval_entry(fsd.se, FUSE_ROOT_ID, name, strlen(name));
+		if (r == -EAGAIN)
+			usleep(100000u << attempt);
+	}
+	if (r == -EAGAIN)
+		return vf_error(EAGAIN, "env %s kept changing while it was absorbed (an install in progress?); "
+				       "try again later",
+				name);
+	return r;
+}
+
+static void format_counters(struct buf *b, const struct absorb_stats *st)
+{
+	buf_printf(b,
+		   "absorbed=%" PRIu64 " left=%" PRIu64 " dropped=%" PRIu64 " files=%" PRIu64 " bytes=%" PRIu64
+		   " linked=%" PRIu64 " copied=%" PRIu64 " dedup=%" PRIu64,
+		   st->absorbed, st->left, st->dropped, st->files, st->bytes, st->linked_bytes, st->copied_bytes,
+		   st->dedup_bytes);
+}
+
+void absorb_dirty_envs(bool unmounting)
+{
+	for (;;) {
+		_cleanup_free_ char *name = NULL;
+		pthread_mutex_lock(&fsd.lock);
+		for (struct fsenv *e = fsd.envs; e && !name; e = e->next)
+			if (!e->stale && !e->readonly && e->gen != e->absorbed_gen)
+				name = xstrdup(e->name);
+		pthread_mutex_unlock(&fsd.lock);
+		if (!name)
+			return;
+		struct report rp = {-1, name};
+		struct absorb_stats st;
+		_cleanup_buf_ struct buf b = {0};
+		uint64_t t0 = now_ns();
+		int r = absorb_one(name, &rp, unmounting, &st);
+		if (r < 0) {
+			fs_log("absorb %s: %s", name, vf_last_error());
+			/* try again after the next change, not in a loop */
+			pthread_mutex_lock(&fsd.lock);
+			struct fsenv *e = env_current(name);
+			if (e)
+				e->absorbed_gen = e->gen;
+			pthread_mutex_unlock(&fsd.lock);
+			continue;
+		}
+		format_counters(&b, &st);
+		fs_log("absorb %s: done in %.0f ms: %s", name, (double)(now_ns() - t0) / 1e6, b.data);
+	}
+}
+
+/* ---- the control socket ------------------------------------------------------------ */
+
+static void serve_client(int fd)
+{
+	char req[512];
+	size_t got = 0;
+	struct pollfd p = {fd, POLLIN, 0};
+
+	while (got < sizeof(req) - 1 && !memchr(req, '\n', got)) {
+		if (poll(&p, 1, 5000) <= 0)
+			return;
+		ssize_t n = read(fd, req + got, sizeof(req) - 1 - got);
+		if (n <= 0)
+			return;
+		got += (size_t)n;
+	}
+	req[got] = '\0';
+	char *nl = strchr(req, '\n');
+	if (!nl)
+		return;
+	*nl = '\0';
+	_cleanup_buf_ struct buf out = {0};
+	if (strncmp(req, "absorb ", 7) != 0 || !env_valid_name(req + 7)) {
+		buf_printf(&out, "error bad request\n");
+	} else {
+		const char *name = req + 7;
+		struct report rp = {fd, name};
+		struct absorb_stats st;
+		int r = absorb_one(name, &rp, false, &st);
+		if (r == -ENOENT)
+			buf_printf(&out, "not-served\n");
+		else if (r < 0)
+			buf_printf(&out, "error %s\n", vf_last_error());
+		else {
+			buf_adds(&out, "ok ");
+			format_counters(&out, &st);
+			buf_addc(&out, '\n');
+		}
+	}
+	if (write_full(fd, out.data, out.len) < 0)
+		fs_log("control socket: the client went away");
+}
+
+static void *control_main(void *arg)
+{
+	(void)arg;
+	fs_block_exit_signals();
+	for (;;) {
+		struct pollfd p[2] = {{ctl_stop[0], POLLIN, 0}, {ctl_listen, POLLIN, 0}};
+		int n = poll(p, 2, 1000);
+		if (n < 0 && errno != EINTR)
+			break;
+		if (p[0].revents)
+			break;
+		if (p[1].revents & POLLIN) {
+			int c = accept4(ctl_listen, NULL, NULL, SOCK_CLOEXEC);
+			if (c >= 0) {
+				serve_client(c);
+				close(c);
+			}
+			continue;
+		}
+		uint64_t idle_ns = (uint64_t)fsd.absorb_idle_s * 1000000000ull;
+		if (fsd.absorb_idle_s &&
+		    now_ns() - __atomic_load_n(&fsd.last_request_ns, __ATOMIC_RELAXED) >= idle_ns)
+			absorb_dirty_envs(false);
+	}
+	return NULL;
+}
+
+char *control_socket_path(struct store *s, const char *mountpoint)
+{
+	return xasprintf("%s/run/mount-%016" PRIx64 ".sock", s->home, XXH3_64bits(mountpoint, strlen(mountpoint)));
+}
+
+void control_start(void)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+	ctl_path = control_socket_path(fsd.s, fsd.mountpoint);
+	fsd.last_request_ns = now_ns();
+	if (strlen(ctl_path) >= sizeof(sa.sun_path)) {
+		fs_log("control socket path %s is too long: `venvfs absorb` cannot reach this daemon", ctl_path);
+	} else {
+		strcpy(sa.sun_path, ctl_path);
+		unlink(ctl_path);
+		ctl_listen = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (ctl_listen < 0 || bind(ctl_listen, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+		    listen(ctl_listen, 8) < 0) {
+			fs_log("control socket %s: %s", ctl_path, strerror(errno));
+			if (ctl_listen >= 0)
+				close(ctl_listen);
+			ctl_listen = -1;
+		}
+	}
+	if (pipe2(ctl_stop, O_CLOEXEC) == 0 && pthread_create(&ctl_thread, NULL, control_main, NULL) == 0)
+		ctl_running = true;
+}
+
+void control_stop(void)
+{
+	if (ctl_running && write(ctl_stop[1], "x", 1) == 1)
+		pthread_join(ctl_thread, NULL);
+	ctl_running = false;
+	if (ctl_listen >= 0) {
+		close(ctl_listen);
+		unlink(ctl_path);
+		ctl_listen = -1;
+	}
+	for (int i = 0; i < 2; i++)
+		if (ctl_stop[i] >= 0) {
+			close(ctl_stop[i]);
+			ctl_stop[i] = -1;
+		}
+	free(ctl_path);
+	ctl_path = NULL;
+}
+
+/* ---- the client side (`venvfs absorb` while an env is mounted) ---------------------- */
+
+static int ask_daemon(const char *sock, const char *name, void (*say)(void *, const char *), void *ctx,
+		      struct absorb_stats *st)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	_cleanup_free_ char *req = xasprintf("absorb %s\n", name);
+	_cleanup_buf_ struct buf in = {0};
+
+	if (fd < 0 || strlen(sock) >= sizeof(sa.sun_path))
+		return -ENOENT;
+	strcpy(sa.sun_path, sock);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || write_full(fd, req, strlen(req)) < 0)
+		return -ENOENT; /* a dead daemon's socket */
+	for (;;) {
+		char chunk[4096];
+		ssize_t n = read(fd, chunk, sizeof(chunk));
+		if (n <= 0)
+			break;
+		buf_add(&in, chunk, (size_t)n);
+	}
+	if (!in.len)
+		return vf_error(EIO, "the daemon (%s) did not answer; see its log", sock);
+	int r = vf_error(EIO, "the daemon (%s) answered nonsense", sock);
+	for (char *save, *l = strtok_r(in.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		if (!strncmp(l, "say ", 4)) {
+			say(ctx, l + 4);
+		} else if (!strcmp(l, "not-served")) {
+			r = -ENOENT;
+		} else if (!strncmp(l, "error ", 6)) {
+			r = vf_error(EIO, "%s", l + 6);
+		} else if (!strncmp(l, "ok ", 3)) {
+			memset(st, 0, sizeof(*st));
+			sscanf(l + 3,
+			       "absorbed=%" SCNu64 " left=%" SCNu64 " dropped=%" SCNu64 " files=%" SCNu64 " bytes=%" SCNu64
+			       " linked=%" SCNu64 " copied=%" SCNu64 " dedup=%" SCNu64,
+			       &st->absorbed, &st->left, &st->dropped, &st->files, &st->bytes, &st->linked_bytes,
+			       &st->copied_bytes, &st->dedup_bytes);
+			r = 0;
+		}
+	}
+	return r;
+}
+
+int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx,
+	      struct absorb_stats *st)
+{
+	struct absorb_opts o = {.say = say, .say_ctx = ctx, .progress = true};
+	int r = venv_absorb(s, name, &o, st);
+
+	if (r != -EBUSY)
+		return r;
+	/* a daemon serves it: ask each daemon of this store */
+	_cleanup_free_ char *run = path_join(s->home, "run");
+	DIR *d = opendir(run);
+	struct dirent *de;
+	r = vf_error(EBUSY, "env %s is locked (HOME/run/env-%s.lock) but no venvfs daemon of %s answers for it", name,
+		     name, s->home);
+	while (d && (de = readdir(d))) {
+		if (!str_has_prefix(de->d_name, "mount-") || !str_has_suffix(de->d_name, ".sock"))
+			continue;
+		_cleanup_free_ char *sock = path_join(run, de->d_name);
+		int q = ask_daemon(sock, name, say, ctx, st);
+		if (q == -ENOENT)
+			continue;
+		r = q;
+		break;
+	}
+	if (d)
+		closedir(d);
+	return r;
+}

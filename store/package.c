@@ -1,0 +1,164 @@
+/*
+ * package.c - the rules import and absorb share (see package.h).
+ */
+#include "package.h"
+
+#include <string.h>
+
+#include "template.h"
+
+void dist_meta_parse(const char *dist_info, const char *metadata, size_t mlen, const char *wheel, size_t wlen,
+		     struct dist_meta *m)
+{
+	_cleanup_buf_ struct buf val = {0};
+
+	memset(m, 0, sizeof(*m));
+	/* dist-info name: {name}-{version}.dist-info */
+	const char *base = strrchr(dist_info, '/');
+	base = base ? base + 1 : dist_info;
+	size_t blen = strlen(base);
+	if (str_has_suffix(base, ".dist-info"))
+		blen -= strlen(".dist-info");
+	const char *dash = memchr(base, '-', blen);
+	_cleanup_free_ char *dname = xstrndup(base, dash ? (size_t)(dash - base) : blen);
+
+	if (mlen && rfc822_get(metadata, mlen, "Name", ' ', &val))
+		m->name = pep503_normalize(val.data, val.len);
+	else
+		m->name = pep503_normalize(dname, strlen(dname));
+	if (mlen && rfc822_get(metadata, mlen, "Version", ' ', &val))
+		m->version = xstrdup(val.data);
+	else
+		m->version = dash ? xstrndup(dash + 1, blen - (size_t)(dash + 1 - base)) : xstrdup("0");
+	if (mlen) {
+		rfc822_get(metadata, mlen, "Requires-Dist", '\n', &m->requires);
+		rfc822_get(metadata, mlen, "Requires-Python", ' ', &m->requires_python);
+	}
+	if (wlen)
+		rfc822_get(wheel, wlen, "Tag", ' ', &m->tags);
+	/* names become directory names in the store */
+	if (!m->name[0] || strchr(m->name, '/') || m->name[0] == '.') {
+		free(m->name);
+		m->name = xstrdup("unnamed");
+	}
+}
+
+void dist_meta_free(struct dist_meta *m)
+{
+	free(m->name);
+	free(m->version);
+	buf_free(&m->tags);
+	buf_free(&m->requires);
+	buf_free(&m->requires_python);
+	memset(m, 0, sizeof(*m));
+}
+
+static void set_str(struct tree_builder *tb, enum tree_str which, const struct buf *b)
+{
+	tree_builder_set_str(tb, which, b->data ? b->data : "", b->len);
+}
+
+struct tree_builder *package_builder_new(const struct dist_meta *m, const char *dist_info)
+{
+	struct tree_builder *tb = tree_builder_new(TREE_PACKAGE);
+	const char *base = strrchr(dist_info, '/');
+
+	base = base ? base + 1 : dist_info;
+	tree_builder_set_str(tb, TREE_STR_NAME, m->name, strlen(m->name));
+	tree_builder_set_str(tb, TREE_STR_VERSION, m->version, strlen(m->version));
+	tree_builder_set_str(tb, TREE_STR_DIST_INFO, base, strlen(base));
+	set_str(tb, TREE_STR_TAGS, &m->tags);
+	set_str(tb, TREE_STR_REQUIRES, &m->requires);
+	set_str(tb, TREE_STR_REQUIRES_PYTHON, &m->requires_python);
+	return tb;
+}
+
+int path_resolve_rel(const char *base, const char *path, struct buf *out)
+{
+	buf_reset(out);
+	buf_grow(out, strlen(base) + strlen(path) + 1);
+	out->data[0] = '\0';
+	buf_adds(out, base);
+	for (const char *p = path; *p;) {
+		const char *e = strchrnul(p, '/');
+		size_t n = (size_t)(e - p);
+		if (n == 0 || (n == 1 && p[0] == '.')) {
+			/* skip */
+		} else if (n == 2 && p[0] == '.' && p[1] == '.') {
+			if (out->len == 0)
+				return -1;
+			char *slash = memrchr(out->data, '/', out->len);
+			out->len = slash ? (size_t)(slash - out->data) : 0;
+			out->data[out->len] = '\0';
+		} else {
+			if (out->len)
+				buf_addc(out, '/');
+			buf_add(out, p, n);
+		}
+		p = *e ? e + 1 : e;
+	}
+	return 0;
+}
+
+unsigned package_root_of(const char *env_path, const char *site_dir, const char **rel)
+{
+	size_t sl = strlen(site_dir);
+
+	if (!strncmp(env_path, site_dir, sl) && (env_path[sl] == '/' || env_path[sl] == '\0')) {
+		*rel = env_path[sl] ? env_path + sl + 1 : env_path + sl;
+		return TREE_ROOT_SITE;
+	}
+	*rel = env_path;
+	return TREE_ROOT_ENV;
+}
+
+bool package_is_script(const char *env_path)
+{
+	return str_has_prefix(env_path, "bin/") && env_path[4] && !strchr(env_path + 4, '/');
+}
+
+bool package_record_template(const char *text, size_t len, const struct record *rec, const bool *row_tpl,
+			     const unsigned *row_root, char *const *row_rel, struct buf *blob)
+{
+	size_t pos = 0;
+	bool made = false;
+
+	buf_reset(blob);
+	tpl_record_begin(blob);
+	for (size_t j = 0; j < rec->n; j++) {
+		const struct record_row *row = &rec->rows[j];
+		if (!row_tpl[j] || !row->hash[0])
+			continue;
+		tpl_record_literal(blob, text + pos, row->hash_off - pos);
+		tpl_record_row(blob, row_root[j], row_rel[j], strlen(row_rel[j]));
+		pos = row->row_end;
+		made = true;
+	}
+	if (!made)
+		return false;
+	tpl_record_literal(blob, text + pos, len - pos);
+	tpl_record_end(blob);
+	return true;
+}
+
+bool package_pyc_normalise(const void *data, size_t len, int64_t src_mtime, uint64_t src_size,
+			   const char *const *compiled_at, size_t n_paths, unsigned canon_root, const char *canon_rel,
+			   struct buf *out)
+{
+	uint32_t hm, hs;
+
+	if (!pyc_timestamp_header(data, len, &hm, &hs) || hm != (uint32_t)src_mtime || hs != (uint32_t)src_size)
+		return false;
+	/* the compile path (co_filename) becomes canonical too */
+	_cleanup_free_ char *canon = xasprintf("%s%s%s", PYC_CANON_PREFIX,
+					       canon_root == TREE_ROOT_SITE ? "site-packages/" : "env/", canon_rel);
+	bool done = false;
+	for (size_t i = 0; i < n_paths && !done; i++)
+		done = pyc_rewrite_strings(data, len, compiled_at[i], true, canon, out) > 0;
+	if (!done) {
+		buf_reset(out);
+		buf_add(out, data, len);
+	}
+	pyc_set_mtime(out->data, (uint32_t)TREE_STORE_MTIME);
+	return true;
+}

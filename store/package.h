@@ -1,0 +1,75 @@
+/*
+ * package.h - turning an installed distribution into a package: the rules
+ * import (a venv on disk) and absorb (an env's writable layer) share.
+ *
+ * A distribution is a *.dist-info directory in site-packages with a
+ * RECORD listing its files (PEP 376/627). Its package manifest (tree.h)
+ * holds those files under two roots, the env root (scripts in bin/,
+ * headers...) and site-packages, with the times TREE_STORE_MTIME, and in
+ * the stored form the env needs:
+ *
+ *   - a script directly in bin/ that names the env's own path becomes a
+ *     template (template.h), and so do the RECORD rows that hash it;
+ *   - a timestamp pyc valid for its source is normalised: its header gets
+ *     TREE_STORE_MTIME (the mtime the view shows for the source), its
+ *     co_filename the canonical PYC_CANON_PREFIX name, so one package
+ *     installed at two times, in two venvs, is one package.
+ */
+#ifndef VENVFS_PACKAGE_H
+#define VENVFS_PACKAGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pyfmt.h"
+#include "tree.h"
+#include "util.h"
+
+/* What METADATA and WHEEL say about a distribution. */
+struct dist_meta {
+	char *name;    /* PEP 503 normalised, safe as a directory name */
+	char *version;
+	struct buf tags, requires, requires_python;
+};
+
+/* From the dist-info directory's name and its METADATA and WHEEL text
+ * (either may be empty: the directory name decides then). */
+void dist_meta_parse(const char *dist_info, const char *metadata, size_t mlen, const char *wheel, size_t wlen,
+		     struct dist_meta *m);
+void dist_meta_free(struct dist_meta *m);
+
+/* A package manifest builder with the header strings set. */
+struct tree_builder *package_builder_new(const struct dist_meta *m, const char *dist_info);
+
+/*
+ * Resolve path lexically against base (both relative to the env root;
+ * RECORD paths are relative to site-packages). Fails (-1) if it climbs
+ * above the root; out gets the normalised path ("" for the root).
+ */
+int path_resolve_rel(const char *base, const char *path, struct buf *out);
+
+/* The package root an env-relative path belongs to, and the rest. */
+unsigned package_root_of(const char *env_path, const char *site_dir, const char **rel);
+
+/* May this file name the env's path (and so become a template)? */
+bool package_is_script(const char *env_path);
+
+/*
+ * RECORD as a template: row j is rendered again (hash and size of the file
+ * as rendered) where row_tpl[j]. Returns true and fills blob if any row
+ * needed it, false if RECORD can be stored as it is.
+ */
+bool package_record_template(const char *text, size_t len, const struct record *rec, const bool *row_tpl,
+			     const unsigned *row_root, char *const *row_rel, struct buf *blob);
+
+/*
+ * Normalise a pyc if it is a timestamp pyc valid for its source (source
+ * mtime and size as the installer saw them): compiled_at lists the
+ * absolute paths the source may have been compiled at; canon_root and
+ * canon_rel name the source in its package. Returns true and fills out.
+ */
+bool package_pyc_normalise(const void *data, size_t len, int64_t src_mtime, uint64_t src_size,
+			   const char *const *compiled_at, size_t n_paths, unsigned canon_root, const char *canon_rel,
+			   struct buf *out);
+
+#endif
