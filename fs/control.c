@@ -9,12 +9,11 @@
  * absorb_prepare(), runs while requests are served; then, under fsd.lock,
  * the daemon checks nothing changed meanwhile (the env's change counter,
  * and the files about to become objects: not written since, not open for
- * writing) and commits. A change in the meantime means starting again, a
- * few times, then giving up until later: an install in progress is left
- * alone. After the switch the old env is retired (inode.c): processes
- * holding its nodes keep seeing the same content, read-only, until the
- * kernel forgets them; the kernel is told to drop its cached entry of the
- * env, so new lookups see the absorbed one.
+ * writing: absorb_changed()) and commits. A change in the meantime means
+ * starting again, a few times, then giving up until later: an install in
+ * progress is left alone. After the switch the env's nodes are brought up
+ * to date in place (inode.c, env_absorbed()), and the kernel is told to
+ * drop what it cached about the env.
  *
  * Protocol (one request a connection, text): the client sends
  * "absorb NAME\n"; the daemon answers with report lines "say <text>\n",
@@ -60,6 +59,11 @@ static void report_line(void *ctx, const char *msg)
 	}
 }
 
+static bool took(void *ctx, dev_t dev, ino_t ino)
+{
+	return absorb_took(ctx, dev, ino);
+}
+
 static bool writer_open(void *ctx, dev_t dev, ino_t ino)
 {
 	struct node *n = upper_lookup(ctx, dev, ino);
@@ -78,6 +82,7 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 
 	for (int attempt = 0; attempt < ABSORB_TRIES && r == -EAGAIN; attempt++) {
 		struct absorb *a = NULL;
+		_cleanup_free_ char *trash = NULL;
 		int err;
 
 		pthread_mutex_lock(&fsd.lock);
@@ -91,28 +96,42 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 			return vf_error(EROFS, "env %s is served writable by another venvfs daemon", name);
 
 		r = absorb_prepare(fsd.s, name, &o, st, &a);
+		if (r == -EAGAIN) {
+			/* a file changed under it: again, after a pause */
+			usleep(100000u << attempt);
+			continue;
+		}
 		if (r < 0)
 			return r;
 
 		pthread_mutex_lock(&fsd.lock);
-		if (env_current(name) != e || e->gen != gen || !absorb_unchanged(a, writer_open, e)) {
+		const char *changed = NULL;
+		if (env_current(name) != e || e->gen != gen || (changed = absorb_changed(a, writer_open, e))) {
 			r = -EAGAIN; /* written meanwhile: again */
+			fs_log("absorb %s: the env changed while it was prepared (%s); again", name,
+			       changed ? changed : env_current(name) != e ? "replaced" : "written");
 		} else {
 			r = absorb_commit(a);
-			if (r == 0 && absorb_empty(a)) {
+			if (r == 0)
 				e->absorbed_gen = gen;
-			} else if (r == 0) {
-				e->retired_layer = steal_pointer(&st->old_layer);
-				env_retire(e);
+			if (r == 0 && !absorb_empty(a)) {
 				fsd.st.absorbs += st->absorbed;
+				if (env_absorbed(e, took, a, &trash) < 0) {
+					/* cannot show the new one in place: new lookups
+					 * load it, the old one stays for its holders */
+					e->retired_layer = steal_pointer(&st->old_layer);
+					env_retire(e);
+				}
 			}
 		}
-		bool changed = r == 0 && !absorb_empty(a);
+		bool switched = r == 0 && !absorb_empty(a);
 		pthread_mutex_unlock(&fsd.lock);
 		absorb_free(a);
+		if (trash) /* deleted before the caller hears back: `store du` is right at once */
+			rm_rf_at(fsd.s->envs_fd, trash);
 		free(st->old_layer);
 		st->old_layer = NULL;
-		if (changed && !unmounting)
+		if (switched && !unmounting)
 			fuse_lowlevel_notify_inval_entry(fsd.se, FUSE_ROOT_ID, name, strlen(name));
 		if (r == -EAGAIN)
 			usleep(100000u << attempt);

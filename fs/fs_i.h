@@ -44,8 +44,10 @@ struct node {
 	uint64_t hash;       /* of its key in the node table */
 	bool hashed;         /* in the table (unlinked nodes are not) */
 
-	/* N_DIR, N_FILE: where it is */
+	/* N_DIR, N_FILE: where it is; all but N_SHARED: the env's node list */
 	struct fsenv *env;
+	struct node *env_prev, *env_next;
+	bool gone;           /* names nothing in its env any more (absorb) */
 	struct node *parent;
 	char *name;
 	uint16_t name_len;
@@ -86,13 +88,14 @@ struct fsenv {
 	struct view *view;
 	char *path;          /* MOUNT/NAME: what templates are rendered for */
 	struct node *root;   /* its top directory */
+	struct node *nodes;  /* all its nodes (node_attach) */
 	int workfd;          /* HOME/envs/NAME/work */
 	uint32_t refs;       /* nodes of this env alive */
 	bool stale;          /* replaced or removed: no new lookups, no writes */
 	bool readonly;       /* another daemon holds its env lock */
 	uint64_t gen;        /* changes to its writable layer (absorb checks) */
 	uint64_t absorbed_gen; /* gen when last absorbed: dirty if different */
-	char *retired_layer; /* absorbed: its old writable layer, deleted with it */
+	char *retired_layer; /* replaced: a writable layer to delete with it */
 	struct fsenv *next;
 	struct timespec loaded_mtime; /* of envs/NAME/env when loaded */
 	ino_t loaded_ino;
@@ -162,6 +165,7 @@ uint64_t env_root_ino(const char *name, size_t len);
 struct fsenv *env_get(const char *name, size_t len, int *err);
 struct fsenv *env_current(const char *name);
 void env_retire(struct fsenv *e);
+int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx, char **trash);
 struct node *upper_lookup(struct fsenv *e, dev_t dev, ino_t ino);
 int node_child(struct node *dir, const char *name, size_t len, struct node **out);
 void node_ref_lookup(struct node *n, uint64_t count);
@@ -191,6 +195,12 @@ char *dir_lower_path(const struct node *dir);
 static inline int env_writable(struct fsenv *e)
 {
 	return e->stale ? -ESTALE : e->readonly ? -EROFS : 0;
+}
+
+/* Changing through node n: also -ESTALE if it names nothing any more. */
+static inline int node_writable(const struct node *n)
+{
+	return n->gone ? -ESTALE : env_writable(n->env);
 }
 
 static inline void env_touch(struct fsenv *e)

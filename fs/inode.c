@@ -233,17 +233,44 @@ static struct node *node_new(enum node_kind kind)
 
 static void fsenv_put(struct fsenv *e);
 
+/* n belongs to env e from now on (e's node list, e's count). */
+static void node_attach(struct node *n, struct fsenv *e)
+{
+	n->env = e;
+	e->refs++;
+	n->env_next = e->nodes;
+	n->env_prev = NULL;
+	if (e->nodes)
+		e->nodes->env_prev = n;
+	e->nodes = n;
+}
+
+static void node_detach(struct node *n)
+{
+	struct fsenv *e = n->env;
+
+	if (n->env_prev)
+		n->env_prev->env_next = n->env_next;
+	else
+		e->nodes = n->env_next;
+	if (n->env_next)
+		n->env_next->env_prev = n->env_prev;
+}
+
 static void node_free(struct node *n)
 {
 	struct node *parent = n->parent;
 	struct fsenv *e = n->env;
 
 	table_del(n);
+	if (e)
+		node_detach(n);
 	if (n->fd >= 0)
 		close(n->fd);
 	layer_dir_close(&n->up);
 	view_dir_free(&n->dir);
 	layer_merge_list_free(n->list, n->nlist);
+	free(n->cookies);
 	buf_free(&n->rendered);
 	free(n->name);
 	free(n->seen_as);
@@ -453,8 +480,7 @@ static void env_make_root(struct fsenv *e)
 	struct node *r = node_new(N_DIR);
 	const struct tree_node *tn;
 
-	r->env = e;
-	e->refs++;
+	node_attach(r, e);
 	view_root(e->view, &r->dir);
 	tn = view_node(e->view, r->dir.src[0]);
 	r->mode = tn->mode;
@@ -518,6 +544,149 @@ static bool env_lock_once(const char *name)
 	return fd >= 0;
 }
 
+/* An env's manifest and view (shared trees); -EIO, logged. */
+static int load_env(const char *name, struct env **mp, struct view **vp)
+{
+	if (env_load(fsd.s, name, mp) < 0) {
+		fs_log("env %s: %s", name, vf_last_error());
+		return -EIO;
+	}
+	if (view_open(fsd.s, *mp, false, &shared_trees, vp) < 0) {
+		fs_log("env %s: %s", name, vf_last_error());
+		env_free(*mp);
+		return -EIO;
+	}
+	if ((*vp)->broken)
+		fs_log("env %s: %s; its files are missing from the view (venvfs store verify)", name, (*vp)->broken);
+	return 0;
+}
+
+static void empty_view_dir(struct view_dir *d)
+{
+	d->src = xmalloc(sizeof(*d->src));
+	d->n = 0;
+	d->site_depth = -1;
+}
+
+/* The node no longer names anything in its env (absorb.c moved it). */
+static void node_gone(struct node *n)
+{
+	n->gone = true;
+	table_del(n);
+	if (n->kind == N_DIR) {
+		layer_dir_close(&n->up);
+		view_dir_free(&n->dir);
+		empty_view_dir(&n->dir);
+		node_list_drop(n);
+	}
+}
+
+static unsigned node_depth(const struct node *n)
+{
+	unsigned d = 0;
+
+	for (; n->parent; n = n->parent)
+		d++;
+	return d;
+}
+
+static int depth_cmp(const void *a, const void *b)
+{
+	unsigned x = node_depth(*(struct node *const *)a), y = node_depth(*(struct node *const *)b);
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Env e was absorbed (control.c): it shows the same files, from a new
+ * manifest and a new writable layer. Its nodes are brought up to date in
+ * place, parents first, so whoever holds them (a shell's working
+ * directory, a process's open files) goes on seeing the same env:
+ * directories get their new writable part and read-only sources, per-env
+ * files their new source; a file of the writable layer that went into the
+ * store (took) is "gone": it still reads (its inode lives on), but a
+ * change through it gets ESTALE, and the kernel looks the name up again
+ * and finds the store file. The old writable layer is moved aside, to
+ * *trash (HOME/envs-relative), for the caller to delete without the lock.
+ */
+int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx, char **trash)
+{
+	struct env *m;
+	struct view *v;
+	struct stat st;
+
+	if (load_env(e->name, &m, &v) < 0)
+		return -EIO;
+	_cleanup_free_ char *old_layer = xstrdup(env_upper(e->env));
+	view_free(e->view);
+	env_free(e->env);
+	e->env = m;
+	e->view = v;
+	_cleanup_free_ char *ef = xasprintf("%s/env", e->name);
+	if (fstatat(fsd.s->envs_fd, ef, &st, 0) == 0) {
+		e->loaded_ino = st.st_ino;
+		e->loaded_mtime = st.st_mtim;
+	}
+
+	size_t nd = 0;
+	for (struct node *n = e->nodes; n; n = n->env_next)
+		nd += n->kind == N_DIR;
+	_cleanup_free_ struct node **dirs = xmalloc((nd + 1) * sizeof(*dirs));
+	nd = 0;
+	for (struct node *n = e->nodes; n; n = n->env_next)
+		if (n->kind == N_DIR)
+			dirs[nd++] = n;
+	qsort(dirs, nd, sizeof(*dirs), depth_cmp);
+	for (size_t i = 0; i < nd; i++) {
+		struct node *d = dirs[i], *p = d->parent;
+		struct layer_dir up = {.fd = -1};
+		struct view_dir lo;
+		struct merged mm;
+		if (!p) {
+			_cleanup_free_ char *un = xasprintf("%s/%s", e->name, env_upper(m));
+			layer_dir_open(fsd.s->envs_fd, un, &up);
+			view_root(v, &lo);
+		} else if (d->gone || p->gone || layer_merge_lookup(v, &p->up, &p->dir, d->name, &mm) < 0 ||
+			   !(mm.upper == L_DIR || (mm.upper == L_NONE && mm.lower && S_ISDIR(view_node(v, mm.src)->mode)))) {
+			node_gone(d);
+			continue;
+		} else {
+			if (mm.upper == L_DIR)
+				layer_dir_open(p->up.fd, d->name, &up);
+			layer_child_lower(v, &p->dir, d->name, up.fd >= 0 ? &up : NULL, &lo);
+		}
+		layer_dir_close(&d->up);
+		view_dir_free(&d->dir);
+		node_list_drop(d);
+		d->up = up;
+		d->dir = lo;
+		if (up.fd < 0 && lo.n) {
+			d->mode = view_node(v, lo.src[0])->mode;
+			view_dir_mtime(v, &lo, &d->mtime.tv_sec, (uint32_t *)&d->mtime.tv_nsec);
+		}
+	}
+	for (struct node *n = e->nodes; n; n = n->env_next) {
+		struct merged mm;
+		if (n->kind == N_FILE) {
+			struct node *p = n->parent;
+			if (p->gone || layer_merge_lookup(v, &p->up, &p->dir, n->name, &mm) < 0 || mm.upper != L_NONE ||
+			    !mm.lower || (view_node(v, mm.src)->mode & S_IFMT) != (n->mode & S_IFMT))
+				node_gone(n);
+			else
+				n->src = mm.src;
+		} else if (n->kind == N_UPPER && took(ctx, n->dev, n->upper_ino)) {
+			node_gone(n);
+		}
+	}
+
+	/* the old layer: out of the way now; the caller deletes it */
+	_cleanup_free_ char *from = xasprintf("%s/%s", e->name, old_layer);
+	_cleanup_free_ char *to = xasprintf("%s/.trash-%s", e->name, old_layer);
+	if (renameat(fsd.s->envs_fd, from, fsd.s->envs_fd, to) == 0)
+		*trash = steal_pointer(&to);
+	return 0;
+}
+
 struct fsenv *env_get(const char *name, size_t len, int *err)
 {
 	_cleanup_free_ char *n = xstrndup(name, len);
@@ -541,19 +710,10 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 	if (!e) {
 		struct env *m;
 		struct view *v;
-		if (env_load(fsd.s, n, &m) < 0) {
-			fs_log("env %s: %s", n, vf_last_error());
+		if (load_env(n, &m, &v) < 0) {
 			*err = EIO;
 			return NULL;
 		}
-		if (view_open(fsd.s, m, false, &shared_trees, &v) < 0) {
-			fs_log("env %s: %s", n, vf_last_error());
-			env_free(m);
-			*err = EIO;
-			return NULL;
-		}
-		if (v->broken)
-			fs_log("env %s: %s; its files are missing from the view (venvfs store verify)", n, v->broken);
 		e = xcalloc(1, sizeof(*e));
 		e->name = xstrdup(n);
 		e->env = m;
@@ -601,8 +761,7 @@ static int new_named(struct node *dir, const char *name, size_t len, enum node_k
 	struct fsenv *e = dir->env;
 	struct node *n = node_new(kind);
 
-	n->env = e;
-	e->refs++;
+	node_attach(n, e);
 	n->parent = dir;
 	dir->refs++;
 	n->name = xstrndup(name, len);
@@ -631,8 +790,7 @@ struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
 		return n;
 	}
 	n = node_new(N_UPPER);
-	n->env = e;
-	e->refs++;
+	node_attach(n, e);
 	n->fd = fd;
 	n->dev = st.st_dev;
 	n->upper_ino = st.st_ino;

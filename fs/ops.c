@@ -84,7 +84,7 @@ static int lookup_locked(fuse_req_t req, struct node *dir, const char *name, str
 
 	if (r == 0 && (*out)->kind == N_SHARED && dir->kind == N_DIR &&
 	    intent_take(fuse_req_ctx(req)->pid, *out, &trunc)) {
-		r = env_writable(dir->env);
+		r = node_writable(dir);
 		if (r == 0)
 			r = copy_up_shared(dir, name, *out, trunc, out);
 	}
@@ -278,7 +278,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	count(OP_SETATTR);
 	lock();
 	if (n->kind != N_ROOT && n->kind != N_SHARED)
-		r = env_writable(n->env);
+		r = node_writable(n);
 	switch (r ? N_ROOT : n->kind) {
 	case N_ROOT:
 		r = r ? r : -EPERM;
@@ -329,13 +329,13 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			r = n->state;
 		}
 	} else if (n->kind == N_FILE) {
-		if (wants_write(fi->flags) && (r = env_writable(n->env)) == 0)
+		if (wants_write(fi->flags) && (r = node_writable(n)) == 0)
 			r = copy_up_node(n);
 		else if (n->state < 0)
 			r = n->state;
 	}
 	if (r == 0 && n->kind == N_UPPER && wants_write(fi->flags))
-		r = env_writable(n->env);
+		r = node_writable(n);
 	if (r == 0 && n->kind == N_UPPER) {
 		char p[32];
 		fd_path(n->fd, p);
@@ -538,7 +538,7 @@ static int prepare_new(struct node *dir, const char *name, bool *whiteout)
 		return -ENOTDIR;
 	if (strlen(name) > 255)
 		return -ENAMETOOLONG;
-	if ((r = env_writable(dir->env)) < 0)
+	if ((r = node_writable(dir)) < 0)
 		return r;
 	if ((r = copy_up_dir(dir)) < 0)
 		return r;
@@ -749,7 +749,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	count(OP_UNLINK);
 	lock();
-	r = dir->kind != N_DIR ? -EPERM : env_writable(dir->env);
+	r = dir->kind != N_DIR ? -EPERM : node_writable(dir);
 	if (r == 0)
 		r = copy_up_dir(dir);
 	if (r == 0)
@@ -817,7 +817,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	count(OP_RMDIR);
 	lock();
-	r = dir->kind != N_DIR ? -EPERM : env_writable(dir->env);
+	r = dir->kind != N_DIR ? -EPERM : node_writable(dir);
 	if (r == 0)
 		r = copy_up_dir(dir);
 	if (r == 0)
@@ -862,7 +862,7 @@ static int do_rename(struct node *od, const char *on, struct node *nd, const cha
 	struct view *v = od->env->view;
 	if (od->env != nd->env)
 		return -EXDEV;
-	if ((r = env_writable(od->env)) < 0)
+	if ((r = node_writable(od)) < 0 || (r = node_writable(nd)) < 0)
 		return r;
 	if ((r = copy_up_dir(od)) < 0 || (r = copy_up_dir(nd)) < 0)
 		return r;
@@ -993,6 +993,8 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	lock();
 	/* a store file has no single place to link from: callers copy (uv does) */
 	r = n->kind != N_UPPER ? -EXDEV : dir->kind != N_DIR || dir->env != n->env ? -EXDEV : 0;
+	if (r == 0)
+		r = node_writable(n); /* gone: its inode may be a store object now */
 	if (r == 0)
 		r = prepare_new(dir, newname, &wh);
 	if (r == 0) {

@@ -48,7 +48,7 @@
  * whoever holds its env lock: the daemon serving it writable, or the
  * command when no daemon does. The daemon runs absorb_prepare() while it
  * goes on serving, then, under its own lock, checks that the env did not
- * change meanwhile (absorb_unchanged() and its own change counter) and
+ * change meanwhile (absorb_changed() and its own change counter) and
  * runs absorb_commit().
  */
 #include <dirent.h>
@@ -170,6 +170,7 @@ struct absorb {
 	bool committed;
 	bool nothing;          /* nothing to absorb or drop */
 	bool *drop;            /* per package of env: dropped */
+	struct strmap took;    /* "dev:ino" of writable-layer files absorbed */
 	/* phase 3 */
 	pthread_mutex_t lock;
 	size_t next_job;
@@ -935,6 +936,13 @@ static int store_record(struct absorb *a, struct adist *d)
 		rf->tflags = TREE_F_TEMPLATE;
 		rf->stored_size = blob.len;
 		a->st->copied_bytes += added;
+		/* for absorb_changed(): as it was when read */
+		struct stat st;
+		if (rf->src == A_UPPER && fstatat(a->upper_fd, rf->path, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+			rf->dev = st.st_dev;
+			rf->ino = st.st_ino;
+			rf->ctime = st.st_ctim;
+		}
 		return 0;
 	}
 	return do_file(a, d, rf, true, &scratch);
@@ -1488,6 +1496,7 @@ void absorb_free(struct absorb *a)
 	free(a->dirv);
 	strmap_free(&a->dirs);
 	strmap_free(&a->owner);
+	strmap_free(&a->took);
 	for (size_t k = 0; k < a->nd; k++) {
 		struct adist *d = &a->d[k];
 		for (size_t i = 0; i < d->nf; i++) {
@@ -1643,7 +1652,7 @@ bool absorb_empty(const struct absorb *a)
 	return a->nothing;
 }
 
-bool absorb_unchanged(const struct absorb *a, bool (*in_use)(void *ctx, dev_t dev, ino_t ino), void *ctx)
+const char *absorb_changed(const struct absorb *a, bool (*in_use)(void *ctx, dev_t dev, ino_t ino), void *ctx)
 {
 	for (size_t k = 0; k < a->nd; k++) {
 		const struct adist *d = &a->d[k];
@@ -1656,12 +1665,33 @@ bool absorb_unchanged(const struct absorb *a, bool (*in_use)(void *ctx, dev_t de
 				continue;
 			if (fstatat(a->upper_fd, f->path, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_ino != f->ino ||
 			    st.st_ctim.tv_sec != f->ctime.tv_sec || st.st_ctim.tv_nsec != f->ctime.tv_nsec)
-				return false;
+				return f->path;
 			if (in_use && in_use(ctx, f->dev, f->ino))
-				return false;
+				return f->path;
 		}
 	}
-	return true;
+	return NULL;
+}
+
+static size_t took_key(dev_t dev, ino_t ino, char out[48])
+{
+	return (size_t)snprintf(out, 48, "%llx:%llx", (unsigned long long)dev, (unsigned long long)ino);
+}
+
+bool absorb_took(struct absorb *a, dev_t dev, ino_t ino)
+{
+	char key[48];
+
+	if (!a->took.cap) {
+		for (size_t k = 0; k < a->nd; k++) {
+			struct adist *d = &a->d[k];
+			for (size_t i = 0; i < d->nf && !d->bad; i++)
+				if (d->f[i].src == A_UPPER && !d->f[i].dropped && d->f[i].ino)
+					strmap_put(&a->took, key, took_key(d->f[i].dev, d->f[i].ino, key), NULL);
+		}
+		strmap_put(&a->took, "", 0, NULL); /* built, even if empty */
+	}
+	return strmap_get(&a->took, key, took_key(dev, ino, key)) != NULL;
 }
 
 /* A file that became an object is the store's now: read-only, the store's. */

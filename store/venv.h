@@ -117,16 +117,19 @@ int venv_absorb(struct store *s, const char *name, const struct absorb_opts *o, 
 
 /*
  * The same in two steps, for the daemon: prepare while it goes on serving
- * the env; then, under its own lock, absorb_unchanged() (the files that
- * become objects were not written since, nor are open for writing:
- * in_use) and absorb_commit(). absorb_free() undoes an uncommitted one.
+ * the env; then, under its own lock, absorb_changed() (are the files that
+ * become objects as they were read, and not open for writing: in_use?)
+ * and absorb_commit(). absorb_free() undoes an uncommitted one.
  */
 struct absorb;
 int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *o, struct absorb_stats *st,
 		   struct absorb **out);
 bool absorb_empty(const struct absorb *a);
-bool absorb_unchanged(const struct absorb *a, bool (*in_use)(void *ctx, dev_t dev, ino_t ino), void *ctx);
+/* NULL, or a file written (or open for writing: in_use) since it was read */
+const char *absorb_changed(const struct absorb *a, bool (*in_use)(void *ctx, dev_t dev, ino_t ino), void *ctx);
 int absorb_commit(struct absorb *a);
+/* Did that file of the writable layer go into the store (commit done)? */
+bool absorb_took(struct absorb *a, dev_t dev, ino_t ino);
 void absorb_free(struct absorb *a);
 
 #endif
