@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -486,6 +487,14 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		return vf_error_errno(errno, "mount point %s", mp);
 	if (!S_ISDIR(st.st_mode))
 		return vf_error(ENOTDIR, "mount point %s is not a directory", mp);
+
+	/* every env served holds a few descriptors (its writable layer's
+	 * directories, its work directory): allow as many as we may */
+	struct rlimit nofile;
+	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+		nofile.rlim_cur = nofile.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &nofile);
+	}
 
 	memset(&fsd, 0, sizeof(fsd));
 	pthread_mutex_init(&fsd.lock, NULL);

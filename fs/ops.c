@@ -191,6 +191,16 @@ static bool wants_write(int flags)
 	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
 
+/*
+ * The flags a file of the writable layer is opened with for a request's
+ * flags. O_DIRECT: the kernel already sends each such read and write to
+ * us, and our buffers are not aligned for the disk.
+ */
+static int open_flags(int flags)
+{
+	return (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT)) | O_CLOEXEC;
+}
+
 /* Apply a setattr to an N_UPPER node (fd: an open file, or -1). */
 static int setattr_upper(struct node *n, const struct stat *a, int to_set, int fd, const struct fuse_ctx *ctx)
 {
@@ -339,9 +349,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (r == 0 && n->kind == N_UPPER) {
 		char p[32];
 		fd_path(n->fd, p);
-		/* O_DIRECT: the kernel already sends each such read and write
-		 * to us; our buffers are not aligned for the disk */
-		int fd = open(p, (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT)) | O_CLOEXEC);
+		int fd = open(p, open_flags(fi->flags));
 		if (fd < 0) {
 			r = -errno;
 		} else {
@@ -706,7 +714,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	r = prepare_new(dir, name, &wh);
 	if (r == 0) {
 		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
-		int flags = (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_DIRECT)) | O_CREAT | O_EXCL | O_CLOEXEC;
+		int flags = (open_flags(fi->flags) & ~O_TRUNC) | O_CREAT | O_EXCL;
 		int fd = openat(dir->env->workfd, tmp, flags, mode & 07777 & ~S_ISVTX);
 		if (fd < 0)
 			r = -errno;
@@ -1169,6 +1177,10 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* no POSIX or flock locks of our own: the kernel keeps them locally,
 	 * which is what one host needs (uv locks <venv>/.lock) */
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+	/* no writeback cache: measured no faster here (the kernel throttles
+	 * a FUSE file's dirty pages to the daemon's pace anyway), and every
+	 * write reaching the layer at once is what absorb relies on */
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 	conn->time_gran = 1;
 }
 

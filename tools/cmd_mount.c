@@ -45,6 +45,7 @@ static int mount_opt(int opt, const char *arg, void *ctx)
 	case 1006:
 		o->no_absorb_on_unmount = true;
 		return 0;
+
 	}
 	return -1;
 }
@@ -98,6 +99,7 @@ const struct command cmd_mount = {
 		"  --absorb-idle S   absorb what was installed into envs once the mount has been\n"
 		"                    idle S seconds (default 60; 0: never)\n"
 		"  --no-absorb-on-unmount  do not absorb changed envs when unmounted\n"
+
 		"  -j, --threads N   worker threads for disk I/O (default 8)\n"
 		"  --spin-us N       keep polling for requests N us after each one (default 50;\n"
 		"                    0: sleep at once; cuts latency where idle CPUs halt)\n"

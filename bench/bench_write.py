@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Writable envs (issue 4): installs into a mounted env, large writes, absorb.
+
+1. `pip install -r requirements.txt` from a local wheelhouse into a mounted
+   env against the same install into a native venv; `uv pip install`
+   likewise (warm uv cache). Rounds interleave native and mounted.
+2. dd of 1 GiB (bs=1M) into the env's writable layer against the same file
+   system natively: durable (conv=fsync) and page cache only.
+3. absorb of a freshly installed large set (numpy, pandas, scipy, ...):
+   time, bytes moved by hard link and bytes written; then the same set
+   installed into a second env and absorbed: what it adds to the store.
+
+Everything lives on a fresh loop-mounted ext4 (bench/common.py says why):
+the native venvs, the store, and so the writable layers.
+
+Usage: sudo bench/bench_write.py [--rounds N] [--quick]   (writes docs/benchmarks.md)
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from common import (BASE_PYTHON, BIG_SET, CACHE, REPO, VENVFS, LoopFs, machine, median, run, sync, table,
+                    update_doc, wheelhouse)
+
+PIP_SET = ["requests", "flask", "numpy", "pandas", "django", "matplotlib"]
+
+
+def tool(name):
+    for cand in [shutil.which(name), REPO / "build-pyenv" / "bin" / name, CACHE / "tools" / "bin" / name]:
+        if cand and Path(cand).exists():
+            return str(cand)
+    run([BASE_PYTHON, "-m", "venv", CACHE / "tools"])
+    run([CACHE / "tools" / "bin" / "pip", "install", "-q", name])
+    return str(CACHE / "tools" / "bin" / name)
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA"))}
+    env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PIP_NO_CACHE_DIR="1")
+    env.update(extra)
+    return env
+
+
+def timed(args, env=None):
+    sync()
+    t = time.perf_counter()
+    run(args, env=env)
+    return time.perf_counter() - t
+
+
+def dd(path, fsync):
+    """Seconds to write 1 GiB to path (bs=1M), durable or not."""
+    args = ["dd", "if=/dev/zero", f"of={path}", "bs=1M", "count=1024"] + (["conv=fsync"] if fsync else [])
+    sync()
+    t = time.perf_counter()
+    run(args)
+    dt = time.perf_counter() - t
+    os.unlink(path)
+    sync()
+    return dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="smaller sets (a smoke test of the script)")
+    args = ap.parse_args()
+    pip_set = ["requests", "flask"] if args.quick else PIP_SET
+    big_set = ["numpy", "requests"] if args.quick else BIG_SET
+    wh = wheelhouse(sorted(set(pip_set + big_set)))
+    uv = tool("uv")
+    res = {}
+    with LoopFs() as fs:
+        store = fs / "store"
+        mnt = fs / "mnt"
+        mnt.mkdir()
+        venv_env = dict(os.environ, VENVFS_HOME=str(store))
+        req = fs / "requirements.txt"
+        req.write_text("\n".join(pip_set) + "\n")
+        run([BASE_PYTHON, "-m", "venv", fs / "base"])
+        run([VENVFS, "import", fs / "base", "--name", "base"], env=venv_env)
+        run([VENVFS, "mount", mnt, "--absorb-idle", "0", "--no-absorb-on-unmount"], env=venv_env)
+        uv_cache = fs / "uv-cache"
+        try:
+            # uv's cache, warm: one untimed install
+            run([uv, "venv", "-q", "--python", BASE_PYTHON, fs / "uvwarm"], env=clean_env())
+            run([uv, "pip", "install", "-q", "--python", fs / "uvwarm" / "bin" / "python", "--no-index",
+                 "--find-links", wh, "-r", req], env=clean_env(UV_CACHE_DIR=str(uv_cache)))
+            steps = ["pip native", "pip mounted", "uv native", "uv native (copy)", "uv mounted"]
+            res.update({k: [] for k in steps})
+            for r in range(args.rounds):
+                run([BASE_PYTHON, "-m", "venv", fs / f"n{r}"])
+                for e in (f"p{r}", f"u{r}"):
+                    run([VENVFS, "clone", "base", e], env=venv_env)
+                for e in (f"un{r}", f"uc{r}"):
+                    run([uv, "venv", "-q", "--python", BASE_PYTHON, fs / e], env=clean_env())
+                time.sleep(1.2)  # the mount shows new envs within a second
+                pipargs = ["install", "-q", "--no-index", "--find-links", wh, "-r", req]
+                res["pip native"].append(timed([fs / f"n{r}" / "bin" / "python", "-m", "pip", *pipargs],
+                                               env=clean_env()))
+                res["pip mounted"].append(timed([mnt / f"p{r}" / "bin" / "python", "-m", "pip", *pipargs],
+                                                env=clean_env()))
+                uvargs = ["pip", "install", "-q", "--no-index", "--find-links", wh, "-r", req]
+                uvenv = clean_env(UV_CACHE_DIR=str(uv_cache))
+                res["uv native"].append(timed([uv, *uvargs, "--python", fs / f"un{r}" / "bin" / "python"],
+                                              env=uvenv))
+                res["uv native (copy)"].append(timed([uv, *uvargs, "--python", fs / f"uc{r}" / "bin" / "python"],
+                                                     env=clean_env(UV_CACHE_DIR=str(uv_cache),
+                                                                   UV_LINK_MODE="copy")))
+                res["uv mounted"].append(timed([uv, *uvargs, "--python", mnt / f"u{r}" / "bin" / "python"],
+                                               env=uvenv))
+                print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in res.items()), flush=True)
+
+            # 2. large writes
+            dds = {"durable (conv=fsync), native": [], "durable (conv=fsync), mounted": [],
+                   "page cache, native": [], "page cache, mounted": []}
+            for r in range(args.rounds):
+                for fsync in (True, False):
+                    kind = "durable (conv=fsync)" if fsync else "page cache"
+                    dds[f"{kind}, native"].append(dd(fs / "n0" / "big.bin", fsync))
+                    dds[f"{kind}, mounted"].append(dd(mnt / "p0" / "big.bin", fsync))
+            print({k: [f"{1024 / x:.0f} MB/s" for x in v] for k, v in dds.items()}, flush=True)
+
+            # 3. absorb of a large set, then the same set in a second env
+            run([VENVFS, "clone", "base", "big1"], env=venv_env)
+            run([VENVFS, "clone", "base", "big2"], env=venv_env)
+            time.sleep(1.2)
+            pipargs = ["install", "-q", "--no-index", "--find-links", wh, *big_set]
+            absorbs = []
+            for e in ("big1", "big2"):
+                run([mnt / e / "bin" / "python", "-m", "pip", *pipargs], env=clean_env())
+                upper_bytes = sum(p.stat().st_size for p in (store / "envs" / e / "upper").rglob("*")
+                                  if p.is_file() and not p.is_symlink())
+                du0 = json.loads(run([VENVFS, "store", "du", "--json"], env=venv_env).stdout)
+                sync()
+                t = time.perf_counter()
+                out = run([VENVFS, "absorb", e], env=venv_env).stdout
+                dt = time.perf_counter() - t
+                du1 = json.loads(run([VENVFS, "store", "du", "--json"], env=venv_env).stdout)
+                summary = out.strip().splitlines()[-1]
+                absorbs.append((e, upper_bytes, dt, summary, du0, du1))
+                print(e, f"{dt:.2f}s", summary, flush=True)
+                run([mnt / e / "bin" / "python", "-c", "import numpy, requests"], env=clean_env())
+        finally:
+            run([VENVFS, "umount", mnt], env=venv_env, check=False)
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+    # ---- the report ----
+    def row(k, base):
+        v = res[k]
+        return [k, f"{median(v):.2f}", f"{median(v) / median(res[base]):.2f}x",
+                f"{median([a / b for a, b in zip(v, res[base])]):.2f}x", " ".join(f"{x:.2f}" for x in v)]
+
+    rows = [row("pip native", "pip native"), row("pip mounted", "pip native"),
+            row("uv native", "uv native"), row("uv native (copy)", "uv native"), row("uv mounted", "uv native"),
+            ]
+    uvc = median(res["uv mounted"]) / median(res["uv native (copy)"])
+    ddrows = []
+    for kind in ("durable (conv=fsync)", "page cache"):
+        nat, mo = dds[f"{kind}, native"], dds[f"{kind}, mounted"]
+        ddrows.append([kind, f"{1024 / median(nat):.0f}", f"{1024 / median(mo):.0f}",
+                       f"{median(nat) / median(mo):.0%}",
+                       " ".join(f"{1024 / x:.0f}" for x in nat) + " / " + " ".join(f"{1024 / x:.0f}" for x in mo)])
+    absrows = []
+    for e, ub, dt, summary, du0, du1 in absorbs:
+        m = re.search(r"(\d+) absorbed.*; (.+) moved into the store without copying, (.+) written", summary)
+        absrows.append([e, f"{ub / 1e6:.0f} MB", f"{dt:.2f}", m.group(1) if m else "?", m.group(2) if m else "?",
+                        m.group(3) if m else "?",
+                        f"{(du1['stored_bytes'] - du0['stored_bytes']) / 1e6:+.1f} MB"])
+    pip_ratio = median(res["pip mounted"]) / median(res["pip native"])
+    dd_ratio = median(dds["durable (conv=fsync), native"]) / median(dds["durable (conv=fsync), mounted"])
+    body = f"""## Writable envs (issue 4)
+
+`bench/bench_write.py --rounds {args.rounds}`, {time.strftime('%Y-%m-%d')}, {machine()}.
+Native venvs, the store and so the writable layers share one fresh loop-mounted ext4.
+
+### Installing into a mounted env
+
+`-r requirements.txt` of {', '.join(pip_set)} (and dependencies) from a local wheelhouse
+(`--no-index --find-links`); pip compiles bytecode, uv does not. Mounted envs are clones of an
+imported `python -m venv`; native ones fresh venvs. uv's cache is warm and on the same file system:
+natively uv hardlinks from it; into a mount it cannot (another file system) and copies, so
+"uv native (copy)" (`UV_LINK_MODE=copy`) is the like-for-like comparison.
+
+{table(["install", "median s", "vs native", "median of per-round ratios", "all rounds (s)"], rows)}
+
+uv mounted against uv native with copies: {uvc:.2f}x.
+
+### Writing 1 GiB
+
+`dd if=/dev/zero bs=1M count=1024` into a mounted env's writable layer and natively.
+
+{table(["writes", "native MB/s", "mounted MB/s", "mounted / native", "all rounds MB/s (native / mounted)"], ddrows)}
+
+### Absorb
+
+pip installs {', '.join(big_set)} into a mounted env (a clone of the imported venv), then
+`venvfs absorb` (through the daemon); then the same into a second env.
+
+{table(["env", "installed (writable layer)", "absorb s", "distributions", "moved by hard link", "written", "store grew"], absrows)}
+
+"Written" is bytecode rewritten into its canonical form (docs/design.md), templates and manifests:
+absorbing copies no file data. The second env's packages are the first's: it adds nothing but its
+env's own records.
+
+### Targets
+
+- pip install at most 1.3x native: {pip_ratio:.2f}x, {"met" if pip_ratio <= 1.3 else "**not met**"}; uv: {median(res["uv mounted"]) / median(res["uv native"]):.2f}x native (hardlinks), {uvc:.2f}x native copying
+- 1 GiB writes at least 70% of native: durable {dd_ratio:.0%}, {"met" if dd_ratio >= 0.7 else "**not met**"}; page cache only {median(dds["page cache, native"]) / median(dds["page cache, mounted"]):.0%}
+- absorb: no file data copied ({absrows[0][4]} moved by hard link)
+"""
+    print(body)
+    update_doc("write", body)
+
+
+if __name__ == "__main__":
+    main()
