@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/stat.h>
 
 #include "env.h"
@@ -79,6 +80,11 @@ struct node {
 	dev_t dev;
 	ino_t upper_ino;
 	uint32_t writers;
+	bool no_passthrough; /* was an N_FILE (opens of it may be cached ones),
+				or passthrough was refused */
+	uint32_t backing_id; /* passthrough: the kernel's id of backing_fd */
+	int backing_fd;
+	uint32_t backing_users; /* open files using it */
 };
 
 /* One env being served. */
@@ -207,6 +213,13 @@ static inline void env_touch(struct fsenv *e)
 {
 	e->gen++;
 }
+
+/* passthrough.c */
+void passthrough_setup(struct fuse_session *se);
+bool passthrough_on(void);
+uint32_t passthrough_open(int fd);
+void passthrough_reply_next(uint32_t id);
+void passthrough_close(uint32_t id);
 
 /* control.c */
 char *control_socket_path(struct store *s, const char *mountpoint);

@@ -227,6 +227,7 @@ static struct node *node_new(enum node_kind kind)
 	n->kind = kind;
 	n->fd = -1;
 	n->up.fd = -1;
+	n->backing_fd = -1;
 	fsd.nodes_alive++;
 	return n;
 }
@@ -267,6 +268,10 @@ static void node_free(struct node *n)
 		node_detach(n);
 	if (n->fd >= 0)
 		close(n->fd);
+	if (n->backing_id) {
+		passthrough_close(n->backing_id);
+		close(n->backing_fd);
+	}
 	layer_dir_close(&n->up);
 	view_dir_free(&n->dir);
 	layer_merge_list_free(n->list, n->nlist);

@@ -530,6 +530,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		fuse_session_destroy(fsd.se);
 		return vf_error(EIO, "cannot mount at %s (see %s)", mp, log_path);
 	}
+	passthrough_setup(fsd.se);
 	fs_log("mounted store %s at %s%s", s->home, mp, o->allow_other ? " (allow_other)" : "");
 	r = daemonize(o->foreground);
 	if (r < 0)

@@ -71,6 +71,70 @@ static void fd_path(int fd, char out[32])
 	snprintf(out, 32, "/proc/self/fd/%d", fd);
 }
 
+/*
+ * An open file of a writable layer: fh holds its descriptor, and in its
+ * high half the passthrough backing id, if the kernel serves its reads and
+ * writes itself (passthrough.c).
+ */
+static int fh_fd(const struct fuse_file_info *fi)
+{
+	return (int)(uint32_t)fi->fh;
+}
+
+static uint32_t fh_backing(const struct fuse_file_info *fi)
+{
+	return (uint32_t)(fi->fh >> 32);
+}
+
+/*
+ * Ask for passthrough of the open file fi of node n (under the lock). The
+ * kernel wants one backing file per inode, for all its opens: the node
+ * keeps one, opened for reading and writing, while any open file uses it.
+ */
+static void want_passthrough(struct node *n, struct fuse_file_info *fi)
+{
+	if (n->no_passthrough || !passthrough_on())
+		return;
+	if (!n->backing_id) {
+		char p[32];
+		fd_path(n->fd, p);
+		int fd = open(p, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			fd = open(p, O_RDONLY | O_CLOEXEC);
+		n->backing_id = fd >= 0 ? passthrough_open(fd) : 0;
+		if (!n->backing_id) {
+			if (fd >= 0)
+				close(fd);
+			n->no_passthrough = true;
+			return;
+		}
+		n->backing_fd = fd;
+	}
+	n->backing_users++;
+	fi->fh |= (uint64_t)n->backing_id << 32;
+}
+
+/* An open file that used n's backing file was released (under the lock). */
+static void drop_passthrough(struct node *n)
+{
+	if (n->backing_users && --n->backing_users == 0) {
+		passthrough_close(n->backing_id);
+		close(n->backing_fd);
+		n->backing_id = 0;
+		n->backing_fd = -1;
+	}
+}
+
+/* The open reply about to be sent for fi carries its backing file. */
+static void reply_passthrough(struct fuse_file_info *fi)
+{
+	if (fh_backing(fi)) {
+		fi->keep_cache = 0;
+		passthrough_reply_next(fh_backing(fi));
+	}
+}
+
+
 /* ---- lookup and attributes ---------------------------------------------------- */
 
 /*
@@ -308,7 +372,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		/* it is an N_UPPER node now */
 		__attribute__((fallthrough));
 	case N_UPPER:
-		r = setattr_upper(n, attr, to_set, fi ? (int)fi->fh : -1, fuse_req_ctx(req));
+		r = setattr_upper(n, attr, to_set, fi ? fh_fd(fi) : -1, fuse_req_ctx(req));
 		break;
 	}
 	if (r == 0)
@@ -354,6 +418,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			r = -errno;
 		} else {
 			fi->fh = (uint64_t)fd;
+			want_passthrough(n, fi);
 			if (wants_write(fi->flags)) {
 				n->writers++;
 				env_touch(n->env);
@@ -367,6 +432,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->keep_cache = 1; /* every change to the file goes through us */
 	fi->noflush = 1;    /* nothing to flush on close */
+	reply_passthrough(fi);
 	fuse_reply_open(req, fi);
 }
 
@@ -443,7 +509,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	}
 	if (n->kind == N_UPPER) {
 		struct stat st;
-		fd = (int)fi->fh;
+		fd = fh_fd(fi);
 		if (fstat(fd, &st) == 0 && read_cached(req, fd, (uint64_t)st.st_size, size, off))
 			return;
 	} else if (n->kind == N_SHARED) {
@@ -472,7 +538,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return;
 	}
 	__atomic_store_n(&fsd.last_request_ns, now_ns(), __ATOMIC_RELAXED);
-	ssize_t w = pwrite((int)fi->fh, buf, size, off);
+	ssize_t w = pwrite(fh_fd(fi), buf, size, off);
 	if (w < 0)
 		reply_err(req, OP_WRITE, errno);
 	else
@@ -485,11 +551,13 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 	count(OP_RELEASE);
 	if (n->kind == N_UPPER && fi->fh) {
-		close((int)fi->fh);
-		if (wants_write(fi->flags)) {
+		close(fh_fd(fi));
+		if (wants_write(fi->flags) || fh_backing(fi)) {
 			lock();
-			if (n->writers)
+			if (wants_write(fi->flags) && n->writers)
 				n->writers--;
+			if (fh_backing(fi))
+				drop_passthrough(n);
 			unlock();
 		}
 	}
@@ -524,7 +592,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 		return;
 	}
 	struct fsync_job *j = xmalloc(sizeof(*j));
-	*j = (struct fsync_job){req, (int)fi->fh, datasync};
+	*j = (struct fsync_job){req, fh_fd(fi), datasync};
 	fs_defer(fsync_job_run, j);
 }
 
@@ -602,17 +670,20 @@ static void reply_new(fuse_req_t req, enum fs_op op, struct node *dir, const cha
 	}
 	if (r == 0 && (r = fill_entry(&e, n, TIMEOUT_FOREVER)) == 0) {
 		node_ref_lookup(n, 1);
-		if (fi && n->kind == N_UPPER)
+		if (fi && n->kind == N_UPPER) {
 			n->writers++;
+			want_passthrough(n, fi);
+		}
 	}
 	unlock();
 	if (r < 0) {
 		if (fi && fi->fh)
-			close((int)fi->fh);
+			close(fh_fd(fi));
 		reply_err(req, op, -r);
 	} else if (fi) {
 		fi->keep_cache = 1;
 		fi->noflush = 1;
+		reply_passthrough(fi);
 		fuse_reply_create(req, &e, fi);
 	} else {
 		fuse_reply_entry(req, &e);

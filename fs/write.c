@@ -215,6 +215,7 @@ int copy_up_node(struct node *n)
 	}
 	node_unhash(n);
 	n->kind = N_UPPER;
+	n->no_passthrough = true; /* its kernel inode may still be open, cached */
 	n->fd = fd;
 	n->dev = st.st_dev;
 	n->upper_ino = st.st_ino;

@@ -11,6 +11,7 @@ import base64
 import csv
 import hashlib
 import json
+import re
 import os
 import shutil
 import signal
@@ -670,3 +671,38 @@ def test_concurrent_pip_installs_in_two_envs(tmp_path, venvfs, mnt, wheels):
     assert any(n.startswith(f"{SP}/flask/") for n in ua) and not any("numpy" in n for n in ua)
     assert any(n.startswith(f"{SP}/numpy/") for n in ub) and not any("flask" in n for n in ub)
     assert int(mnt.stats().get("write.errors", 0)) == 0
+
+
+# ---- 11. large writes ---------------------------------------------------------------------
+
+
+def kernel_has_passthrough():
+    rel = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
+    return rel >= (6, 9) and os.geteuid() == 0
+
+
+def test_large_writes_go_straight_to_the_layer(tmp_path, venvfs, mnt, wheels):
+    """A file of the writable layer is read and written by the kernel itself
+    (FUSE passthrough, Linux 6.9+ as root): no write request reaches the
+    daemon, and the data is all there, in the layer and through the mount."""
+    base = make_venv(tmp_path / "base", with_pip=False)
+    venvfs("import", base, "--name", "big")
+    mnt.mount()
+    f = mnt.path / "big" / "data.bin"
+    before = mnt.stats().get("write", 0)
+    chunk = os.urandom(1 << 20)
+    with open(f, "wb") as out:
+        for _ in range(64):
+            out.write(chunk)
+        os.fsync(out.fileno())
+    with open(f, "r+b") as rw:  # a second open of the same file, read and write
+        rw.seek(10)
+        rw.write(b"hello")
+    data = f.read_bytes()
+    assert len(data) == 64 << 20 and data[10:15] == b"hello" and data[15:4096] == chunk[15:4096]
+    assert (upper(venvfs, "big") / "data.bin").read_bytes() == data
+    writes = mnt.stats().get("write", 0) - before
+    if kernel_has_passthrough() and "passthrough refused" not in mnt.log():
+        assert writes == 0, f"{writes} write requests went through the daemon"
+    else:
+        assert writes >= 64
