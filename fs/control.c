@@ -72,8 +72,8 @@ static bool writer_open(void *ctx, dev_t dev, ino_t ino)
 }
 
 /*
- * Absorb env name. 0 (st filled), -EAGAIN (kept changing), -ENOENT (not
- * served here), or another error with a message.
+ * Absorb env name. 0 (st filled), -EAGAIN (kept changing), -ENOENT (no
+ * such env, or another daemon serves it), or another error with a message.
  */
 static int absorb_one(const char *name, struct report *rp, bool unmounting, struct absorb_stats *st)
 {
@@ -88,12 +88,12 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 		pthread_mutex_lock(&fsd.lock);
 		struct fsenv *e = env_get(name, strlen(name), &err);
 		uint64_t gen = e ? e->gen : 0;
-		bool ours = e && !e->readonly;
+		bool ours = e && (!e->readonly || env_claim(e));
 		pthread_mutex_unlock(&fsd.lock);
 		if (!e)
 			return err == ENOENT ? -ENOENT : vf_error(err, "env %s cannot be loaded (see the log)", name);
 		if (!ours)
-			return vf_error(EROFS, "env %s is served writable by another venvfs daemon", name);
+			return -ENOENT; /* another daemon serves it writable: ask that one */
 
 		r = absorb_prepare(fsd.s, name, &o, st, &a);
 		if (r == -EAGAIN) {
@@ -346,31 +346,33 @@ static int ask_daemon(const char *sock, const char *name, void (*say)(void *, co
 	return r;
 }
 
+/*
+ * `venvfs absorb NAME`: a daemon of this store, if one runs, absorbs the env
+ * (loading it if it did not serve it yet, which takes its lock); only
+ * without one does the command absorb it itself.
+ */
 int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx,
 	      struct absorb_stats *st)
 {
 	struct absorb_opts o = {.say = say, .say_ctx = ctx, .progress = true};
-	int r = venv_absorb(s, name, &o, st);
-
-	if (r != -EBUSY)
-		return r;
-	/* a daemon serves it: ask each daemon of this store */
 	_cleanup_free_ char *run = path_join(s->home, "run");
 	DIR *d = opendir(run);
 	struct dirent *de;
-	r = vf_error(EBUSY, "env %s is locked (HOME/run/env-%s.lock) but no venvfs daemon of %s answers for it", name,
-		     name, s->home);
-	while (d && (de = readdir(d))) {
+	int r = -ENOENT;
+
+	while (d && r == -ENOENT && (de = readdir(d))) {
 		if (!str_has_prefix(de->d_name, "mount-") || !str_has_suffix(de->d_name, ".sock"))
 			continue;
 		_cleanup_free_ char *sock = path_join(run, de->d_name);
-		int q = ask_daemon(sock, name, say, ctx, st);
-		if (q == -ENOENT)
-			continue;
-		r = q;
-		break;
+		r = ask_daemon(sock, name, say, ctx, st);
 	}
 	if (d)
 		closedir(d);
+	if (r != -ENOENT)
+		return r;
+	r = venv_absorb(s, name, &o, st);
+	if (r == -EBUSY)
+		return vf_error(EBUSY, "env %s is locked (%s/run/env-%s.lock: another venvfs absorb?); try again", name,
+				s->home, name);
 	return r;
 }

@@ -150,7 +150,7 @@ struct fsd {
 	uint64_t last_request_ns;    /* for absorb-when-idle */
 	unsigned absorb_idle_s;      /* 0: never on idle */
 	bool absorb_on_unmount;
-	struct strmap env_locks;     /* env name -> its lock's fd + 1 (0: not ours) */
+	struct strmap env_locks;     /* env name -> its lock's fd + 2 (1: busy) */
 };
 
 extern struct fsd fsd;
@@ -197,10 +197,12 @@ int copy_up_shared(struct node *dir, const char *name, struct node *shared, bool
 void intent_add(pid_t pid, struct node *n, bool trunc);
 bool intent_take(pid_t pid, struct node *n, bool *trunc);
 char *dir_lower_path(const struct node *dir);
+bool env_claim(struct fsenv *e);
+
 /* Changing env e: 0, or -ESTALE (replaced) / -EROFS (not ours to change). */
 static inline int env_writable(struct fsenv *e)
 {
-	return e->stale ? -ESTALE : e->readonly ? -EROFS : 0;
+	return e->stale ? -ESTALE : e->readonly && !env_claim(e) ? -EROFS : 0;
 }
 
 /* Changing through node n: also -ESTALE if it names nothing any more. */

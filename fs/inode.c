@@ -528,25 +528,38 @@ struct fsenv *env_current(const char *name)
 }
 
 /*
- * Take the env's lock the first time it is served: whoever holds it may
- * change the env's writable layer (env.h). Another daemon serving the same
- * store got it first: this one serves the env read-only.
+ * Take the env's lock when it is first served: whoever holds it may change
+ * the env's writable layer (env.h). If it is busy (another daemon serves
+ * the same store, or `venvfs absorb` works on the env without a daemon),
+ * the env is served read-only until a change is tried and the lock is free
+ * by then (env_claim()).
  */
 static bool env_lock_once(const char *name)
 {
-	uint64_t *slot = strmap_get(&fsd.env_locks, name, strlen(name));
+	bool created;
+	uint64_t *slot = strmap_put(&fsd.env_locks, name, strlen(name), &created);
 
-	if (slot)
-		return *slot != 0;
+	if (*slot >= 2)
+		return true;
 	int fd = env_lock(fsd.s, name);
-	if (fd == -EWOULDBLOCK)
-		fs_log("env %s: another venvfs daemon serves it writable; served read-only here", name);
-	else if (fd < 0)
-		fs_log("env %s: %s; served read-only", name, vf_last_error());
-	*strmap_put(&fsd.env_locks, name, strlen(name), NULL) = fd >= 0 ? (uint64_t)fd + 1 : 0;
-	if (fd >= 0)
-		env_sweep_layers(fsd.s, name);
-	return fd >= 0;
+	if (fd < 0) {
+		if (*slot == 0) /* say it once */
+			fs_log("env %s: %s; served read-only until it is free",
+			       name, fd == -EWOULDBLOCK ? "its lock is held (another venvfs daemon, or venvfs absorb)"
+							: vf_last_error());
+		*slot = 1;
+		return false;
+	}
+	*slot = (uint64_t)fd + 2;
+	env_sweep_layers(fsd.s, name);
+	return true;
+}
+
+bool env_claim(struct fsenv *e)
+{
+	if (env_lock_once(e->name))
+		e->readonly = false;
+	return !e->readonly;
 }
 
 /* An env's manifest and view (shared trees); -EIO, logged. */

@@ -133,9 +133,7 @@ struct adist {
 	struct afile *f;
 	size_t nf, capf;
 	uint32_t record_file;  /* index of RECORD in f */
-	bool bad;
-	struct buf why;
-	unsigned n_why;
+	struct dist_why why;   /* why it stays in the writable layer (why.any) */
 	struct dist_meta meta;
 	struct buf manifest;
 	struct objid pkg_id;
@@ -199,24 +197,6 @@ static void say(struct absorb *a, const char *fmt, ...)
 		a->o->say(a->o->say_ctx, msg);
 	else
 		fprintf(stderr, "venvfs absorb: %s\n", msg);
-}
-
-static void dist_why(struct adist *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void dist_why(struct adist *d, const char *fmt, ...)
-{
-	va_list ap;
-	char msg[1024];
-
-	d->bad = true;
-	if (d->n_why++ >= 5)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (d->why.len)
-		buf_adds(&d->why, "; ");
-	buf_adds(&d->why, msg);
 }
 
 /* ---- the view V, directory by directory --------------------------------------- */
@@ -479,7 +459,7 @@ static bool describe_file(struct absorb *a, struct adist *d, struct afile *f, bo
 		r = -ELOOP;
 	if (r < 0) {
 		if (!quiet)
-			dist_why(d, r == -ENOENT ? "%s is missing" : r == -ELOOP ? "%s is behind a symlink" : "%s: %s",
+			dist_why(&d->why, r == -ENOENT ? "%s is missing" : r == -ELOOP ? "%s is behind a symlink" : "%s: %s",
 				 shown, strerror(-r));
 		return false;
 	}
@@ -501,13 +481,13 @@ static bool describe_file(struct absorb *a, struct adist *d, struct afile *f, bo
 		f->obj = m.ent.obj;
 	} else if (m.upper == L_DIR) {
 		if (!quiet)
-			dist_why(d, "%s is a directory", shown);
+			dist_why(&d->why, "%s is a directory", shown);
 		return false;
 	} else {
 		const struct tree_node *tn = view_node(a->v, m.src);
 		if (tn->flags & TREE_F_TEMPLATE) {
 			if (!quiet)
-				dist_why(d, "%s belongs to another package (a per-env template)", shown);
+				dist_why(&d->why, "%s belongs to another package (a per-env template)", shown);
 			return false;
 		}
 		f->src = A_LOWER;
@@ -520,7 +500,7 @@ static bool describe_file(struct absorb *a, struct adist *d, struct afile *f, bo
 			f->target = xstrndup(tree_link_target(a->v->layers[m.src.layer].tree, tn), tn->u.link.len);
 		else if (S_ISDIR(tn->mode)) {
 			if (!quiet)
-				dist_why(d, "%s is a directory", shown);
+				dist_why(&d->why, "%s is a directory", shown);
 			return false;
 		}
 	}
@@ -530,19 +510,19 @@ static bool describe_file(struct absorb *a, struct adist *d, struct afile *f, bo
 			int dfd = up_fd(a, dir);
 			ssize_t n = dfd >= 0 ? readlinkat(dfd, f->name, t, sizeof(t) - 1) : -1;
 			if (n < 0) {
-				dist_why(d, "%s: %s", shown, strerror(errno));
+				dist_why(&d->why, "%s: %s", shown, strerror(errno));
 				return false;
 			}
 			t[n] = '\0';
 			f->target = xstrdup(t);
 		}
 		if (!link_inside(a, f->path, f->target)) {
-			dist_why(d, "%s is a symlink pointing outside the env", shown);
+			dist_why(&d->why, "%s is a symlink pointing outside the env", shown);
 			return false;
 		}
 	} else if (!S_ISREG(f->mode)) {
 		if (!quiet)
-			dist_why(d, "%s is not a regular file", shown);
+			dist_why(&d->why, "%s is not a regular file", shown);
 		return false;
 	}
 	return true;
@@ -555,7 +535,7 @@ static void check_dist(struct absorb *a, size_t k)
 	int r = record_parse(d->record_text.data, d->record_text.len, d->what, &d->rec);
 
 	if (r < 0) {
-		dist_why(d, "%s", vf_last_error());
+		dist_why(&d->why, "%s", vf_last_error());
 		return;
 	}
 	d->row_root = xcalloc(d->rec.n + 1, sizeof(*d->row_root));
@@ -564,11 +544,11 @@ static void check_dist(struct absorb *a, size_t k)
 		struct record_row *row = &d->rec.rows[j];
 		const char *rel;
 		if (row->path[0] == '/') {
-			dist_why(d, "RECORD line %u: absolute path %s", row->line, row->path);
+			dist_why(&d->why, "RECORD line %u: absolute path %s", row->line, row->path);
 			continue;
 		}
 		if (path_resolve_rel(a->site, row->path, &full) < 0 || full.len == 0) {
-			dist_why(d, "RECORD line %u: %s escapes the env", row->line, row->path);
+			dist_why(&d->why, "RECORD line %u: %s escapes the env", row->line, row->path);
 			continue;
 		}
 		d->row_root[j] = package_root_of(full.data, a->site, &rel);
@@ -577,7 +557,7 @@ static void check_dist(struct absorb *a, size_t k)
 		uint64_t *own = strmap_get(&a->owner, full.data, full.len);
 		if (own) {
 			if ((*own >> 32) != k + 1 && !is_pyc)
-				dist_why(d, "%s is also listed by %s", row->path, a->d[(*own >> 32) - 1].dir);
+				dist_why(&d->why, "%s is also listed by %s", row->path, a->d[(*own >> 32) - 1].dir);
 			continue;
 		}
 		struct afile *f = add_file(d, full.data);
@@ -589,12 +569,12 @@ static void check_dist(struct absorb *a, size_t k)
 			continue;
 		}
 		if (row->size >= 0 && S_ISREG(f->mode) && (uint64_t)row->size != f->size)
-			dist_why(d, "%s has changed (size %" PRIu64 ", RECORD says %lld)", row->path, f->size,
+			dist_why(&d->why, "%s has changed (size %" PRIu64 ", RECORD says %lld)", row->path, f->size,
 				 (long long)row->size);
 		if (row->hash[0] && S_ISLNK(f->mode))
-			dist_why(d, "%s is a symlink with a hash", row->path);
+			dist_why(&d->why, "%s is a symlink with a hash", row->path);
 		else if (row->hash[0] && !str_has_prefix(row->hash, "sha256="))
-			dist_why(d, "%s: unsupported hash %s", row->path, row->hash);
+			dist_why(&d->why, "%s: unsupported hash %s", row->path, row->hash);
 		*strmap_put(&a->owner, full.data, full.len, NULL) = (k + 1) << 32 | (d->nf - 1);
 	}
 	/* RECORD belongs to its distribution even where it is not listed */
@@ -749,7 +729,7 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 		b64url_nopad(f->sha, 32, want + 7);
 		if (strcmp(want, row->hash) != 0) {
 			pthread_mutex_lock(&a->lock);
-			dist_why(d, "%s does not match its RECORD hash", shown);
+			dist_why(&d->why, "%s does not match its RECORD hash", shown);
 			pthread_mutex_unlock(&a->lock);
 		}
 		goto out;
@@ -886,34 +866,25 @@ static void add_job(struct absorb *a, size_t k, size_t i)
 	a->n_jobs++;
 }
 
-/* Check every listed hash (all distributions, in parallel). */
-static int check_hashes(struct absorb *a)
+/* Queue the files of the good distributions that want() picks. */
+static void queue(struct absorb *a, bool (*want)(const struct adist *d, const struct afile *f))
 {
 	a->n_jobs = 0;
-	for (size_t k = 0; k < a->nd; k++) {
-		struct adist *d = &a->d[k];
-		if (d->bad)
-			continue;
-		for (size_t i = 0; i < d->nf; i++)
-			if (d->f[i].row >= 0 && S_ISREG(d->f[i].mode) && d->rec.rows[d->f[i].row].hash[0])
+	for (size_t k = 0; k < a->nd; k++)
+		for (size_t i = 0; i < a->d[k].nf && !a->d[k].why.any; i++)
+			if (want(&a->d[k], &a->d[k].f[i]))
 				add_job(a, k, i);
-	}
-	return run_jobs(a, "checking");
 }
 
-/* Store every regular file of the good distributions (RECORD comes later). */
-static int store_files(struct absorb *a)
+static bool has_hash(const struct adist *d, const struct afile *f)
 {
-	a->n_jobs = 0;
-	for (size_t k = 0; k < a->nd; k++) {
-		struct adist *d = &a->d[k];
-		if (d->bad)
-			continue;
-		for (size_t i = 0; i < d->nf; i++)
-			if (S_ISREG(d->f[i].mode) && !d->f[i].is_record)
-				add_job(a, k, i);
-	}
-	return run_jobs(a, "absorbing");
+	return f->row >= 0 && S_ISREG(f->mode) && d->rec.rows[f->row].hash[0];
+}
+
+static bool to_store(const struct adist *d, const struct afile *f)
+{
+	(void)d;
+	return S_ISREG(f->mode) && !f->is_record; /* RECORD: when its template is known */
 }
 
 /* ---- 4. build ------------------------------------------------------------------------- */
@@ -1094,14 +1065,9 @@ static int v2_get(void *ctx, const struct objid *id, const char *what, struct tr
 	struct absorb *a = ctx;
 
 	for (size_t k = 0; k < a->nd; k++)
-		if (!a->d[k].bad && objid_equal(&a->d[k].pkg_id, id))
+		if (!a->d[k].why.any && objid_equal(&a->d[k].pkg_id, id))
 			return tree_load(a->d[k].manifest.data, a->d[k].manifest.len, false, out);
-	char path[OBJID_STR_MAX];
-	_cleanup_close_ int fd = store_object_open(a->s, id);
-	objid_path(id, path);
-	if (fd < 0)
-		return vf_error_errno(-fd, "%s: objects/%s", what, path);
-	return tree_map_fd(fd, what, out);
+	return view_map_tree(a->s, id, what, out);
 }
 
 static void v2_put(void *ctx, struct tree *t)
@@ -1140,7 +1106,7 @@ static int new_env(struct absorb *a)
 	for (size_t pi = 0; pi < e->n_pkgs; pi++)
 		count += !a->drop[pi];
 	for (size_t k = 0; k < a->nd; k++)
-		count += !a->d[k].bad;
+		count += !a->d[k].why.any;
 	view_mtimes_encode_begin(&mt, count);
 	for (size_t pi = 0; pi < e->n_pkgs; pi++) {
 		if (a->drop[pi]) {
@@ -1167,7 +1133,7 @@ static int new_env(struct absorb *a)
 	}
 	for (size_t k = 0; k < a->nd; k++) {
 		struct adist *d = &a->d[k];
-		if (d->bad)
+		if (d->why.any)
 			continue;
 		env_add_package(n, &d->pkg_id, d->meta.name, d->meta.version);
 		view_mtimes_encode_pkg(&mt, d->orig_mtimes, d->n_nodes);
@@ -1197,7 +1163,7 @@ static struct afile *absorbed_file(struct absorb *a, const char *path, struct ad
 		return NULL;
 	struct adist *d = &a->d[(*o >> 32) - 1];
 	struct afile *f = &d->f[*o & 0xffffffffu];
-	if (d->bad || f->dropped)
+	if (d->why.any || f->dropped)
 		return NULL;
 	if (dp)
 		*dp = d;
@@ -1510,7 +1476,7 @@ void absorb_free(struct absorb *a)
 		free(d->row_root);
 		record_free(&d->rec);
 		buf_free(&d->record_text);
-		buf_free(&d->why);
+		buf_free(&d->why.text);
 		dist_meta_free(&d->meta);
 		buf_free(&d->manifest);
 		free(d->orig_mtimes);
@@ -1593,26 +1559,28 @@ int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *
 	for (size_t k = 0; k < a->nd; k++)
 		check_dist(a, k);
 	for (size_t k = 0; k < a->nd; k++)
-		if (!a->d[k].bad)
+		if (!a->d[k].why.any)
 			add_bytecode(a, k);
-	r = check_hashes(a);
+	queue(a, has_hash);
+	r = run_jobs(a, "checking");
 	if (r < 0)
 		goto fail;
 	for (size_t k = 0; k < a->nd; k++) {
 		struct adist *d = &a->d[k];
-		if (d->bad) {
+		if (d->why.any) {
 			st->left++;
-			say(a, "left %s in the writable layer: %s%s", d->dir, d->why.data, d->n_why > 5 ? " (and more)" : "");
+			say(a, "left %s in the writable layer: %s%s", d->dir, d->why.text.data, dist_why_more(&d->why));
 		}
 	}
 
 	/* 3, 4: store and build */
 	a->txn = store_txn_begin(s);
-	r = store_files(a);
+	queue(a, to_store);
+	r = run_jobs(a, "absorbing");
 	if (r < 0)
 		goto fail;
 	for (size_t k = 0; k < a->nd; k++) {
-		if (a->d[k].bad)
+		if (a->d[k].why.any)
 			continue;
 		r = build_package(a, k);
 		if (r < 0)
@@ -1624,7 +1592,7 @@ int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *
 		goto fail;
 	a->nothing = st->dropped == 0;
 	for (size_t k = 0; k < a->nd; k++)
-		if (!a->d[k].bad)
+		if (!a->d[k].why.any)
 			a->nothing = false;
 	if (a->nothing)
 		goto done;
@@ -1656,7 +1624,7 @@ const char *absorb_changed(const struct absorb *a, bool (*in_use)(void *ctx, dev
 {
 	for (size_t k = 0; k < a->nd; k++) {
 		const struct adist *d = &a->d[k];
-		if (d->bad)
+		if (d->why.any)
 			continue;
 		for (size_t i = 0; i < d->nf; i++) {
 			const struct afile *f = &d->f[i];
@@ -1685,7 +1653,7 @@ bool absorb_took(struct absorb *a, dev_t dev, ino_t ino)
 	if (!a->took.cap) {
 		for (size_t k = 0; k < a->nd; k++) {
 			struct adist *d = &a->d[k];
-			for (size_t i = 0; i < d->nf && !d->bad; i++)
+			for (size_t i = 0; i < d->nf && !d->why.any; i++)
 				if (d->f[i].src == A_UPPER && !d->f[i].dropped && d->f[i].ino)
 					strmap_put(&a->took, key, took_key(d->f[i].dev, d->f[i].ino, key), NULL);
 		}
@@ -1702,7 +1670,7 @@ static void seal_objects(struct absorb *a)
 
 	for (size_t k = 0; k < a->nd; k++) {
 		struct adist *d = &a->d[k];
-		if (d->bad)
+		if (d->why.any)
 			continue;
 		for (size_t i = 0; i < d->nf; i++) {
 			char p[OBJID_STR_MAX];
@@ -1732,7 +1700,7 @@ int absorb_commit(struct absorb *a)
 		return r;
 	for (size_t k = 0; k < a->nd; k++) {
 		struct adist *d = &a->d[k];
-		if (d->bad)
+		if (d->why.any)
 			continue;
 		r = store_package_register(a->s, d->meta.name, &d->pkg_id);
 		if (r < 0)
@@ -1746,7 +1714,7 @@ int absorb_commit(struct absorb *a)
 	seal_objects(a);
 	for (size_t k = 0; k < a->nd; k++) {
 		struct adist *d = &a->d[k];
-		if (d->bad)
+		if (d->why.any)
 			continue;
 		a->st->absorbed++;
 		a->st->files += d->nf;
@@ -1766,7 +1734,7 @@ int venv_absorb(struct store *s, const char *name, const struct absorb_opts *o, 
 	int lock = env_lock(s, name);
 
 	if (lock == -EWOULDBLOCK)
-		return vf_error(EBUSY, "env %s is served by a venvfs mount; its daemon absorbs it", name);
+		return vf_error(EBUSY, "env %s is locked: a venvfs daemon serves it, or another absorb runs", name);
 	if (lock < 0)
 		return lock;
 	int r = absorb_prepare(s, name, o, st, &a);

@@ -102,9 +102,7 @@ struct dist {
 	uint32_t *row_ent;  /* per row: entry index, or NO_ENT */
 	unsigned *row_root; /* per row: TREE_ROOT_* */
 	char **row_rel;     /* per row: path relative to that root */
-	bool mismatch;
-	struct buf why;     /* first reasons, for the warning */
-	unsigned n_why;
+	struct dist_why why; /* why it cannot be a package (why.any) */
 	struct dist_meta meta;
 	struct objid pkg_id;
 	struct buf manifest;
@@ -277,24 +275,6 @@ static uint32_t find_ent(struct imp *im, const char *path, size_t len)
 
 /* ---- 2. records --------------------------------------------------------------- */
 
-static void dist_why(struct dist *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void dist_why(struct dist *d, const char *fmt, ...)
-{
-	va_list ap;
-	char msg[1024];
-
-	d->mismatch = true;
-	if (d->n_why++ >= 5)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (d->why.len)
-		buf_adds(&d->why, "; ");
-	buf_adds(&d->why, msg);
-}
-
 /* Where does symlink entry i point, relative to the env root? -1: outside. */
 static int symlink_inside(struct imp *im, uint32_t i, struct buf *target_out)
 {
@@ -403,12 +383,12 @@ static int read_records(struct imp *im)
 									"%s:%u: %s goes through symlink %s, which points "
 									"outside the env",
 									d->record_what, row->line, row->path, im->e[pi].path);
-						dist_why(d, "%s is behind a symlink", row->path);
+						dist_why(&d->why, "%s is behind a symlink", row->path);
 						goto next_row;
 					}
 				}
 				if (!is_pyc)
-					dist_why(d, "%s is missing", row->path);
+					dist_why(&d->why, "%s is missing", row->path);
 				goto next_row;
 			}
 			struct ient *fe = &im->e[ei];
@@ -417,15 +397,15 @@ static int read_records(struct imp *im)
 						row->line, row->path);
 			if (fe->owner >= 0) {
 				if (!is_pyc)
-					dist_why(d, "%s is also listed by %s", row->path, im->e[im->d[fe->owner].dir_ent].path);
+					dist_why(&d->why, "%s is also listed by %s", row->path, im->e[im->d[fe->owner].dir_ent].path);
 				goto next_row;
 			}
 			if (S_ISDIR(fe->st.st_mode)) {
-				dist_why(d, "%s is a directory", row->path);
+				dist_why(&d->why, "%s is a directory", row->path);
 				goto next_row;
 			}
 			if (!S_ISREG(fe->st.st_mode) && !S_ISLNK(fe->st.st_mode)) {
-				dist_why(d, "%s is not a regular file", row->path);
+				dist_why(&d->why, "%s is not a regular file", row->path);
 				goto next_row;
 			}
 			fe->owner = (int32_t)k;
@@ -736,24 +716,24 @@ static int classify(struct imp *im)
 			struct ient *e = &im->e[ei];
 			if (S_ISLNK(e->st.st_mode)) {
 				if (row->hash[0])
-					dist_why(d, "%s is a symlink with a hash", row->path);
+					dist_why(&d->why, "%s is a symlink with a hash", row->path);
 				continue;
 			}
 			if (row->size >= 0 && row->size != e->st.st_size) {
-				dist_why(d, "%s has changed (size %lld, RECORD says %lld)", row->path,
+				dist_why(&d->why, "%s has changed (size %lld, RECORD says %lld)", row->path,
 					 (long long)e->st.st_size, (long long)row->size);
 				continue;
 			}
 			if (!row->hash[0])
 				continue;
 			if (!str_has_prefix(row->hash, "sha256=")) {
-				dist_why(d, "%s: unsupported hash %s", row->path, row->hash);
+				dist_why(&d->why, "%s: unsupported hash %s", row->path, row->hash);
 				continue;
 			}
 			memcpy(want, "sha256=", 7);
 			b64url_nopad(e->sha, 32, want + 7);
 			if (strcmp(want, row->hash) != 0)
-				dist_why(d, "%s has changed since it was installed", row->path);
+				dist_why(&d->why, "%s has changed since it was installed", row->path);
 		}
 	}
 
@@ -763,7 +743,7 @@ static int classify(struct imp *im)
 		int32_t d = e->owner >= 0 ? e->owner : e->pyc_cand;
 		if (d < 0)
 			continue;
-		bool pkg = !im->d[d].mismatch;
+		bool pkg = !im->d[d].why.any;
 		if (e->owner < 0) {
 			/* an unlisted pyc joins its package only if it was valid */
 			if (pkg && (e->tflags & TREE_F_PYC_NORM))
@@ -781,10 +761,10 @@ static int classify(struct imp *im)
 	}
 	for (size_t k = 0; k < im->nd; k++) {
 		struct dist *d = &im->d[k];
-		if (d->mismatch) {
+		if (d->why.any) {
 			im->st->own_dists++;
 			warn(im, "%s/%s: kept as this env's own files, not shared: %s%s", im->abs,
-			     im->e[d->dir_ent].path, d->why.data, d->n_why > 5 ? " (and more)" : "");
+			     im->e[d->dir_ent].path, d->why.text.data, dist_why_more(&d->why));
 		}
 	}
 	return 0;
@@ -1098,7 +1078,7 @@ static void imp_free(struct imp *im)
 		free(d->row_ent);
 		free(d->row_root);
 		free(d->row_rel);
-		buf_free(&d->why);
+		buf_free(&d->why.text);
 		dist_meta_free(&d->meta);
 		buf_free(&d->manifest);
 		free(d->orig_mtimes);
@@ -1294,10 +1274,10 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	_cleanup_buf_ struct buf mt = {0};
 	uint32_t n_pkgs = 0;
 	for (size_t k = 0; k < im.nd; k++)
-		n_pkgs += !im.d[k].mismatch;
+		n_pkgs += !im.d[k].why.any;
 	view_mtimes_encode_begin(&mt, n_pkgs);
 	for (size_t k = 0; k < im.nd; k++) {
-		if (im.d[k].mismatch)
+		if (im.d[k].why.any)
 			continue;
 		r = build_package(&im, k);
 		if (r < 0)
@@ -1314,7 +1294,7 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	env->has_mtimes = true;
 	for (size_t k = 0; k < im.nd; k++) {
 		struct dist *d = &im.d[k];
-		if (d->mismatch)
+		if (d->why.any)
 			continue;
 		r = store_txn_put(im.txn, d->manifest.data, d->manifest.len, &d->pkg_id, &added);
 		if (r < 0)
@@ -1331,7 +1311,7 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 		goto out;
 	phase("objects");
 	for (size_t k = 0; k < im.nd; k++)
-		if (!im.d[k].mismatch && (r = store_package_register(s, im.d[k].meta.name, &im.d[k].pkg_id)) < 0)
+		if (!im.d[k].why.any && (r = store_package_register(s, im.d[k].meta.name, &im.d[k].pkg_id)) < 0)
 			goto out;
 	phase("packages");
 	if (o->built) {

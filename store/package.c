@@ -3,6 +3,8 @@
  */
 #include "package.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "template.h"
@@ -51,6 +53,27 @@ void dist_meta_free(struct dist_meta *m)
 	buf_free(&m->requires);
 	buf_free(&m->requires_python);
 	memset(m, 0, sizeof(*m));
+}
+
+void dist_why(struct dist_why *w, const char *fmt, ...)
+{
+	va_list ap;
+	char msg[1024];
+
+	w->any = true;
+	if (w->n++ >= 5)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (w->text.len)
+		buf_adds(&w->text, "; ");
+	buf_adds(&w->text, msg);
+}
+
+const char *dist_why_more(const struct dist_why *w)
+{
+	return w->n > 5 ? " (and more)" : "";
 }
 
 static void set_str(struct tree_builder *tb, enum tree_str which, const struct buf *b)

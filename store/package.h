@@ -38,6 +38,21 @@ void dist_meta_parse(const char *dist_info, const char *metadata, size_t mlen, c
 		     struct dist_meta *m);
 void dist_meta_free(struct dist_meta *m);
 
+/*
+ * Why a distribution cannot become a package: the first few reasons, for
+ * one report line ("x.py is missing; y.py does not match its RECORD hash
+ * (and more)").
+ */
+struct dist_why {
+	bool any;
+	unsigned n;
+	struct buf text;
+};
+
+void dist_why(struct dist_why *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "reason; reason" and " (and more)" if some were left out */
+const char *dist_why_more(const struct dist_why *w);
+
 /* A package manifest builder with the header strings set. */
 struct tree_builder *package_builder_new(const struct dist_meta *m, const char *dist_info);
 

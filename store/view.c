@@ -10,15 +10,20 @@
 
 #include "template.h"
 
-static int map_tree(void *ctx, const struct objid *id, const char *what, struct tree **out)
+int view_map_tree(struct store *s, const struct objid *id, const char *what, struct tree **out)
 {
 	char path[OBJID_STR_MAX];
-	_cleanup_close_ int fd = store_object_open(ctx, id);
+	_cleanup_close_ int fd = store_object_open(s, id);
 
 	objid_path(id, path);
 	if (fd < 0)
 		return vf_error_errno(-fd, "%s: objects/%s", what, path);
 	return tree_map_fd(fd, what, out);
+}
+
+static int map_tree(void *ctx, const struct objid *id, const char *what, struct tree **out)
+{
+	return view_map_tree(ctx, id, what, out);
 }
 
 static void free_tree(void *ctx, struct tree *t)

@@ -40,6 +40,9 @@ struct view_trees {
 	void *ctx;
 };
 
+/* The default get: map the manifest from the store ("what" names it). */
+int view_map_tree(struct store *s, const struct objid *id, const char *what, struct tree **out);
+
 struct view_layer {
 	struct tree *tree;
 	const struct env_pkg *pkg; /* NULL for the env tree */

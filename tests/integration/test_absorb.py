@@ -336,7 +336,7 @@ def test_concurrent_installs_and_absorbs(venvfs, mnt, env_a, wheelhouse):
         try:
             install(mnt.path / name, wheelhouse, *envs[name])
         except AssertionError as e:
-            errors.append(str(e))
+            errors.append(str(e)[-3000:] + "\n" + mnt.log()[-3000:])
 
     threads = [threading.Thread(target=installer, args=(n,)) for n in envs]
     for t in threads:
