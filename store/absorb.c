@@ -553,7 +553,8 @@ static void check_dist(struct absorb *a, size_t k)
 		}
 		d->row_root[j] = package_root_of(full.data, a->site, &rel);
 		d->row_rel[j] = xstrdup(rel);
-		bool is_pyc = pyc_source_path(full.data, full.len) != NULL;
+		_cleanup_free_ char *source = pyc_source_path(full.data, full.len);
+		bool is_pyc = source != NULL;
 		uint64_t *own = strmap_get(&a->owner, full.data, full.len);
 		if (own) {
 			if ((*own >> 32) != k + 1 && !is_pyc)
