@@ -96,6 +96,16 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 			return -ENOENT; /* another daemon serves it writable: ask that one */
 
 		r = absorb_prepare(fsd.s, name, &o, st, &a);
+		if (r < 0 && r != -EAGAIN) {
+			/* a failure while the env was being written (a file
+			 * gone between listing and reading it...) is a change */
+			pthread_mutex_lock(&fsd.lock);
+			if (env_current(name) != e || e->gen != gen) {
+				fs_log("absorb %s: %s (the env changed meanwhile); again", name, vf_last_error());
+				r = -EAGAIN;
+			}
+			pthread_mutex_unlock(&fsd.lock);
+		}
 		if (r == -EAGAIN) {
 			/* a file changed under it: again, after a pause */
 			usleep(100000u << attempt);

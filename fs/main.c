@@ -291,7 +291,9 @@ int fs_stats(struct store *s, const char *mountpoint, char **out)
 /*
  * Detach into the background: the parent waits until the daemon says it is
  * ready (pid file written, about to serve), then leaves with its status,
- * so `venvfs mount` returns when the mount can be used.
+ * so `venvfs mount` returns when the mount can be used. The daemon's stdout
+ * and stderr go to its log: libfuse's own messages, and a sanitizer's
+ * report when built with one, land there too.
  */
 static int ready_pipe = -1;
 
@@ -451,10 +453,11 @@ static int daemonize(bool foreground)
 	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if (null >= 0) {
 		dup2(null, STDIN_FILENO);
-		dup2(null, STDOUT_FILENO);
-		dup2(null, STDERR_FILENO);
 		close(null);
 	}
+	fflush(fsd.log);
+	dup2(fileno(fsd.log), STDOUT_FILENO);
+	dup2(fileno(fsd.log), STDERR_FILENO);
 	return 0;
 }
 

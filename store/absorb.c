@@ -201,7 +201,11 @@ static void say(struct absorb *a, const char *fmt, ...)
 
 /* ---- the view V, directory by directory --------------------------------------- */
 
-/* The writable part of d, open (at most MAX_OPEN_DIRS stay open). */
+/*
+ * The writable part of d, open (at most MAX_OPEN_DIRS stay open: opening one
+ * more closes the others, so a descriptor from here is good until the next
+ * call only; dup() it to keep it longer).
+ */
 static int up_fd(struct absorb *a, struct vdir *d)
 {
 	if (!d->has_up)
@@ -385,9 +389,10 @@ static int find_dists(struct absorb *a)
 
 	if (!site->ok || !site->has_up)
 		return 0;
+	/* its own descriptor: reading each RECORD may evict site's (up_fd()) */
 	struct layer_dir sl = site->up;
-	sl.fd = up_fd(a, site);
-	int r = layer_merge_list(a->v, &sl, &site->lo, &names, &n);
+	_cleanup_close_ int sfd = sl.fd = dup(up_fd(a, site));
+	int r = sl.fd < 0 ? -errno : layer_merge_list(a->v, &sl, &site->lo, &names, &n);
 	if (r < 0)
 		return vf_error_errno(-r, "%s/envs/%s: listing %s", a->s->home, a->name, a->site);
 	for (size_t i = 0; i < n; i++) {
@@ -1310,6 +1315,11 @@ static int diff_dir(struct absorb *a, const struct layer_dir *oup, const struct 
 			r = vf_error_errno(-r, "%s: %s", a->name, path->data);
 			break;
 		}
+		if (m.upper == L_WHITEOUT || (m.upper == L_NONE && !m.lower)) {
+			/* listed a moment ago, gone now */
+			r = vf_error(EAGAIN, "%s: %s changed during the absorb", a->name, path->data);
+			break;
+		}
 		bool have2 = nlo->n && view_lookup(a->v2, nlo, name, strlen(name), &s2);
 		bool vdir = m.upper == L_DIR || (m.upper == L_NONE && S_ISDIR(view_node(a->v, m.src)->mode));
 		if (!vdir) {
@@ -1370,6 +1380,9 @@ static int diff_dir(struct absorb *a, const struct layer_dir *oup, const struct 
 		view_dir_free(&cnlo);
 	}
 	/* what the new read-only layers have and V does not show: whiteouts */
+	path->len = base;
+	if (path->data)
+		path->data[base] = '\0';
 	if (r == 0 && nlo->n && (r = view_list(a->v2, nlo, &ents, &ne)) == 0) {
 		for (size_t i = 0; i < ne && r == 0; i++) {
 			_cleanup_free_ char *name = xstrndup(ents[i].name, ents[i].name_len);

@@ -196,3 +196,7 @@ def mnt(tmp_path, venvfs):
     m = Mount(venvfs, tmp_path / "mnt")
     yield m
     m.umount()
+    # the daemon's stderr goes to its log: a sanitizer build reports there
+    log = m.log() if (venvfs.home / "log" / "mount.log").exists() else ""
+    bad = [l for l in log.splitlines() if "Sanitizer" in l or "runtime error:" in l]
+    assert not bad, "the daemon's log has a sanitizer report:\n" + log[-6000:]

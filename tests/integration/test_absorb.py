@@ -333,7 +333,10 @@ def test_concurrent_installs_and_absorbs(venvfs, mnt, env_a, wheelhouse):
     errors = []
 
     def installer(name):
+        # install, uninstall, install: absorbs meet files coming and going
         try:
+            install(mnt.path / name, wheelhouse, *envs[name])
+            pip(mnt.path / name, "uninstall", "-q", "-y", *envs[name])
             install(mnt.path / name, wheelhouse, *envs[name])
         except AssertionError as e:
             errors.append(str(e)[-3000:] + "\n" + mnt.log()[-3000:])
@@ -343,7 +346,7 @@ def test_concurrent_installs_and_absorbs(venvfs, mnt, env_a, wheelhouse):
         t.start()
     while any(t.is_alive() for t in threads):
         r = absorb(venvfs, "a", "b", check=False)  # an install in progress may be busy
-        assert r.returncode == 0 or "kept changing" in r.stderr, r.stderr
+        assert r.returncode == 0 or "kept changing" in r.stderr, r.stderr + mnt.log()[-4000:]
         time.sleep(0.2)
     for t in threads:
         t.join()
