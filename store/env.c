@@ -431,3 +431,22 @@ void env_sweep_layers(struct store *s, const char *name)
 	closedir(dir);
 	env_free(e);
 }
+
+bool env_has_layer_content(struct store *s, const struct env *e)
+{
+	_cleanup_free_ char *p = xasprintf("%s/%s", e->name, env_upper(e));
+	int fd = openat(s->envs_fd, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+	bool any = false;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	while (!any && (de = readdir(d)))
+		any = strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, ".lock");
+	closedir(d);
+	return any;
+}

@@ -98,6 +98,9 @@ void env_list_free(char **names, size_t n);
  */
 int env_install(struct store *s, const struct env *e, bool replace, const char *upper_from);
 
+/* Does the env's writable layer hold anything (but a uv .lock)? */
+bool env_has_layer_content(struct store *s, const struct env *e);
+
 /* Rewrite the manifest of an existing env (atomically). */
 int env_save(struct store *s, const struct env *e);
 

@@ -1230,11 +1230,20 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 		 * must not silently take over the name. */
 		bool same = old->origin && !strcmp(old->origin, im.abs);
 		_cleanup_free_ char *from = old->origin ? xstrdup(old->origin) : xstrdup("(created, not imported)");
+		bool layer = env_has_layer_content(s, old);
 		env->uid = old->uid;
 		env_free(old);
 		if (!same) {
 			r = vf_error(EEXIST, "an env named %s already exists (from %s); choose another with --name",
 				     env->name, from);
+			goto out;
+		}
+		if (layer) {
+			/* importing replaces the env: what was changed through a
+			 * mount would be lost */
+			r = vf_error(EEXIST, "env %s was changed through a mount (its writable layer holds files); "
+					     "`venvfs export` or `venvfs rm` it first, or import under another --name",
+				     env->name);
 			goto out;
 		}
 	}

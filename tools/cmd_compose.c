@@ -1,11 +1,14 @@
 /*
  * cmd_compose.c - envs from what the store holds: create, clone.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "env.h"
+#include "fs.h"
 #include "venv.h"
 
 struct create_args {
@@ -96,6 +99,12 @@ const struct command cmd_create = {
 	.run = run_create,
 };
 
+static void quiet(void *ctx, const char *msg)
+{
+	(void)ctx;
+	(void)msg;
+}
+
 static int run_clone(const struct command *c, int argc, char **argv)
 {
 	struct store *s;
@@ -107,6 +116,12 @@ static int run_clone(const struct command *c, int argc, char **argv)
 		return usage_error(c->name, "expected SRC and DST");
 	if (open_store(c->name, false, &s))
 		return 1;
+	/* what pip installed into SRC becomes packages first: shared with the
+	 * clone rather than copied (and its scripts rendered for the clone) */
+	struct absorb_stats st;
+	if (env_exists(s, argv[i]) && fs_absorb(s, argv[i], quiet, NULL, &st) == 0 && st.absorbed)
+		printf("absorbed %" PRIu64 " distributions of %s first\n", st.absorbed, argv[i]);
+	vf_clear_error();
 	int r = venv_clone(s, argv[i], argv[i + 1]);
 	store_close(s);
 	if (r < 0)
@@ -120,7 +135,8 @@ const struct command cmd_clone = {
 	.summary = "a new env identical to another, independent from then on",
 	.usage = "clone SRC DST",
 	.help = "Makes env DST identical to SRC: same interpreter and packages (shared in the\n"
-		"store), and a copy of SRC's writable layer. Changes to either later do not\n"
-		"show in the other.",
+		"store), and a copy of SRC's writable layer. SRC is absorbed first (venvfs\n"
+		"absorb), so what was installed into it is shared, not copied. Changes to\n"
+		"either later do not show in the other.",
 	.run = run_clone,
 };

@@ -442,3 +442,32 @@ def test_full_disk_write_and_absorb(small_fs, base_venv, wheelhouse):
         v("store", "verify")
     finally:
         m.umount()
+
+
+def test_reimport_does_not_lose_what_was_written_through_the_mount(venvfs, mnt, env_a, base_venv):
+    (env_a / "notes.txt").write_text("mine\n")
+    # the venv is unchanged since it was imported: either nothing to do
+    # (the env is kept as it is) or, when its files must be read again, a
+    # refusal to replace the env
+    r = venvfs("import", base_venv, "--name", "a", check=False)
+    assert (r.returncode == 0 and "unchanged since the last import" in r.stdout) or \
+        (r.returncode == 1 and "changed through a mount" in r.stderr), (r.stdout, r.stderr)
+    r = venvfs("import", base_venv, "--name", "a", "--no-cache", check=False)
+    assert r.returncode == 1 and "changed through a mount" in r.stderr, (r.stdout, r.stderr)
+    assert (env_a / "notes.txt").read_text() == "mine\n"
+
+
+def test_clone_shares_what_was_installed(venvfs, mnt, env_a, wheelhouse):
+    install(env_a, wheelhouse, "requests")
+    out = venvfs("clone", "a", "b").stdout
+    assert "absorbed" in out, out
+    time.sleep(1.2)
+    b = mnt.path / "b"
+    py(b, "import requests")
+    # nothing of requests was copied: b's writable layer has none of it
+    assert not [f for f in files_under(upper(venvfs.home, "b")) if "requests" in f]
+    # and its scripts name b, not a
+    for script in (b / "bin").iterdir():
+        if script.is_file() and not script.name.startswith(("activate", "Activate", "python")):
+            head = script.read_bytes()[:300]
+            assert str(mnt.path / "a") + "/" not in head.decode(errors="replace"), script
