@@ -426,6 +426,33 @@ static int serve(const struct fs_opts *o)
 	return 0;
 }
 
+/*
+ * Every file and directory of a writable layer that the kernel keeps in its
+ * inode cache holds a descriptor here (the node's O_PATH handle, fs_i.h): a
+ * pip install of 25k files into an env is 25k descriptors until the kernel
+ * forgets them. So allow as many as we may: fs.nr_open when privileged
+ * (CAP_SYS_RESOURCE), else the hard limit.
+ */
+static void raise_nofile(void)
+{
+	struct rlimit nofile;
+	unsigned long nr_open = 0;
+	FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+
+	if (f) {
+		if (fscanf(f, "%lu", &nr_open) != 1)
+			nr_open = 0;
+		fclose(f);
+	}
+	nofile.rlim_cur = nofile.rlim_max = (rlim_t)nr_open;
+	if (nr_open && setrlimit(RLIMIT_NOFILE, &nofile) == 0)
+		return;
+	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+		nofile.rlim_cur = nofile.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &nofile);
+	}
+}
+
 static int daemonize(bool foreground)
 {
 	int p[2];
@@ -491,13 +518,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	if (!S_ISDIR(st.st_mode))
 		return vf_error(ENOTDIR, "mount point %s is not a directory", mp);
 
-	/* every env served holds a few descriptors (its writable layer's
-	 * directories, its work directory): allow as many as we may */
-	struct rlimit nofile;
-	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-		nofile.rlim_cur = nofile.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &nofile);
-	}
+	raise_nofile();
 
 	memset(&fsd, 0, sizeof(fsd));
 	pthread_mutex_init(&fsd.lock, NULL);

@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -34,9 +35,18 @@
 
 static void reply_err(fuse_req_t req, enum fs_op op, int err)
 {
+	static bool told_emfile;
+
 	__atomic_add_fetch(&fsd.st.errors[op], 1, __ATOMIC_RELAXED);
 	if (err > 0 && err < STAT_ERRNO_MAX)
 		__atomic_add_fetch(&fsd.st.by_errno[err], 1, __ATOMIC_RELAXED);
+	if (err == EMFILE && !__atomic_exchange_n(&told_emfile, true, __ATOMIC_RELAXED)) {
+		struct rlimit rl;
+		getrlimit(RLIMIT_NOFILE, &rl);
+		fs_log("out of file descriptors (limit %llu; each file of a writable layer the kernel caches holds "
+		       "one): requests fail with EMFILE; raise the hard limit (ulimit -Hn) before mounting",
+		       (unsigned long long)rl.rlim_cur);
+	}
 	fuse_reply_err(req, err);
 }
 
