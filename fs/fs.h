@@ -21,6 +21,7 @@ struct fs_opts {
 	const char *log_path; /* NULL: HOME/log/mount.log */
 	unsigned absorb_idle_s; /* absorb changed envs after this long idle; 0: never */
 	bool no_absorb_on_unmount; /* do not absorb changed envs when unmounted */
+	unsigned max_fds;    /* descriptors the daemon may use; 0: as many as allowed */
 };
 
 /*

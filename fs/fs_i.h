@@ -79,6 +79,8 @@ struct node {
 	/* N_UPPER: identity in the writable layer, open write handles */
 	dev_t dev;
 	ino_t upper_ino;
+	fuse_ino_t met_in;  /* the directory and name it was looked up by */
+	char *met_as;       /* (fd_pressure(): what to ask the kernel to drop) */
 	uint32_t writers;
 	bool no_passthrough; /* was an N_FILE (opens of it may be cached ones),
 				or passthrough was refused */
@@ -189,6 +191,9 @@ int shared_open_object(struct node *n);
 void envs_changed(void);
 char *node_path(const struct node *dir, const char *name);
 struct node *upper_node(struct fsenv *e, struct node *dir, const char *name);
+int upper_stat(struct node *dir, const char *name, struct stat *st);
+void fd_pressure(void);
+void fs_wake_housekeeping(void);
 
 /* write.c */
 int copy_up_dir(struct node *dir);

@@ -44,12 +44,14 @@
  * reference on its parent. A node is freed when both counts reach zero.
  * Everything here runs under fsd.lock.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -279,6 +281,7 @@ static void node_free(struct node *n)
 	buf_free(&n->rendered);
 	free(n->name);
 	free(n->seen_as);
+	free(n->met_as);
 	free(n);
 	fsd.nodes_alive--;
 	if (parent && --parent->refs == 0 && parent->nlookup == 0)
@@ -790,7 +793,23 @@ static int new_named(struct node *dir, const char *name, size_t len, enum node_k
 	return 0;
 }
 
-/* The node of a file in the writable layer (find or make; NULL on error). */
+static uint64_t upper_st_ino(struct fsenv *e, dev_t dev, ino_t ino)
+{
+	uint64_t k[2] = {(uint64_t)dev, (uint64_t)ino};
+
+	return XXH3_64bits_withSeed(k, sizeof(k), e->root ? e->root->ino : 0) | 2;
+}
+
+/* What a stat of dir/name in the writable layer shows, without a node. */
+int upper_stat(struct node *dir, const char *name, struct stat *st)
+{
+	if (fstatat(dir->up.fd, name, st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	st->st_ino = upper_st_ino(dir->env, st->st_dev, st->st_ino);
+	return 0;
+}
+
+/* The node of a file in the writable layer (find or make; NULL and errno on error). */
 struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
 {
 	struct stat st;
@@ -814,11 +833,93 @@ struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
 	n->upper_ino = st.st_ino;
 	n->mode = st.st_mode;
 	n->hash = h;
-	uint64_t k[2] = {(uint64_t)st.st_dev, (uint64_t)st.st_ino};
-	n->ino = XXH3_64bits_withSeed(k, sizeof(k), e->root ? e->root->ino : 0) | 2;
+	n->ino = upper_st_ino(e, st.st_dev, st.st_ino);
 	n->seen_as = describe(dir, name, strlen(name));
+	n->met_in = dir == &fsd.root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)dir;
+	n->met_as = xstrdup(name);
 	table_add(n);
+	if (fsd.nodes_alive % 128 == 0)
+		fs_wake_housekeeping(); /* fd_pressure(): many files may be coming */
 	return n;
+}
+
+/*
+ * Descriptor pressure. Every file of a writable layer that the kernel keeps
+ * in its inode cache holds a descriptor here (its node's O_PATH handle), and
+ * the kernel keeps inodes as long as memory allows: a pip install of 25k
+ * files is 25k descriptors, past RLIMIT_NOFILE on many machines. So the
+ * housekeeping thread calls this a few times a second: when the descriptors
+ * in use pass 3/4 of the limit, it asks the kernel to drop its entries for
+ * the oldest such files that nothing has open (FUSE_NOTIFY_INVAL_ENTRY),
+ * down to half the limit. The kernel then forgets their inodes, which frees
+ * the nodes and their descriptors; a later lookup finds the file again,
+ * under the same inode number. Never called with fsd.lock held, nor from a
+ * request handler: invalidating an entry waits for the directory's lock,
+ * which a request in that directory may hold until it is answered.
+ */
+static size_t fds_in_use(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	size_t n = 0;
+
+	if (!d)
+		return 0;
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n > 2 ? n - 3 : 0; /* ".", "..", and d's own */
+}
+
+void fd_pressure(void)
+{
+	struct rlimit rl;
+	struct victim {
+		fuse_ino_t dir;
+		char *name;
+	} *v = NULL;
+	size_t nv = 0, cap = 0;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return;
+	size_t limit = (size_t)rl.rlim_cur;
+	pthread_mutex_lock(&fsd.lock);
+	uint64_t nodes = fsd.nodes_alive;
+	pthread_mutex_unlock(&fsd.lock);
+	if (nodes < limit / 4)
+		return; /* far from it: spare the count */
+	size_t used = fds_in_use();
+	if (used < limit / 4 * 3)
+		return;
+	size_t want = used - limit / 2;
+
+	pthread_mutex_lock(&fsd.lock);
+	for (struct fsenv *e = fsd.envs; e; e = e->next)
+		for (struct node *n = e->nodes; n; n = n->env_next) {
+			if (n->kind != N_UPPER || n->fd < 0 || n->gone || n->writers || n->backing_users)
+				continue;
+			fuse_ino_t dir = n->met_as ? n->met_in
+					 : n->parent == &fsd.root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)n->parent;
+			const char *name = n->met_as ? n->met_as : n->name;
+			if (!dir || !name)
+				continue;
+			if (nv == cap) {
+				cap = cap ? 2 * cap : 1024;
+				v = xrealloc(v, cap * sizeof(*v));
+			}
+			v[nv++] = (struct victim){dir, xstrdup(name)};
+		}
+	pthread_mutex_unlock(&fsd.lock);
+	/* each env's list runs newest first: drop from its end */
+	size_t from = nv > want ? nv - want : 0;
+	for (size_t i = 0; i < nv; i++) {
+		if (i >= from)
+			fuse_lowlevel_notify_inval_entry(fsd.se, v[i].dir, v[i].name, strlen(v[i].name));
+		free(v[i].name);
+	}
+	free(v);
+	if (nv)
+		fs_log("descriptors: %zu of %zu in use; asked the kernel to forget %zu files of writable layers", used,
+		       limit, nv - from);
 }
 
 static struct node *shared_node(const struct objid *id, uint32_t mode, uint64_t size, const struct timespec *mt,
@@ -868,7 +969,7 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 	if (m.upper == L_FILE) {
 		struct node *n = upper_node(e, dir, z);
 		if (!n)
-			return -EIO;
+			return errno == EMFILE || errno == ENFILE || errno == ENOENT ? -errno : -EIO;
 		*out = n;
 		return 0;
 	}

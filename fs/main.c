@@ -139,7 +139,16 @@ void fs_block_exit_signals(void)
 /* ---- housekeeping ------------------------------------------------------------------ */
 
 static int hk_stop[2] = {-1, -1};
+static int hk_wake[2] = {-1, -1};
 static pthread_t hk_thread;
+
+/* Have the housekeeping thread look at descriptor pressure now. */
+void fs_wake_housekeeping(void)
+{
+	if (hk_wake[1] >= 0 && write(hk_wake[1], "w", 1) < 0) {
+		/* full: a wake-up is pending already */
+	}
+}
 
 static void *housekeeping(void *arg)
 {
@@ -155,9 +164,15 @@ static void *housekeeping(void *arg)
 	if (ino >= 0 && inotify_add_watch(ino, envs, IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO) < 0)
 		fs_log("inotify on %s: %s (new envs show after a second)", envs, strerror(errno));
 	for (;;) {
-		struct pollfd p[3] = {{hk_stop[0], POLLIN, 0}, {ino, POLLIN, 0}, {sfd, POLLIN, 0}};
-		if (poll(p, 3, -1) < 0 && errno != EINTR)
+		struct pollfd p[4] = {{hk_stop[0], POLLIN, 0}, {ino, POLLIN, 0}, {sfd, POLLIN, 0}, {hk_wake[0], POLLIN, 0}};
+		if (poll(p, 4, 250) < 0 && errno != EINTR)
 			break;
+		if (p[3].revents & POLLIN) {
+			char drain[64];
+			while (read(hk_wake[0], drain, sizeof(drain)) > 0) {
+			}
+		}
+		fd_pressure();
 		if (p[0].revents)
 			break;
 		if (p[2].revents & POLLIN) {
@@ -430,15 +445,21 @@ static int serve(const struct fs_opts *o)
  * Every file and directory of a writable layer that the kernel keeps in its
  * inode cache holds a descriptor here (the node's O_PATH handle, fs_i.h): a
  * pip install of 25k files into an env is 25k descriptors until the kernel
- * forgets them. So allow as many as we may: fs.nr_open when privileged
- * (CAP_SYS_RESOURCE), else the hard limit.
+ * forgets them (or fd_pressure() asks it to, inode.c). So allow as many as
+ * we may: fs.nr_open when privileged (CAP_SYS_RESOURCE), else the hard
+ * limit; or what --max-fds says.
  */
-static void raise_nofile(void)
+static void raise_nofile(unsigned max_fds)
 {
 	struct rlimit nofile;
 	unsigned long nr_open = 0;
 	FILE *f = fopen("/proc/sys/fs/nr_open", "re");
 
+	if (max_fds && getrlimit(RLIMIT_NOFILE, &nofile) == 0) { /* --max-fds */
+		nofile.rlim_cur = MIN((rlim_t)max_fds, nofile.rlim_max);
+		setrlimit(RLIMIT_NOFILE, &nofile);
+		return;
+	}
 	if (f) {
 		if (fscanf(f, "%lu", &nr_open) != 1)
 			nr_open = 0;
@@ -518,7 +539,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	if (!S_ISDIR(st.st_mode))
 		return vf_error(ENOTDIR, "mount point %s is not a directory", mp);
 
-	raise_nofile();
+	raise_nofile(o->max_fds);
 
 	memset(&fsd, 0, sizeof(fsd));
 	pthread_mutex_init(&fsd.lock, NULL);
@@ -571,6 +592,8 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	sigemptyset(&usr1);
 	sigaddset(&usr1, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+	if (pipe2(hk_wake, O_CLOEXEC | O_NONBLOCK) < 0)
+		hk_wake[0] = hk_wake[1] = -1;
 	if (pipe2(hk_stop, O_CLOEXEC) == 0)
 		pthread_create(&hk_thread, NULL, housekeeping, NULL);
 	fsd.absorb_idle_s = o->absorb_idle_s;

@@ -1179,10 +1179,15 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			st.st_mode = S_IFDIR;
 			st.st_ino = env_root_ino(name, len);
 		} else if (i >= 2) {
-			if (node_child(dir, name, len, &n) < 0 || node_stat(n, &st) < 0) {
+			int cr = node_child(dir, name, len, &n);
+			if ((cr == -EMFILE || cr == -ENFILE) && upper_stat(dir, z, &st) == 0) {
+				/* out of descriptors (fd_pressure() is on it): the
+				 * name without a node; a lookup makes one later */
+				n = NULL;
+			} else if (cr < 0 || node_stat(n, &st) < 0) {
 				if (n)
 					node_forget(n, 0);
-				continue;
+				continue; /* gone meanwhile */
 			}
 		}
 		if (plus) {

@@ -45,6 +45,9 @@ static int mount_opt(int opt, const char *arg, void *ctx)
 	case 1006:
 		o->no_absorb_on_unmount = true;
 		return 0;
+	case 1007:
+		o->max_fds = (unsigned)atoi(arg);
+		return 0;
 
 	}
 	return -1;
@@ -62,6 +65,7 @@ static int run_mount(const struct command *c, int argc, char **argv)
 		{"threads", required_argument, NULL, 'j'},
 		{"absorb-idle", required_argument, NULL, 1005},
 		{"no-absorb-on-unmount", no_argument, NULL, 1006},
+		{"max-fds", required_argument, NULL, 1007},
 		{0},
 	};
 	struct fs_opts o = {.spin_us = 50, .absorb_idle_s = 60};
@@ -99,6 +103,8 @@ const struct command cmd_mount = {
 		"  --absorb-idle S   absorb what was installed into envs once the mount has been\n"
 		"                    idle S seconds (default 60; 0: never)\n"
 		"  --no-absorb-on-unmount  do not absorb changed envs when unmounted\n"
+		"  --max-fds N       use at most N file descriptors (default: as many as allowed);\n"
+		"                    past 3/4 of them, the kernel is asked to forget files\n"
 
 		"  -j, --threads N   worker threads for disk I/O (default 8)\n"
 		"  --spin-us N       keep polling for requests N us after each one (default 50;\n"

@@ -706,3 +706,23 @@ def test_large_writes_go_straight_to_the_layer(tmp_path, venvfs, mnt, wheels):
         assert writes == 0, f"{writes} write requests went through the daemon"
     else:
         assert writes >= 64
+
+
+def test_more_files_than_descriptors(tmp_path, venvfs, mnt):
+    """Each file of a writable layer the kernel caches holds a descriptor in
+    the daemon; past 3/4 of its limit, the daemon asks the kernel to forget
+    files (fs/inode.c, fd_pressure()). Writing, listing and reading four
+    times as many files as it may hold open works."""
+    base = make_venv(tmp_path / "base", with_pip=False)
+    venvfs("import", base, "--name", "many")
+    mnt.mount("--max-fds", "2048")
+    d = mnt.path / "many" / "lib" / "data"
+    d.mkdir()
+    n = 8000
+    for i in range(n):
+        (d / f"f{i}.txt").write_text(str(i))
+    assert sorted(os.listdir(d)) == sorted(f"f{i}.txt" for i in range(n))
+    assert all((d / f"f{i}.txt").read_text() == str(i) for i in range(n))
+    assert "asked the kernel to forget" in mnt.log()
+    assert "out of file descriptors" not in mnt.log(), mnt.log()[-3000:]
+    assert int(mnt.stats()["nodes"]) < 2048
