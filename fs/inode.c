@@ -844,14 +844,15 @@ struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
 }
 
 /*
- * Descriptor pressure. Every file of a writable layer that the kernel keeps
- * in its inode cache holds a descriptor here (its node's O_PATH handle), and
- * the kernel keeps inodes as long as memory allows: a pip install of 25k
- * files is 25k descriptors, past RLIMIT_NOFILE on many machines. So the
+ * Descriptor pressure. Every file and directory of a writable layer that the
+ * kernel keeps in its inode cache holds a descriptor here (the node's O_PATH
+ * handle, or its directory's), and the kernel keeps inodes as long as memory
+ * allows: a pip install of 25k files is 25k descriptors (django alone has 2k
+ * locale directories), past RLIMIT_NOFILE on many machines. So the
  * housekeeping thread calls this a few times a second: when the descriptors
  * in use pass 3/4 of the limit, it asks the kernel to drop its entries for
- * the oldest such files that nothing has open (FUSE_NOTIFY_INVAL_ENTRY),
- * down to half the limit. The kernel then forgets their inodes, which frees
+ * the oldest such files and directories that nothing has open
+ * (FUSE_NOTIFY_INVAL_ENTRY; a directory's go with it), down to half the limit. The kernel then forgets their inodes, which frees
  * the nodes and their descriptors; a later lookup finds the file again,
  * under the same inode number. Never called with fsd.lock held, nor from a
  * request handler: invalidating an entry waits for the directory's lock,
@@ -895,7 +896,9 @@ void fd_pressure(void)
 	pthread_mutex_lock(&fsd.lock);
 	for (struct fsenv *e = fsd.envs; e; e = e->next)
 		for (struct node *n = e->nodes; n; n = n->env_next) {
-			if (n->kind != N_UPPER || n->fd < 0 || n->gone || n->writers || n->backing_users)
+			bool is_file = n->kind == N_UPPER && n->fd >= 0 && !n->writers && !n->backing_users;
+			bool is_dir = n->kind == N_DIR && n->up.fd >= 0 && n != e->root && n->parent != &fsd.root;
+			if ((!is_file && !is_dir) || n->gone)
 				continue;
 			fuse_ino_t dir = n->met_as ? n->met_in
 					 : n->parent == &fsd.root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)n->parent;
@@ -918,8 +921,8 @@ void fd_pressure(void)
 	}
 	free(v);
 	if (nv)
-		fs_log("descriptors: %zu of %zu in use; asked the kernel to forget %zu files of writable layers", used,
-		       limit, nv - from);
+		fs_log("descriptors: %zu of %zu in use; asked the kernel to forget %zu files and directories of "
+		       "writable layers", used, limit, nv - from);
 }
 
 static struct node *shared_node(const struct objid *id, uint32_t mode, uint64_t size, const struct timespec *mt,
