@@ -838,7 +838,7 @@ struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
 	n->met_in = dir == &fsd.root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)dir;
 	n->met_as = xstrdup(name);
 	table_add(n);
-	if (fsd.nodes_alive % 128 == 0)
+	if (fsd.nodes_alive % 64 == 0)
 		fs_wake_housekeeping(); /* fd_pressure(): many files may be coming */
 	return n;
 }
@@ -988,8 +988,18 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 		return 0;
 	}
 	if (m.upper == L_DIR) {
+		/* opened first: a node without its writable part (EMFILE)
+		 * would show an empty directory for as long as it lives */
+		struct layer_dir up;
+		r = layer_dir_open(dir->up.fd, z, &up);
+		if (r < 0 || up.fd < 0) {
+			layer_dir_close(&up);
+			return r < 0 ? r : -ENOENT;
+		}
 		new_named(dir, name, len, N_DIR, h, &n);
-		r = layer_dir_open(dir->up.fd, z, &n->up);
+		n->up = up;
+		if (fsd.nodes_alive % 64 == 0)
+			fs_wake_housekeeping(); /* fd_pressure() */
 		layer_child_lower(v, &dir->dir, z, &n->up, &n->dir);
 		n->mode = m.ent.st.st_mode;
 		n->mtime = m.ent.st.st_mtim;
