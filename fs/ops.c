@@ -275,6 +275,21 @@ static int open_flags(int flags)
 	return (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT)) | O_CLOEXEC;
 }
 
+/* The times a setattr sets, for utimensat(): false if it sets none. */
+static bool setattr_times(const struct stat *a, int to_set, struct timespec ts[2])
+{
+	ts[0] = ts[1] = (struct timespec){0, UTIME_OMIT};
+	if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+		ts[0].tv_nsec = UTIME_NOW;
+	else if (to_set & FUSE_SET_ATTR_ATIME)
+		ts[0] = a->st_atim;
+	if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+		ts[1].tv_nsec = UTIME_NOW;
+	else if (to_set & FUSE_SET_ATTR_MTIME)
+		ts[1] = a->st_mtim;
+	return to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW);
+}
+
 /* Apply a setattr to an N_UPPER node (fd: an open file, or -1). */
 static int setattr_upper(struct node *n, const struct stat *a, int to_set, int fd, const struct fuse_ctx *ctx)
 {
@@ -301,16 +316,8 @@ static int setattr_upper(struct node *n, const struct stat *a, int to_set, int f
 		if (r < 0)
 			return -errno;
 	}
-	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW)) {
-		struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
-		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
-			ts[0].tv_nsec = UTIME_NOW;
-		else if (to_set & FUSE_SET_ATTR_ATIME)
-			ts[0] = a->st_atim;
-		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
-			ts[1].tv_nsec = UTIME_NOW;
-		else if (to_set & FUSE_SET_ATTR_MTIME)
-			ts[1] = a->st_mtim;
+	struct timespec ts[2];
+	if (setattr_times(a, to_set, ts)) {
 		if (S_ISLNK(n->mode)) {
 			if (utimensat(n->fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 && errno != EINVAL)
 				return -errno;
@@ -336,16 +343,8 @@ static int setattr_dir(struct node *n, const struct stat *a, int to_set)
 	    fchown(n->up.fd, to_set & FUSE_SET_ATTR_UID ? a->st_uid : (uid_t)-1,
 		   to_set & FUSE_SET_ATTR_GID ? a->st_gid : (gid_t)-1) < 0)
 		return -errno;
-	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW)) {
-		struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
-		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
-			ts[0].tv_nsec = UTIME_NOW;
-		else if (to_set & FUSE_SET_ATTR_ATIME)
-			ts[0] = a->st_atim;
-		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
-			ts[1].tv_nsec = UTIME_NOW;
-		else if (to_set & FUSE_SET_ATTR_MTIME)
-			ts[1] = a->st_mtim;
+	struct timespec ts[2];
+	if (setattr_times(a, to_set, ts)) {
 		if (futimens(n->up.fd, ts) < 0)
 			return -errno;
 	}

@@ -179,18 +179,14 @@ static void cand_free(struct candidate *c, size_t n)
 /* Every package of that name in the store, with its header strings. */
 static int candidates(struct store *s, const char *name, struct candidate **out, size_t *n)
 {
-	int fd = openat(s->packages_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	DIR *d = opendir_at(s->packages_fd, name);
 	struct dirent *de;
 	size_t cap = 0;
 
 	*out = NULL;
 	*n = 0;
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	if (!d)
 		return 0;
-	}
 	while ((de = readdir(d))) {
 		struct objid id;
 		struct tree *t;

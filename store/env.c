@@ -262,17 +262,13 @@ static int cmp_str(const void *a, const void *b)
 
 int env_list(struct store *s, char ***names, size_t *n)
 {
-	int fd = openat(s->envs_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	DIR *d = opendir_at(s->envs_fd, ".");
 	struct dirent *de;
 	char **v = NULL;
 	size_t cnt = 0, cap = 0;
 
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	if (!d)
 		return vf_error_errno(errno, "%s/envs", s->home);
-	}
 	while ((de = readdir(d))) {
 		/* envs appear and go by renames (env_install(), env_remove()):
 		 * a directory not hidden is a whole env, no need to stat its
@@ -413,15 +409,11 @@ void env_sweep_layers(struct store *s, const char *name)
 {
 	struct env *e;
 	_cleanup_close_ int efd = openat(s->envs_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int fd = efd >= 0 ? openat(efd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+	DIR *dir = efd >= 0 ? opendir_at(efd, ".") : NULL;
 	struct dirent *de;
 
-	if (!dir) {
-		if (fd >= 0)
-			close(fd);
+	if (!dir)
 		return;
-	}
 	if (env_load(s, name, &e) < 0) {
 		vf_clear_error();
 		closedir(dir);
@@ -439,16 +431,12 @@ void env_sweep_layers(struct store *s, const char *name)
 bool env_has_layer_content(struct store *s, const struct env *e)
 {
 	_cleanup_free_ char *p = xasprintf("%s/%s", e->name, env_upper(e));
-	int fd = openat(s->envs_fd, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	DIR *d = opendir_at(s->envs_fd, p);
 	struct dirent *de;
 	bool any = false;
 
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	if (!d)
 		return false;
-	}
 	while (!any && (de = readdir(d)))
 		any = strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, ".lock");
 	closedir(d);

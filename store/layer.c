@@ -224,14 +224,10 @@ int layer_merge_list(struct view *v, const struct layer_dir *ld, const struct vi
 	struct strmap upper = {0}; /* names the writable layer decides: 1 shows, 2 whiteout */
 
 	if (ld->fd >= 0) {
-		int fd = openat(ld->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+		DIR *d = opendir_at(ld->fd, ".");
 		struct dirent *de;
-		if (!d) {
-			if (fd >= 0)
-				close(fd);
+		if (!d)
 			return -errno;
-		}
 		while ((de = readdir(d))) {
 			struct layer_ent e;
 			if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
@@ -286,16 +282,12 @@ void layer_merge_list_free(struct merged_name *l, size_t n)
 
 int layer_mark_objects(int upper_fd, struct strmap *objects)
 {
-	int fd = openat(upper_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	DIR *d = opendir_at(upper_fd, ".");
 	struct dirent *de;
 	int r = 0;
 
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	if (!d)
 		return -errno;
-	}
 	while ((de = readdir(d)) && r == 0) {
 		struct layer_dir ld = {.fd = dirfd(d)};
 		struct layer_ent e;

@@ -26,16 +26,12 @@ typedef int (*dir_fn)(void *ctx, int dfd, const char *name, const struct stat *s
 /* Call fn for each entry of dirfd/path (not "." and ".."). */
 static int each_entry(int at, const char *path, dir_fn fn, void *ctx)
 {
-	int fd = openat(at, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	DIR *d = opendir_at(at, path);
 	struct dirent *de;
 	int r = 0;
 
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	if (!d)
 		return -errno;
-	}
 	while ((de = readdir(d)) && r == 0) {
 		struct stat st;
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))

@@ -537,6 +537,19 @@ int read_file_at(int dirfd, const char *path, size_t max, struct buf *out)
 	return 0;
 }
 
+DIR *opendir_at(int dirfd, const char *path)
+{
+	int fd = openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+
+	if (!d && fd >= 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+	}
+	return d;
+}
+
 int fsync_dir_at(int dirfd, const char *path)
 {
 	_cleanup_close_ int fd = openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -731,16 +744,12 @@ int copy_file(int in, int out, uint64_t size)
 
 int copy_tree(int src_dirfd, int dst_dirfd)
 {
-	int fd = openat(src_dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	DIR *d = opendir_at(src_dirfd, ".");
 	struct dirent *de;
 	int r = 0;
 
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	if (!d)
 		return -errno;
-	}
 	while (r == 0 && (de = readdir(d))) {
 		const char *n = de->d_name;
 		struct stat st;

@@ -11,6 +11,7 @@
 #ifndef VENVFS_UTIL_H
 #define VENVFS_UTIL_H
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -173,6 +174,9 @@ int read_file_at(int dirfd, const char *path, size_t max, struct buf *out);
 int write_file_atomic(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
 
 int fsync_dir_at(int dirfd, const char *path);
+
+/* opendir() of path relative to dirfd; NULL with errno set on failure. */
+DIR *opendir_at(int dirfd, const char *path);
 
 /* mkdir -p relative to dirfd (existing directories are fine). */
 int mkdir_p_at(int dirfd, const char *path, mode_t mode);
