@@ -336,7 +336,9 @@ int env_install(struct store *s, const struct env *e, bool replace, const char *
 	free(p);
 	p = xasprintf("%s/env", tmp);
 	env_format(e, &text);
-	r = write_file_atomic(s->envs_fd, p, text.data, text.len, 0644);
+	/* tmp is hidden until renamed: its manifest needs no rename of its own
+	 * (fsync file, fsync tmp, rename, fsync envs/: two journal commits) */
+	r = write_file_new(s->envs_fd, p, text.data, text.len, 0644);
 	if (r < 0)
 		goto fail;
 	if (fsync_dir_at(s->envs_fd, tmp) < 0) {

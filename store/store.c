@@ -131,11 +131,12 @@ int store_open(const char *home, bool create, struct store **out)
 				    : vf_error_errno(errno, "%s", s->home);
 		goto fail;
 	}
+	/* The marker is written last, when everything below exists: a store
+	 * with a marker is complete, and opening it creates nothing. */
+	bool fresh = false;
 	r = read_file_at(s->fd, "venvfs-store", 4096, &marker);
 	if (r == -ENOENT && create) {
-		r = write_file_atomic(s->fd, "venvfs-store", STORE_FORMAT_MARKER, strlen(STORE_FORMAT_MARKER), 0644);
-		if (r < 0)
-			goto fail;
+		fresh = true;
 	} else if (r < 0) {
 		r = r == -ENOENT ? vf_error(ENOENT, "%s: not a venvfs store (no venvfs-store marker)", s->home) : r;
 		goto fail;
@@ -143,12 +144,12 @@ int store_open(const char *home, bool create, struct store **out)
 		r = vf_error(EPROTO, "%s/venvfs-store: unsupported store format", s->home);
 		goto fail;
 	}
-	if ((r = open_subdir(s, "objects", create, &s->objects_fd)) < 0 ||
-	    (r = open_subdir(s, "packages", create, &s->packages_fd)) < 0 ||
-	    (r = open_subdir(s, "envs", create, &s->envs_fd)) < 0 ||
-	    (r = open_subdir(s, "tmp", create, &s->tmp_fd)) < 0)
+	if ((r = open_subdir(s, "objects", fresh, &s->objects_fd)) < 0 ||
+	    (r = open_subdir(s, "packages", fresh, &s->packages_fd)) < 0 ||
+	    (r = open_subdir(s, "envs", fresh, &s->envs_fd)) < 0 ||
+	    (r = open_subdir(s, "tmp", fresh, &s->tmp_fd)) < 0)
 		goto fail;
-	if (create) {
+	if (fresh) {
 		/* All 256 fan-out directories exist from the start, so an insert
 		 * never has to create (and fsync) a directory. */
 		for (int i = 0; i < 256; i++) {
@@ -161,6 +162,13 @@ int store_open(const char *home, bool create, struct store **out)
 		}
 		mkdirat(s->fd, "cache", 0755);
 		mkdirat(s->fd, "log", 0755);
+		if (fsync(s->objects_fd) < 0 || fsync(s->fd) < 0) {
+			r = vf_error_errno(errno, "fsync of %s", s->home);
+			goto fail;
+		}
+		r = write_file_atomic(s->fd, "venvfs-store", STORE_FORMAT_MARKER, strlen(STORE_FORMAT_MARKER), 0644);
+		if (r < 0)
+			goto fail;
 	}
 	s->lock_fd = openat(s->fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (s->lock_fd < 0) {

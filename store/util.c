@@ -559,22 +559,13 @@ int fsync_dir_at(int dirfd, const char *path)
 	return 0;
 }
 
-int write_file_atomic(int dirfd, const char *name, const void *data, size_t len, mode_t mode)
+int write_file_new(int dirfd, const char *name, const void *data, size_t len, mode_t mode)
 {
-	_cleanup_free_ char *tmp = NULL;
-	_cleanup_free_ char *dir = NULL;
-	const char *slash = strrchr(name, '/');
-	int fd, r;
+	int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+	int r;
 
-	if (slash) {
-		dir = xstrndup(name, (size_t)(slash - name));
-		tmp = xasprintf("%s/.tmp.%s.%016llx", dir, slash + 1, (unsigned long long)random_u64());
-	} else {
-		tmp = xasprintf(".tmp.%s.%016llx", name, (unsigned long long)random_u64());
-	}
-	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
 	if (fd < 0)
-		return vf_error_errno(errno, "%s", tmp);
+		return vf_error_errno(errno, "%s", name);
 	r = write_full(fd, data, len);
 	if (r == 0 && fchmod(fd, mode) < 0)
 		r = -errno;
@@ -582,11 +573,33 @@ int write_file_atomic(int dirfd, const char *name, const void *data, size_t len,
 		r = -errno;
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
-	if (r == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
-		r = -errno;
 	if (r < 0) {
-		unlinkat(dirfd, tmp, 0);
+		unlinkat(dirfd, name, 0);
 		return vf_error_errno(-r, "writing %s", name);
+	}
+	return 0;
+}
+
+int write_file_atomic(int dirfd, const char *name, const void *data, size_t len, mode_t mode)
+{
+	_cleanup_free_ char *tmp = NULL;
+	_cleanup_free_ char *dir = NULL;
+	const char *slash = strrchr(name, '/');
+	int r;
+
+	if (slash) {
+		dir = xstrndup(name, (size_t)(slash - name));
+		tmp = xasprintf("%s/.tmp.%s.%016llx", dir, slash + 1, (unsigned long long)random_u64());
+	} else {
+		tmp = xasprintf(".tmp.%s.%016llx", name, (unsigned long long)random_u64());
+	}
+	r = write_file_new(dirfd, tmp, data, len, mode);
+	if (r < 0)
+		return vf_error_prefix(-r, "writing %s: ", name);
+	if (renameat(dirfd, tmp, dirfd, name) < 0) {
+		r = vf_error_errno(errno, "writing %s", name);
+		unlinkat(dirfd, tmp, 0);
+		return r;
 	}
 	r = fsync_dir_at(dirfd, dir ? dir : ".");
 	if (r < 0)

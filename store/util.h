@@ -173,6 +173,14 @@ int read_file_at(int dirfd, const char *path, size_t max, struct buf *out);
  */
 int write_file_atomic(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
 
+/*
+ * Create a new file (O_EXCL), write it and fsync it; removed again on
+ * failure. For a file inside a directory nothing names yet (the directory
+ * is renamed into place afterwards), where a rename of its own would only
+ * cost one more journal commit.
+ */
+int write_file_new(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
+
 int fsync_dir_at(int dirfd, const char *path);
 
 /* opendir() of path relative to dirfd; NULL with errno set on failure. */
