@@ -15,9 +15,10 @@
  * its writable layer directory, so renaming the new manifest into place
  * replaces both at once. The env shows the same files before and after,
  * with two differences the design accepts (docs/design.md, "Absorb"):
- * absorbed files show the store's time (TREE_STORE_MTIME), and their
- * bytecode the store's canonical form (package.h), which is what lets the
- * same package installed into two envs be stored once.
+ * absorbed files show the store's time (TREE_STORE_MTIME) except sources
+ * with bytecode, and a distribution the store has already, compiled
+ * elsewhere, shows that package's bytecode (package.h), which is what
+ * lets the same package installed into two envs be stored once.
  *
  * Phases:
  *   1. find     *.dist-info directories of site-packages with a writable
@@ -30,7 +31,10 @@
  *   3. store    each file's stored form goes into the store. A file of
  *               the writable layer stored as it is becomes the object by
  *               a hard link: no data is copied (the store and the
- *               writable layers share HOME's file system);
+ *               writable layers share HOME's file system). Valid bytecode
+ *               waits: a distribution the store has already in an
+ *               equivalent package takes that package instead, and its
+ *               bytecode is not stored again;
  *   4. build    package manifests, the new package list and mtimes;
  *   5. diff     U' is built beside U: hard links of what stays (the same
  *               inodes: open files and file identities survive),
@@ -111,7 +115,9 @@ struct afile {
 	struct objid obj;      /* A_META, A_LOWER: known; A_UPPER: once stored */
 	char *target;          /* symlinks */
 	uint32_t pyc_src;      /* bytecode: index of its source in the dist */
-	bool optional;         /* unlisted bytecode: left out if not normalisable */
+	bool optional;         /* unlisted bytecode: left out if not valid */
+	bool deferred;         /* valid bytecode not stored yet (phase 3) */
+	bool keeps_mtime;      /* a source with kept bytecode: presents its mtime */
 	bool dropped;
 	bool is_record;
 	uint16_t tflags;
@@ -137,6 +143,7 @@ struct adist {
 	struct dist_meta meta;
 	struct buf manifest;
 	struct objid pkg_id;
+	bool reused;           /* pkg_id is an equivalent package the store had */
 	int64_t *orig_mtimes;
 	uint32_t n_nodes;
 	uint64_t bytes;
@@ -163,6 +170,7 @@ struct absorb {
 	struct adist *d;
 	size_t nd;
 	struct store_txn *txn;
+	bool store_kept;       /* phase 3: store valid bytecode too */
 	bool locked;
 	char *new_upper;       /* name of U' in HOME/envs/NAME */
 	bool committed;
@@ -672,15 +680,20 @@ static void set_error(struct absorb *a, int r)
 	pthread_mutex_unlock(&a->lock);
 }
 
-/* The paths the source of a pyc was compiled at (through each view). */
-static size_t compile_paths(struct absorb *a, const struct afile *src, char ***out)
+/* What the daemon checks before the switch: an A_UPPER file unchanged since it was read. */
+static int note_identity(struct absorb *a, struct afile *f, int fd, const struct stat *st0)
 {
-	char **p = xcalloc(a->n_views + 1, sizeof(char *));
+	struct stat st1;
 
-	for (size_t i = 0; i < a->n_views; i++)
-		p[i] = xasprintf("%s/%s", a->views[i], src->path);
-	*out = p;
-	return a->n_views;
+	if (fstat(fd, &st1) < 0)
+		return vf_error_errno(errno, "%s/%s", a->name, f->path);
+	if (st1.st_size != st0->st_size || st1.st_mtim.tv_sec != st0->st_mtim.tv_sec ||
+	    st1.st_mtim.tv_nsec != st0->st_mtim.tv_nsec)
+		return vf_error(EAGAIN, "%s/%s changed during the absorb", a->name, f->path);
+	f->ctime = st1.st_ctim;
+	f->dev = st1.st_dev;
+	f->ino = st1.st_ino;
+	return 0;
 }
 
 /*
@@ -691,7 +704,7 @@ static size_t compile_paths(struct absorb *a, const struct afile *src, char ***o
 static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool store_pass, struct buf *scratch)
 {
 	const char *shown = f->row >= 0 ? d->rec.rows[f->row].path : f->path;
-	struct stat st0, st1;
+	struct stat st0;
 	void *data = NULL;
 	bool mapped = false;
 	_cleanup_buf_ struct buf alt = {0}; /* (before any goto out) */
@@ -757,19 +770,19 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 		}
 	} else if (f->pyc_src != NONE) {
 		const struct afile *src = &d->f[f->pyc_src];
-		char **at;
-		size_t n = compile_paths(a, src, &at);
-		if (package_pyc_normalise(data, len, src->mtime.tv_sec, src->size, (const char *const *)at, n,
-					  src->root, src->rel, &alt)) {
-			put = alt.data;
-			put_len = alt.len;
-			f->tflags |= TREE_F_PYC_NORM;
+		if (package_pyc_valid(data, len, src->mtime.tv_sec, src->size)) {
+			/* kept as the installer wrote it (package.h), once the
+			 * store turns out not to have the package already */
+			f->tflags |= TREE_F_PYC_KEPT;
+			if (!a->store_kept && f->src == A_UPPER) {
+				f->deferred = true;
+				r = note_identity(a, f, fd, &st0);
+				goto out;
+			}
+			f->deferred = false;
 		} else if (f->optional) {
 			f->dropped = true; /* stale bytecode stays the env's own */
 		}
-		for (size_t i = 0; i < n; i++)
-			free(at[i]);
-		free(at);
 	}
 	if (f->dropped)
 		goto out;
@@ -796,21 +809,8 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 		__atomic_add_fetch(&a->st->copied_bytes, added, __ATOMIC_RELAXED);
 	else
 		__atomic_add_fetch(&a->st->dedup_bytes, put_len, __ATOMIC_RELAXED);
-	if (f->src == A_UPPER) {
-		/* what the daemon checks before the switch: unchanged since */
-		if (fstat(fd, &st1) < 0) {
-			r = vf_error_errno(errno, "%s/%s", a->name, f->path);
-			goto out;
-		}
-		if (st1.st_size != st0.st_size || st1.st_mtim.tv_sec != st0.st_mtim.tv_sec ||
-		    st1.st_mtim.tv_nsec != st0.st_mtim.tv_nsec) {
-			r = vf_error(EAGAIN, "%s/%s changed during the absorb", a->name, f->path);
-			goto out;
-		}
-		f->ctime = st1.st_ctim;
-		f->dev = st1.st_dev;
-		f->ino = st1.st_ino;
-	}
+	if (f->src == A_UPPER)
+		r = note_identity(a, f, fd, &st0);
 out:
 	if (mapped)
 		munmap(data, len);
@@ -893,6 +893,11 @@ static bool to_store(const struct adist *d, const struct afile *f)
 	return S_ISREG(f->mode) && !f->is_record; /* RECORD: when its template is known */
 }
 
+static bool deferred(const struct adist *d, const struct afile *f)
+{
+	return f->deferred && !d->reused && !f->dropped;
+}
+
 /* ---- 4. build ------------------------------------------------------------------------- */
 
 static int store_record(struct absorb *a, struct adist *d)
@@ -935,22 +940,59 @@ static int64_t shown_mtime(struct absorb *a, struct strmap *files, struct adist 
 	return vd->ok ? vd->mtime.tv_sec : TREE_STORE_MTIME;
 }
 
-static int build_package(struct absorb *a, size_t k)
+/* METADATA, WHEEL and RECORD of distribution k: once, before its manifest. */
+static int dist_record(struct absorb *a, size_t k)
 {
 	struct adist *d = &a->d[k];
-	_cleanup_buf_ struct buf meta = {0}, wheel = {0}, full = {0};
+	_cleanup_buf_ struct buf meta = {0}, wheel = {0};
 	_cleanup_free_ char *mp = xasprintf("%s/METADATA", d->dir), *wp = xasprintf("%s/WHEEL", d->dir);
-	struct strmap dirs = {0}, files = {0};
-	struct tree_entry te;
-	int r;
 
 	read_small(a, mp, 1 << 24, &meta);
 	read_small(a, wp, 1 << 20, &wheel);
 	dist_meta_parse(d->dir, meta.data, meta.len, wheel.data, wheel.len, &d->meta);
-	r = store_record(a, d);
+	return store_record(a, d);
+}
+
+/* The times the files of d->manifest showed in V, for export. */
+static int dist_mtimes(struct absorb *a, struct adist *d)
+{
+	_cleanup_buf_ struct buf full = {0};
+	struct strmap files = {0};
+	struct tree *t;
+	int r = tree_load(d->manifest.data, d->manifest.len, false, &t);
+
 	if (r < 0)
 		return r;
+	for (size_t i = 0; i < d->nf; i++)
+		if (!d->f[i].dropped)
+			*strmap_put(&files, d->f[i].path, strlen(d->f[i].path), NULL) = i;
+	free(d->orig_mtimes);
+	d->n_nodes = t->n;
+	d->orig_mtimes = xmalloc((t->n + 1) * sizeof(int64_t));
+	for (uint32_t i = 0; i < t->n; i++) {
+		uint32_t root = tree_path(t, i, &full);
+		_cleanup_free_ char *p = root == TREE_ROOT_SITE
+						 ? (full.len ? xasprintf("%s/%s", a->site, full.data) : xstrdup(a->site))
+						 : xstrdup(full.len ? full.data : "");
+		d->orig_mtimes[i] = i < 2 ? TREE_STORE_MTIME : shown_mtime(a, &files, d, p);
+	}
+	tree_free(t);
+	strmap_free(&files);
+	return 0;
+}
 
+/* The manifest of distribution k from its files as stored so far (deferred
+ * bytecode has no object yet: enough to compare, not to store). */
+static int build_manifest(struct absorb *a, size_t k)
+{
+	struct adist *d = &a->d[k];
+	struct strmap dirs = {0};
+	struct tree_entry te;
+	int r = 0;
+
+	for (size_t i = 0; i < d->nf; i++)
+		if ((d->f[i].tflags & TREE_F_PYC_KEPT) && !d->f[i].dropped)
+			d->f[d->f[i].pyc_src].keeps_mtime = true;
 	struct tree_builder *tb = package_builder_new(&d->meta, d->dir);
 	struct vdir *site = vdir_at(a, a->site, strlen(a->site));
 	memset(&te, 0, sizeof(te));
@@ -959,11 +1001,11 @@ static int build_package(struct absorb *a, size_t k)
 	tree_builder_add(tb, TREE_ROOT_ENV, "", 0, &te);
 	te.mode = site->mode;
 	tree_builder_add(tb, TREE_ROOT_SITE, "", 0, &te);
+	d->bytes = 0;
 	for (size_t i = 0; i < d->nf && r == 0; i++) {
 		struct afile *f = &d->f[i];
 		if (f->dropped)
 			continue;
-		*strmap_put(&files, f->path, strlen(f->path), NULL) = i;
 		/* the directories on the way, with the modes V shows */
 		for (const char *s = strchr(f->rel, '/'); s; s = strchr(s + 1, '/')) {
 			bool created;
@@ -984,49 +1026,71 @@ static int build_package(struct absorb *a, size_t k)
 			break;
 		memset(&te, 0, sizeof(te));
 		te.mode = f->mode;
-		te.mtime_sec = TREE_STORE_MTIME;
+		te.mtime_sec = f->keeps_mtime ? f->mtime.tv_sec : TREE_STORE_MTIME;
+		te.mtime_nsec = f->keeps_mtime ? (uint32_t)f->mtime.tv_nsec : 0;
 		if (S_ISLNK(f->mode)) {
 			te.target = f->target;
 			te.target_len = strlen(f->target);
 		} else {
 			te.obj = f->obj;
 			te.flags = f->tflags;
-			te.size = (f->tflags & TREE_F_TEMPLATE) ? 0 : f->stored_size;
+			te.size = (f->tflags & TREE_F_TEMPLATE) ? 0 : f->deferred ? f->size : f->stored_size;
 			d->bytes += f->size;
 		}
 		r = tree_builder_add(tb, f->root, f->rel, strlen(f->rel), &te);
 	}
-	if (r < 0) {
+	buf_reset(&d->manifest);
+	if (r < 0)
 		r = vf_error_errno(-r, "%s: cannot build its package", d->what);
-	} else {
+	else
 		r = tree_builder_finish(tb, &d->manifest);
-	}
 	tree_builder_free(tb);
-	if (r == 0) {
-		/* the times the files had, for export */
-		struct tree *t;
-		r = tree_load(d->manifest.data, d->manifest.len, false, &t);
-		if (r == 0) {
-			d->n_nodes = t->n;
-			d->orig_mtimes = xmalloc((t->n + 1) * sizeof(int64_t));
-			for (uint32_t i = 0; i < t->n; i++) {
-				uint32_t root = tree_path(t, i, &full);
-				_cleanup_free_ char *p = root == TREE_ROOT_SITE
-								 ? (full.len ? xasprintf("%s/%s", a->site, full.data)
-									     : xstrdup(a->site))
-								 : xstrdup(full.len ? full.data : "");
-				d->orig_mtimes[i] = i < 2 ? TREE_STORE_MTIME : shown_mtime(a, &files, d, p);
-			}
-			tree_free(t);
-		}
-	}
-	if (r == 0) {
-		uint64_t added;
-		r = store_txn_put(a->txn, d->manifest.data, d->manifest.len, &d->pkg_id, &added);
-		a->st->copied_bytes += added;
-	}
 	strmap_free(&dirs);
-	strmap_free(&files);
+	return r;
+}
+
+/*
+ * Does the store have distribution k already, compiled elsewhere
+ * (package.h)? Then the env takes that package, and the bytecode waiting
+ * in phase 3 is not stored at all.
+ */
+static int find_equivalent(struct absorb *a, size_t k)
+{
+	struct adist *d = &a->d[k];
+	struct tree *t;
+	int r = dist_record(a, k);
+
+	if (r == 0)
+		r = build_manifest(a, k);
+	if (r < 0 || tree_load(d->manifest.data, d->manifest.len, false, &t) < 0)
+		return r;
+	d->reused = package_find_equivalent(a->s, t, &d->pkg_id);
+	tree_free(t);
+	if (!d->reused)
+		return 0;
+	buf_reset(&d->manifest);
+	r = store_object_read(a->s, &d->pkg_id, 1u << 30, &d->manifest);
+	if (r < 0)
+		return vf_error_prefix(-r, "%s: ", d->what);
+	for (size_t i = 0; i < d->nf; i++)
+		if (d->f[i].deferred)
+			__atomic_add_fetch(&a->st->dedup_bytes, d->f[i].size, __ATOMIC_RELAXED);
+	return dist_mtimes(a, d);
+}
+
+/* Phase 4: the package of distribution k, complete now, into the store. */
+static int put_package(struct absorb *a, size_t k)
+{
+	struct adist *d = &a->d[k];
+	uint64_t added;
+	int r;
+
+	if (d->reused)
+		return 0;
+	if ((r = build_manifest(a, k)) < 0 || (r = dist_mtimes(a, d)) < 0)
+		return r;
+	r = store_txn_put(a->txn, d->manifest.data, d->manifest.len, &d->pkg_id, &added);
+	a->st->copied_bytes += added;
 	return r;
 }
 
@@ -1594,10 +1658,16 @@ int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *
 	if (r < 0)
 		goto fail;
 	for (size_t k = 0; k < a->nd; k++) {
-		if (a->d[k].why.any)
-			continue;
-		r = build_package(a, k);
-		if (r < 0)
+		if (!a->d[k].why.any && (r = find_equivalent(a, k)) < 0)
+			goto fail;
+	}
+	a->store_kept = true;
+	queue(a, deferred);
+	r = run_jobs(a, "absorbing bytecode");
+	if (r < 0)
+		goto fail;
+	for (size_t k = 0; k < a->nd; k++) {
+		if (!a->d[k].why.any && (r = put_package(a, k)) < 0)
 			goto fail;
 	}
 	a->new_upper = xasprintf("upper-%08llx", (unsigned long long)(random_u64() & 0xffffffffu));

@@ -70,9 +70,11 @@ static int copy_object(struct exporter *x, const struct objid *id, int out, cons
 }
 
 /*
- * A normalised pyc gets back what it had in the venv: the header mtime of
- * its source as imported, and the path it was compiled at (here, the
- * export's path, as a fresh compile there would have).
+ * A valid pyc gets back what it had in the venv: the header mtime of its
+ * source as imported or absorbed (the source is written with that time),
+ * and, if normalised, the path it was compiled at (here, the export's
+ * path, as a fresh compile there would have). Bytecode kept as installed
+ * names the path it was compiled at already.
  */
 static int write_pyc(struct exporter *x, struct view_src src, const struct objid *id, int fd, const char *path)
 {
@@ -147,7 +149,7 @@ static int export_entry(struct exporter *x, int dfd, const struct layer_dir *ld,
 				return vf_error_errno(-r, "%s/%s", x->dest, path->data);
 		} else {
 			tree_node_objid(n, &id);
-			if (n->flags & TREE_F_PYC_NORM)
+			if (n->flags & (TREE_F_PYC_NORM | TREE_F_PYC_KEPT))
 				r = write_pyc(x, ent->top, &id, fd, path->data);
 			else
 				r = copy_object(x, &id, fd, path->data);

@@ -3,9 +3,11 @@
  */
 #include "package.h"
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "template.h"
 
@@ -164,13 +166,18 @@ bool package_record_template(const char *text, size_t len, const struct record *
 	return true;
 }
 
+bool package_pyc_valid(const void *data, size_t len, int64_t src_mtime, uint64_t src_size)
+{
+	uint32_t hm, hs;
+
+	return pyc_timestamp_header(data, len, &hm, &hs) && hm == (uint32_t)src_mtime && hs == (uint32_t)src_size;
+}
+
 bool package_pyc_normalise(const void *data, size_t len, int64_t src_mtime, uint64_t src_size,
 			   const char *const *compiled_at, size_t n_paths, unsigned canon_root, const char *canon_rel,
 			   struct buf *out)
 {
-	uint32_t hm, hs;
-
-	if (!pyc_timestamp_header(data, len, &hm, &hs) || hm != (uint32_t)src_mtime || hs != (uint32_t)src_size)
+	if (!package_pyc_valid(data, len, src_mtime, src_size))
 		return false;
 	/* the compile path (co_filename) becomes canonical too */
 	_cleanup_free_ char *canon = xasprintf("%s%s%s", PYC_CANON_PREFIX,
@@ -184,4 +191,83 @@ bool package_pyc_normalise(const void *data, size_t len, int64_t src_mtime, uint
 	}
 	pyc_set_mtime(out->data, (uint32_t)TREE_STORE_MTIME);
 	return true;
+}
+
+static bool valid_pyc(const struct tree_node *n)
+{
+	return n->flags & (TREE_F_PYC_NORM | TREE_F_PYC_KEPT);
+}
+
+static bool same_str(const struct tree *a, const struct tree *b, enum tree_str which)
+{
+	size_t la, lb;
+	const char *sa = tree_str(a, which, &la), *sb = tree_str(b, which, &lb);
+
+	return la == lb && !memcmp(sa, sb, la);
+}
+
+/* Nodes are in a canonical order (tree.h), so equal trees align index by index. */
+static bool equivalent(const struct tree *a, const struct tree *b)
+{
+	if (a->hdr->kind != b->hdr->kind || a->n != b->n || a->hdr->n_roots != b->hdr->n_roots)
+		return false;
+	for (int i = 0; i < TREE_STR_COUNT; i++)
+		if (!same_str(a, b, (enum tree_str)i))
+			return false;
+	for (uint32_t i = 0; i < a->n; i++) {
+		const struct tree_node *x = &a->nodes[i], *y = &b->nodes[i];
+		if (x->name_len != y->name_len || memcmp(tree_name(a, x), tree_name(b, y), x->name_len) ||
+		    x->mode != y->mode || x->parent != y->parent)
+			return false;
+		switch (x->mode & S_IFMT) {
+		case S_IFDIR:
+			if (x->u.dir.first_child != y->u.dir.first_child || x->u.dir.n_children != y->u.dir.n_children)
+				return false;
+			break;
+		case S_IFLNK:
+			if (x->u.link.len != y->u.link.len ||
+			    memcmp(tree_link_target(a, x), tree_link_target(b, y), x->u.link.len))
+				return false;
+			break;
+		case S_IFREG:
+			if (valid_pyc(x) && valid_pyc(y))
+				break;
+			if (x->flags != y->flags || x->size != y->size || x->obj_seq != y->obj_seq ||
+			    memcmp(x->obj_hash, y->obj_hash, 16))
+				return false;
+			break;
+		default:
+			if (x->u.dev.major != y->u.dev.major || x->u.dev.minor != y->u.dev.minor)
+				return false;
+		}
+	}
+	return true;
+}
+
+bool package_find_equivalent(struct store *s, const struct tree *t, struct objid *out)
+{
+	_cleanup_free_ char *name = tree_strdup(t, TREE_STR_NAME);
+	DIR *d = opendir_at(s->packages_fd, name);
+	struct dirent *de;
+	bool found = false;
+
+	if (!d)
+		return false;
+	while (!found && (de = readdir(d))) {
+		struct objid id;
+		struct tree *c;
+		if (de->d_name[0] == '.' || objid_parse(de->d_name, strlen(de->d_name), &id) < 0)
+			continue;
+		_cleanup_close_ int fd = store_object_open(s, &id);
+		if (fd < 0 || tree_map_fd(fd, de->d_name, &c) < 0)
+			continue; /* an index entry without its manifest (gc's business) */
+		if (equivalent(t, c)) {
+			*out = id;
+			found = true;
+		}
+		tree_free(c);
+	}
+	closedir(d);
+	vf_clear_error();
+	return found;
 }

@@ -10,10 +10,18 @@
  *
  *   - a script directly in bin/ that names the env's own path becomes a
  *     template (template.h), and so do the RECORD rows that hash it;
- *   - a timestamp pyc valid for its source is normalised: its header gets
- *     TREE_STORE_MTIME (the mtime the view shows for the source), its
- *     co_filename the canonical PYC_CANON_PREFIX name, so one package
- *     installed at two times, in two venvs, is one package.
+ *   - import (which copies every file anyway) normalises a timestamp pyc
+ *     valid for its source: its header gets TREE_STORE_MTIME (the mtime
+ *     the view shows for the source), its co_filename the canonical
+ *     PYC_CANON_PREFIX name (TREE_F_PYC_NORM);
+ *   - absorb, which moves files by hard link and writes none, keeps a valid
+ *     pyc as it is (TREE_F_PYC_KEPT) and its source presents the mtime the
+ *     pyc names.
+ *
+ * Either way, one package installed at two times, in two venvs, must be
+ * one package, although pip compiled it twice, with each venv's path and
+ * time inside: package_find_equivalent() dedups whole packages, treating
+ * valid bytecode as the cache of its source that it is.
  */
 #ifndef VENVFS_PACKAGE_H
 #define VENVFS_PACKAGE_H
@@ -83,8 +91,20 @@ bool package_record_template(const char *text, size_t len, const struct record *
  * absolute paths the source may have been compiled at; canon_root and
  * canon_rel name the source in its package. Returns true and fills out.
  */
+/* A timestamp pyc whose header names this source mtime and size? */
+bool package_pyc_valid(const void *data, size_t len, int64_t src_mtime, uint64_t src_size);
+
 bool package_pyc_normalise(const void *data, size_t len, int64_t src_mtime, uint64_t src_size,
 			   const char *const *compiled_at, size_t n_paths, unsigned canon_root, const char *canon_rel,
 			   struct buf *out);
+
+/*
+ * A package of the store that shows the same distribution as manifest t:
+ * the same header strings and the same nodes (names, modes, link targets,
+ * the object of every file), except that bytecode valid for its source in
+ * both (TREE_F_PYC_NORM or TREE_F_PYC_KEPT) may differ, and so may times.
+ * Returns true with its id in out.
+ */
+bool package_find_equivalent(struct store *s, const struct tree *t, struct objid *out);
 
 #endif

@@ -26,9 +26,12 @@
  *
  * Regular files name their content by object id. Files flagged
  * TREE_F_TEMPLATE name a template (template.h) rendered per env path.
- * Package trees record modes but not times: every file and directory of a
- * package presents mtime TREE_STORE_MTIME, and the package's bytecode was
- * normalised to agree with it (pyc.h). Env trees record real times.
+ * Package trees record modes, and times only where bytecode needs them:
+ * every file and directory of a package presents mtime TREE_STORE_MTIME,
+ * and imported bytecode was normalised to agree with it (package.h),
+ * except a source whose bytecode was kept as its installer wrote it
+ * (TREE_F_PYC_KEPT, absorb): it presents the mtime that bytecode names.
+ * Env trees record real times.
  */
 #ifndef VENVFS_TREE_H
 #define VENVFS_TREE_H
@@ -60,6 +63,7 @@ enum tree_root {
 enum tree_node_flags {
 	TREE_F_TEMPLATE = 1 << 0, /* content is a template object, rendered per env */
 	TREE_F_PYC_NORM = 1 << 1, /* pyc whose header mtime was set to TREE_STORE_MTIME */
+	TREE_F_PYC_KEPT = 1 << 2, /* pyc as installed, valid for the mtime its source presents */
 };
 
 /* Header strings (package metadata), each {offset, length} in the strtab. */
@@ -101,7 +105,7 @@ struct tree_node {
 	uint32_t mode;      /* st_mode, file type included */
 	uint32_t parent;    /* index of the parent directory; a root is its own */
 	uint64_t size;      /* regular: content size; template: 0 (rendered); symlink: target length */
-	int64_t mtime_sec;  /* modification time (TREE_STORE_MTIME in packages) */
+	int64_t mtime_sec;  /* modification time (in packages: see above) */
 	uint32_t mtime_nsec;
 	union {
 		struct {

@@ -17,6 +17,7 @@
 
 #include "env.h"
 #include "maint.h"
+#include "package.h"
 #include "pyfmt.h"
 #include "store.h"
 #include "template.h"
@@ -649,6 +650,74 @@ START_TEST(test_util_paths)
 }
 END_TEST
 
+/* ---- package equivalence ---------------------------------------------------- */
+
+/* A package "demo" 1.0: a source, its pyc (flags, object tag), a data file. */
+static void demo_package(struct store *s, uint16_t pyc_flags, uint8_t pyc_tag, uint8_t data_tag, int64_t src_mtime,
+			 struct buf *out, struct objid *id)
+{
+	struct tree_builder *tb = tree_builder_new(TREE_PACKAGE);
+	struct tree_entry src = {.mode = S_IFREG | 0644, .size = 10, .mtime_sec = src_mtime};
+	struct tree_entry pyc = {.mode = S_IFREG | 0644, .size = 20u + pyc_tag, .flags = pyc_flags,
+				 .mtime_sec = TREE_STORE_MTIME};
+	struct store_txn *t = store_txn_begin(s);
+	uint64_t added;
+
+	tree_builder_set_str(tb, TREE_STR_NAME, "demo", 4);
+	tree_builder_set_str(tb, TREE_STR_VERSION, "1.0", 3);
+	memset(src.obj.hash, 1, 16);
+	memset(pyc.obj.hash, pyc_tag, 16);
+	ck_assert_int_eq(tree_builder_add(tb, TREE_ROOT_SITE, "demo/m.py", 9, &src), 0);
+	ck_assert_int_eq(tree_builder_add(tb, TREE_ROOT_SITE, "demo/__pycache__/m.cpython-311.pyc", 34, &pyc), 0);
+	add_file(tb, TREE_ROOT_SITE, "demo/data.txt", data_tag);
+	buf_reset(out);
+	ck_assert_int_eq(tree_builder_finish(tb, out), 0);
+	tree_builder_free(tb);
+	if (id) {
+		ck_assert_int_eq(store_txn_put(t, out->data, out->len, id, &added), 0);
+		ck_assert_int_eq(store_txn_commit(t), 0);
+		ck_assert_int_eq(store_package_register(s, "demo", id), 0);
+	} else {
+		store_txn_abort(t);
+	}
+}
+
+static bool has_equivalent(struct store *s, const struct buf *m, struct objid *found)
+{
+	struct tree *t;
+	ck_assert_int_eq(tree_load(m->data, m->len, false, &t), 0);
+	bool r = package_find_equivalent(s, t, found);
+	tree_free(t);
+	return r;
+}
+
+START_TEST(test_package_equivalence)
+{
+	struct store *s = open_test_store();
+	struct buf m = {0};
+	struct objid imported, found;
+
+	/* nothing of that name yet */
+	demo_package(s, TREE_F_PYC_NORM, 7, 3, TREE_STORE_MTIME, &m, NULL);
+	ck_assert(!has_equivalent(s, &m, &found));
+	/* an imported package: canonical bytecode */
+	demo_package(s, TREE_F_PYC_NORM, 7, 3, TREE_STORE_MTIME, &m, &imported);
+	/* the same wheel absorbed from an env: bytecode kept as pip wrote it,
+	 * other bytes, the source at its install time: the same package */
+	demo_package(s, TREE_F_PYC_KEPT, 9, 3, 1700000000, &m, NULL);
+	ck_assert(has_equivalent(s, &m, &found));
+	ck_assert(objid_equal(&found, &imported));
+	/* another data file: another package */
+	demo_package(s, TREE_F_PYC_KEPT, 9, 4, 1700000000, &m, NULL);
+	ck_assert(!has_equivalent(s, &m, &found));
+	/* bytecode not valid for its source must be the same bytes */
+	demo_package(s, 0, 9, 3, 1700000000, &m, NULL);
+	ck_assert(!has_equivalent(s, &m, &found));
+	buf_free(&m);
+	store_close(s);
+}
+END_TEST
+
 static Suite *store_suite(void)
 {
 	Suite *s = suite_create("store");
@@ -686,6 +755,7 @@ static Suite *store_suite(void)
 	tcase_add_checked_fixture(tc, setup_home, teardown_home);
 	tcase_add_test(tc, test_env_manifest);
 	tcase_add_test(tc, test_env_install_and_gc);
+	tcase_add_test(tc, test_package_equivalence);
 	tcase_add_test(tc, test_util_paths);
 	suite_add_tcase(s, tc);
 	return s;
