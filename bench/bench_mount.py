@@ -651,8 +651,9 @@ activity of anything else running meanwhile lands in it too, hence the spread be
                  fmt_t(median([a + l for a, l in zip(v["mount"], v["ls"])])),
                  " ".join(fmt_t(a + l) for a, l in zip(v["mount"], v["ls"]))] for mode, v in st.items()]
         trows = [[what, "" if t is None else f"{t:.2f}", s.get("rss_kb"), s.get("RssAnon", "?"), s.get("RssFile", "?"),
-                  s.get("nodes"), s.get("envs_loaded")] for what, t, s in th["trace"]]
+                  s.get("heap_in_use_kb", "?"), s.get("nodes"), s.get("envs_loaded")] for what, t, s in th["trace"]]
         rss = [s.get("rss_kb") for _, _, s in th["trace"][1:]]
+        heap = [s.get("heap_in_use_kb") or 0 for _, _, s in th["trace"][1:]]
         parts.append(f"""A store of {th['n']} envs: one small venv ({', '.join(SMALL_SET)} with pip and setuptools: {th['small_files']} files,
 {th['small_size'] / 1e6:.1f} MB) imported, then cloned {th['n'] - 1} times ({th['clone_s'] * 1000:.1f} ms per `venvfs clone`).
 Start-up: `venvfs mount` (returns when the mount serves) and the first `ls MNT`, from an unmounted store;
@@ -663,9 +664,11 @@ cold: after `drop_caches`. Daemon RSS right after start was {', '.join(str(x) fo
 Then one mount: `find MNT > /dev/null` ({th['entries']:,} entries) eleven times, each after `drop_caches` so the kernel
 forgets its inodes and every scan goes to the daemon; RSS from `venvfs stats`:
 
-{table(["when", "scan s", "rss kB", "of which anon kB", "of which file kB", "nodes", "envs loaded"], trows)}
+{table(["when", "scan s", "rss kB", "of which anon kB", "of which file kB", "heap in use kB", "nodes", "envs loaded"], trows)}
 
-`nodes` is read after each scan; the kernel forgets every inode at the next `drop_caches`.""")
+`nodes` is read after each scan; the kernel forgets every inode at the next `drop_caches`. `heap in use` is what
+the daemon's allocations hold (glibc `mallinfo2()`: in-use chunks plus mmapped ones); RSS counts only the pages of it
+that were ever written, so RSS can rise towards it while what the daemon holds stays the same.""")
         su = median([a + l for a, l in zip(st["warm"]["mount"], st["warm"]["ls"])])
         suc = median([a + l for a, l in zip(st["cold"]["mount"], st["cold"]["ls"])])
         tail = rss[-6:]  # the last five scans
@@ -673,8 +676,10 @@ forgets its inodes and every scan goes to the daemon; RSS from `venvfs stats`:
         targets.append(f"- {th['n']:,} envs: start-up under 100 ms: {fmt_t(su)} with a warm page cache, {ok(su < 0.1)}; "
                        f"{fmt_t(suc)} after drop_caches, {ok(suc < 0.1)}. RSS flat over repeated scans: {rss[0]:,} kB after "
                        f"the first scan, {rss[-1]:,} kB after the last ({(rss[-1] / rss[0] - 1) * 100:+.1f}%), "
-                       f"{(tail[-1] / tail[0] - 1) * 100:+.2f}% over the last five scans: not flat from the first "
-                       f"scan; {'flat' if flat else '**still growing**'} over the last five (under 1%)")
+                       f"{(tail[-1] / tail[0] - 1) * 100:+.2f}% over the last five scans; "
+                       f"{'flat' if flat else '**still growing**'} over the last five (under 1%). Heap in use "
+                       f"{heap[0]:,} kB after the first scan, {heap[-1]:,} kB after the last "
+                       f"({(heap[-1] / max(heap[0], 1) - 1) * 100:+.2f}%), {ok(heap[-1] <= 1.01 * heap[0])}")
     else:
         missing("1,000 envs: start-up under 100 ms, RSS flat", "thousand")
 

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -104,6 +105,9 @@ static void format_stats(struct buf *b)
 			buf_printf(b, "rss_kb %s", line + 6 + strspn(line + 6, " \t"));
 	if (f)
 		fclose(f);
+	/* what of it the heap holds in use (the rest: free, not yet returned) */
+	struct mallinfo2 mi = mallinfo2();
+	buf_printf(b, "heap_in_use_kb %zu kB\n", (mi.uordblks + mi.hblkhd) / 1024);
 }
 
 static void write_stats(void)
