@@ -120,11 +120,14 @@ def main():
             # 2. large writes
             dds = {"durable (conv=fsync), native": [], "durable (conv=fsync), mounted": [],
                    "page cache, native": [], "page cache, mounted": []}
-            for r in range(args.rounds):
+            # durable writes swing 10-fold here from one run to the next (the
+            # loop device's file on the host's disk): more rounds, either order
+            for r in range(max(args.rounds, 7)):
                 for fsync in (True, False):
                     kind = "durable (conv=fsync)" if fsync else "page cache"
-                    dds[f"{kind}, native"].append(dd(fs / "n0" / "big.bin", fsync))
-                    dds[f"{kind}, mounted"].append(dd(mnt / "p0" / "big.bin", fsync))
+                    for where in (("native", "mounted") if r % 2 == 0 else ("mounted", "native")):
+                        path = fs / "n0" / "big.bin" if where == "native" else mnt / "p0" / "big.bin"
+                        dds[f"{kind}, {where}"].append(dd(path, fsync))
             print({k: [f"{1024 / x:.0f} MB/s" for x in v] for k, v in dds.items()}, flush=True)
 
             # 3. absorb of a large set, then the same set in a second env
@@ -174,6 +177,15 @@ def main():
                         m.group(3) if m else "?",
                         f"{(du1['stored_bytes'] - du0['stored_bytes']) / 1e6:+.1f} MB"])
     pip_ratio = median(res["pip mounted"]) / median(res["pip native"])
+    units = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+
+    def nbytes(text):
+        try:
+            v, u = text.split()
+            return float(v) * units[u]
+        except (ValueError, KeyError):
+            return float("inf")
+    written_b, first_b = nbytes(absrows[0][5]), absorbs[0][1]
     dd_ratio = median(dds["durable (conv=fsync), native"]) / median(dds["durable (conv=fsync), mounted"])
     body = f"""## Writable envs (issue 4)
 
@@ -205,16 +217,19 @@ pip installs {', '.join(big_set)} into a mounted env (a clone of the imported ve
 
 {table(["env", "installed (writable layer)", "absorb s", "distributions", "moved by hard link", "written", "store on disk, change"], absrows)}
 
-"Written" is bytecode (`.pyc`) rewritten into its canonical form (docs/design.md, pyc handling), scripts
-kept as templates, and manifests; every other file moves into the store by hard link, with no data
-copied. "Store on disk" is `stored_bytes` of `venvfs store du`: the whole store directory, writable layers
-included, so absorbing the second env, whose packages the store already has, frees its copies.
+"Written" is scripts kept as templates (they name the env's path), the RECORDs that hash them, and
+manifests; every other file, bytecode included (kept as pip wrote it: docs/design.md, Bytecode), moves
+into the store by hard link, with no data copied. Files the store has already (numpy's `.so` imported
+with the first env, ...) are neither moved nor written. The second env's packages are ones the store
+has, compiled in the first env: it takes those, and nothing moves or is written. "Store on disk" is
+`stored_bytes` of `venvfs store du`: the whole store directory, writable layers included, so absorbing
+the second env frees its copies.
 
 ### Targets
 
 - pip install at most 1.3x native: {pip_ratio:.2f}x, {"met" if pip_ratio <= 1.3 else "**not met**"}; uv: {median(res["uv mounted"]) / median(res["uv native"]):.2f}x native (hardlinks), {uvc:.2f}x native copying
 - 1 GiB writes at least 70% of native: durable {dd_ratio:.0%}, {"met" if dd_ratio >= 0.7 else "**not met**"}; page cache only {median(dds["page cache, native"]) / median(dds["page cache, mounted"]):.0%}
-- absorb on one file system without copying: {absrows[0][4]} moved by hard link, {absrows[0][5]} written in {absrows[0][2]} s (bytecode rewritten to its canonical form, templates, manifests): **not met** for bytecode
+- absorb on one file system without copying: {absrows[0][4]} moved by hard link, {absrows[0][5]} written (templates, manifests) in {absrows[0][2]} s, {"met" if written_b <= 0.01 * first_b else "**not met**"} (written under 1% of the {absrows[0][1]} installed)
 """
     print(body)
     update_doc("write", body)

@@ -30,6 +30,7 @@
 #include <dirent.h>
 
 #include "env.h"
+#include "package.h"
 #include "pyfmt.h"
 #include "store.h"
 #include "tree.h"
@@ -176,39 +177,36 @@ static void cand_free(struct candidate *c, size_t n)
 	free(c);
 }
 
+struct candidate_list {
+	struct candidate *c;
+	size_t n, cap;
+};
+
+static bool add_candidate(void *ctx, const struct objid *id, const struct tree *t)
+{
+	struct candidate_list *l = ctx;
+
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 8;
+		l->c = xrealloc(l->c, l->cap * sizeof(*l->c));
+	}
+	struct candidate *c = &l->c[l->n++];
+	c->id = *id;
+	c->version = tree_strdup(t, TREE_STR_VERSION);
+	c->tags = tree_strdup(t, TREE_STR_TAGS);
+	c->requires = tree_strdup(t, TREE_STR_REQUIRES);
+	c->requires_python = tree_strdup(t, TREE_STR_REQUIRES_PYTHON);
+	return false;
+}
+
 /* Every package of that name in the store, with its header strings. */
 static int candidates(struct store *s, const char *name, struct candidate **out, size_t *n)
 {
-	DIR *d = opendir_at(s->packages_fd, name);
-	struct dirent *de;
-	size_t cap = 0;
+	struct candidate_list l = {0};
 
-	*out = NULL;
-	*n = 0;
-	if (!d)
-		return 0;
-	while ((de = readdir(d))) {
-		struct objid id;
-		struct tree *t;
-		if (de->d_name[0] == '.' || objid_parse(de->d_name, strlen(de->d_name), &id) < 0)
-			continue;
-		_cleanup_close_ int pfd = store_object_open(s, &id);
-		if (pfd < 0 || tree_map_fd(pfd, de->d_name, &t) < 0)
-			continue; /* an index entry without its manifest (gc's business) */
-		if (*n == cap) {
-			cap = cap ? cap * 2 : 8;
-			*out = xrealloc(*out, cap * sizeof(**out));
-		}
-		struct candidate *c = &(*out)[(*n)++];
-		c->id = id;
-		c->version = tree_strdup(t, TREE_STR_VERSION);
-		c->tags = tree_strdup(t, TREE_STR_TAGS);
-		c->requires = tree_strdup(t, TREE_STR_REQUIRES);
-		c->requires_python = tree_strdup(t, TREE_STR_REQUIRES_PYTHON);
-		tree_free(t);
-	}
-	closedir(d);
-	vf_clear_error();
+	package_each(s, name, add_candidate, &l);
+	*out = l.c;
+	*n = l.n;
 	return 0;
 }
 

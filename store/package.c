@@ -244,30 +244,50 @@ static bool equivalent(const struct tree *a, const struct tree *b)
 	return true;
 }
 
-bool package_find_equivalent(struct store *s, const struct tree *t, struct objid *out)
+bool package_each(struct store *s, const char *name,
+		  bool (*fn)(void *ctx, const struct objid *id, const struct tree *t), void *ctx)
 {
-	_cleanup_free_ char *name = tree_strdup(t, TREE_STR_NAME);
 	DIR *d = opendir_at(s->packages_fd, name);
 	struct dirent *de;
-	bool found = false;
+	bool stop = false;
 
 	if (!d)
 		return false;
-	while (!found && (de = readdir(d))) {
+	while (!stop && (de = readdir(d))) {
 		struct objid id;
-		struct tree *c;
+		struct tree *t;
 		if (de->d_name[0] == '.' || objid_parse(de->d_name, strlen(de->d_name), &id) < 0)
 			continue;
 		_cleanup_close_ int fd = store_object_open(s, &id);
-		if (fd < 0 || tree_map_fd(fd, de->d_name, &c) < 0)
+		if (fd < 0 || tree_map_fd(fd, de->d_name, &t) < 0)
 			continue; /* an index entry without its manifest (gc's business) */
-		if (equivalent(t, c)) {
-			*out = id;
-			found = true;
-		}
-		tree_free(c);
+		stop = fn(ctx, &id, t);
+		tree_free(t);
 	}
 	closedir(d);
 	vf_clear_error();
-	return found;
+	return stop;
+}
+
+struct equivalent_search {
+	const struct tree *t;
+	struct objid *out;
+};
+
+static bool equivalent_one(void *ctx, const struct objid *id, const struct tree *c)
+{
+	struct equivalent_search *q = ctx;
+
+	if (!equivalent(q->t, c))
+		return false;
+	*q->out = *id;
+	return true;
+}
+
+bool package_find_equivalent(struct store *s, const struct tree *t, struct objid *out)
+{
+	_cleanup_free_ char *name = tree_strdup(t, TREE_STR_NAME);
+	struct equivalent_search q = {t, out};
+
+	return package_each(s, name, equivalent_one, &q);
 }

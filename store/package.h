@@ -99,6 +99,13 @@ bool package_pyc_normalise(const void *data, size_t len, int64_t src_mtime, uint
 			   struct buf *out);
 
 /*
+ * Call fn with every package of the store called name (its id and mapped
+ * manifest) until it returns true; returns whether one did.
+ */
+bool package_each(struct store *s, const char *name,
+		  bool (*fn)(void *ctx, const struct objid *id, const struct tree *t), void *ctx);
+
+/*
  * A package of the store that shows the same distribution as manifest t:
  * the same header strings and the same nodes (names, modes, link targets,
  * the object of every file), except that bytecode valid for its source in

@@ -138,7 +138,7 @@ def absorb(venvfs, *names, check=True):
 # ---- the main job -------------------------------------------------------------------------
 
 
-def test_absorb_keeps_the_env_and_shares_the_packages(venvfs, mnt, env_a, wheelhouse):
+def test_absorb_keeps_the_env_and_shares_the_packages(venvfs, mnt, env_a, wheelhouse, tmp_path):
     venvfs("clone", "a", "c")  # for later: the same env, nothing installed
     install(env_a, wheelhouse, "requests", "flask", "numpy")
     before = view(env_a, pyc_bytes=True)
@@ -177,6 +177,14 @@ def test_absorb_keeps_the_env_and_shares_the_packages(venvfs, mnt, env_a, wheelh
     assert grew < 256 * 1024, (grew, du0, du1)
     assert du1["logical_bytes"] - du0["logical_bytes"] > 30_000_000
     venvfs("store", "verify")
+    # c shows a's bytecode now, valid for the sources c shows
+    assert not pyc_valid(mnt.path / "c")
+    # exported, both are real venvs whose bytecode is valid for their sources
+    for name in ("a", "c"):
+        dest = tmp_path / f"export-{name}"
+        venvfs("export", name, dest)
+        assert not pyc_valid(dest), name
+        py(dest, "import flask, requests, numpy")
 
 
 def test_absorb_moves_files_without_copying(venvfs, mnt, env_a, wheelhouse):
