@@ -77,6 +77,7 @@ static char *run_file(struct store *s, const char *mountpoint, const char *ext)
 static const char *op_names[OP_COUNT] = {
 	"lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink",
 	"rename", "link", "open", "read", "write", "release", "fsync", "readdir", "readdirplus", "statfs", "create",
+	"ioctl",
 };
 
 static void format_stats(struct buf *b)

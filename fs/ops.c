@@ -1269,6 +1269,20 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->time_gran = 1;
 }
 
+/*
+ * The kernel forwards every ioctl on our files and remembers no refusal:
+ * Python's isatty() in each open() is one (TCGETS). None applies to a venv's
+ * files; ENOTTY is what a regular file on disk answers (libfuse's default
+ * would be ENOSYS, which no caller expects).
+ */
+static void op_ioctl(fuse_req_t req, fuse_ino_t ino, int cmd, void *arg, struct fuse_file_info *fi, unsigned flags,
+		     const void *in_buf, size_t in_bufsz, size_t out_bufsz)
+{
+	(void)ino, (void)cmd, (void)arg, (void)fi, (void)flags, (void)in_buf, (void)in_bufsz, (void)out_bufsz;
+	count(OP_IOCTL);
+	reply_err(req, OP_IOCTL, ENOTTY);
+}
+
 const struct fuse_lowlevel_ops fs_ops = {
 	.init = op_init,
 	.lookup = op_lookup,
@@ -1294,5 +1308,6 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.readdirplus = op_readdirplus,
 	.statfs = op_statfs,
 	.create = op_create,
+	.ioctl = op_ioctl,
 	/* no flush, getxattr, listxattr: ENOSYS once, then never asked again */
 };

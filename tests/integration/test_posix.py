@@ -241,6 +241,20 @@ def finish(p):
 # ---- creating and opening ---------------------------------------------------------------
 
 
+def test_ioctl_on_files_is_enotty(env):
+    """isatty() on every open() (Python's io) is an ioctl the kernel forwards:
+    a store file and a writable-layer file answer ENOTTY, as files on disk do."""
+    import termios
+    (env.root / "mine.txt").write_text("x")
+    for p in (env.sp / "six.py", env.root / "mine.txt"):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            fails(errno.ENOTTY, fcntl.ioctl, fd, termios.TCGETS, bytes(64))
+            assert not os.isatty(fd)
+        finally:
+            os.close(fd)
+
+
 def test_o_excl_creates_new_file_then_eexist(env):
     f = env.root / "new.txt"
     fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
