@@ -149,6 +149,7 @@ struct fsd {
 	FILE *log;
 	bool log_stderr;
 	uint64_t nodes_alive;
+	uint64_t nodes_made;    /* ever (fd_pressure()) */
 	uint64_t last_request_ns;    /* for absorb-when-idle */
 	unsigned absorb_idle_s;      /* 0: never on idle */
 	bool absorb_on_unmount;

@@ -231,6 +231,7 @@ static struct node *node_new(enum node_kind kind)
 	n->up.fd = -1;
 	n->backing_fd = -1;
 	fsd.nodes_alive++;
+	fsd.nodes_made++;
 	return n;
 }
 
@@ -838,7 +839,7 @@ struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
 	n->met_in = dir == &fsd.root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)dir;
 	n->met_as = xstrdup(name);
 	table_add(n);
-	if (fsd.nodes_alive % 64 == 0)
+	if (fsd.nodes_made % 64 == 0)
 		fs_wake_housekeeping(); /* fd_pressure(): many files may be coming */
 	return n;
 }
@@ -884,7 +885,7 @@ void fd_pressure(void)
 		return;
 	size_t limit = (size_t)rl.rlim_cur;
 	pthread_mutex_lock(&fsd.lock);
-	uint64_t nodes = fsd.nodes_alive;
+	uint64_t nodes = fsd.nodes_alive, made = fsd.nodes_made;
 	pthread_mutex_unlock(&fsd.lock);
 	if (nodes < limit / 4)
 		return; /* far from it: spare the count */
@@ -893,18 +894,19 @@ void fd_pressure(void)
 	 * this runs every 64 new nodes during a pip install). A node holds at
 	 * most 3 descriptors (an O_PATH or directory handle, a passthrough
 	 * backing file, its env's), so while the last count plus what the
-	 * nodes made since could hold stays under the mark, skip it; count
-	 * at least once a second for what changes without new nodes.
+	 * nodes made since could hold stays under the mark, skip it (made,
+	 * not alive: the kernel's forgets lag behind, and a node it forgot may
+	 * have held none); count at least once a second regardless.
 	 */
 	static size_t last_used;
-	static uint64_t last_nodes, last_ns;
+	static uint64_t last_made, last_ns;
 	uint64_t now = now_ns();
-	size_t bound = last_used + 3 * (size_t)(nodes > last_nodes ? nodes - last_nodes : 0);
+	size_t bound = last_used + 3 * (size_t)(made - last_made);
 	if (last_ns && bound < limit / 4 * 3 && now - last_ns < 1000000000ull)
 		return;
 	size_t used = fds_in_use();
 	last_used = used;
-	last_nodes = nodes;
+	last_made = made;
 	last_ns = now;
 	if (used < limit / 4 * 3)
 		return;
@@ -1015,7 +1017,7 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 		}
 		new_named(dir, name, len, N_DIR, h, &n);
 		n->up = up;
-		if (fsd.nodes_alive % 64 == 0)
+		if (fsd.nodes_made % 64 == 0)
 			fs_wake_housekeeping(); /* fd_pressure() */
 		layer_child_lower(v, &dir->dir, z, &n->up, &n->dir);
 		n->mode = m.ent.st.st_mode;
