@@ -239,7 +239,6 @@ static void serve_client(int fd)
 static void *control_main(void *arg)
 {
 	(void)arg;
-	fs_block_exit_signals();
 	for (;;) {
 		struct pollfd p[2] = {{ctl_stop[0], POLLIN, 0}, {ctl_listen, POLLIN, 0}};
 		int n = poll(p, 2, 1000);
@@ -288,7 +287,7 @@ void control_start(void)
 			ctl_listen = -1;
 		}
 	}
-	if (pipe2(ctl_stop, O_CLOEXEC) == 0 && pthread_create(&ctl_thread, NULL, control_main, NULL) == 0)
+	if (pipe2(ctl_stop, O_CLOEXEC) == 0 && fs_thread_create(&ctl_thread, control_main, NULL) == 0)
 		ctl_running = true;
 }
 

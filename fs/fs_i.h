@@ -161,8 +161,8 @@ extern struct fsd fsd;
 /* logging: timestamped lines in the log (and stderr in the foreground) */
 void fs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* main.c: keep exit signals away from a helper thread */
-void fs_block_exit_signals(void);
+/* main.c: pthread_create() for helper threads: exit signals blocked from birth */
+int fs_thread_create(pthread_t *t, void *(*fn)(void *), void *arg);
 
 /* main.c: run fn(arg) on a worker thread (it replies to its request) */
 void fs_defer(void (*fn)(void *), void *arg);

@@ -130,15 +130,24 @@ static void write_stats(void)
  * Helper threads leave SIGTERM, SIGINT and SIGHUP to the thread serving
  * requests, whose poll() they must interrupt to end the loop at once.
  */
-void fs_block_exit_signals(void)
+/*
+ * Start a helper thread with the exit signals blocked from its first
+ * instruction. SIGTERM must land in the request loop's thread, where it
+ * interrupts poll(); a helper that took it in its first moments (before
+ * blocking it itself) left the loop asleep until the next request.
+ */
+int fs_thread_create(pthread_t *t, void *(*fn)(void *), void *arg)
 {
-	sigset_t set;
+	sigset_t set, old;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
+	int r = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return r;
 }
 
 /* ---- housekeeping ------------------------------------------------------------------ */
@@ -161,7 +170,6 @@ static void *housekeeping(void *arg)
 	sigset_t usr1;
 	(void)arg;
 
-	fs_block_exit_signals();
 	sigemptyset(&usr1);
 	sigaddset(&usr1, SIGUSR1);
 	int sfd = signalfd(-1, &usr1, SFD_CLOEXEC);
@@ -381,7 +389,6 @@ void fs_defer(void (*fn)(void *), void *arg)
 static void *worker(void *arg)
 {
 	(void)arg;
-	fs_block_exit_signals();
 	for (;;) {
 		pthread_mutex_lock(&pool.lock);
 		while (!pool.head && !pool.stop)
@@ -411,7 +418,7 @@ static int serve(const struct fs_opts *o)
 	pool.n = o->max_threads ? o->max_threads : 8;
 	pool.threads = xcalloc(pool.n, sizeof(*pool.threads));
 	for (unsigned i = 0; i < pool.n; i++)
-		if (pthread_create(&pool.threads[i], NULL, worker, NULL) != 0)
+		if (fs_thread_create(&pool.threads[i], worker, NULL) != 0)
 			pool.n = i;
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	while (!fuse_session_exited(fsd.se)) {
@@ -600,7 +607,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	if (pipe2(hk_wake, O_CLOEXEC | O_NONBLOCK) < 0)
 		hk_wake[0] = hk_wake[1] = -1;
 	if (pipe2(hk_stop, O_CLOEXEC) == 0)
-		pthread_create(&hk_thread, NULL, housekeeping, NULL);
+		fs_thread_create(&hk_thread, housekeeping, NULL);
 	fsd.absorb_idle_s = o->absorb_idle_s;
 	fsd.absorb_on_unmount = !o->no_absorb_on_unmount;
 	control_start();
