@@ -853,11 +853,12 @@ struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
  * housekeeping thread calls this a few times a second: when the descriptors
  * in use pass 3/4 of the limit, it asks the kernel to drop its entries for
  * the oldest such files and directories that nothing has open
- * (FUSE_NOTIFY_INVAL_ENTRY; a directory's go with it), down to half the limit. The kernel then forgets their inodes, which frees
- * the nodes and their descriptors; a later lookup finds the file again,
- * under the same inode number. Never called with fsd.lock held, nor from a
- * request handler: invalidating an entry waits for the directory's lock,
- * which a request in that directory may hold until it is answered.
+ * (FUSE_NOTIFY_INVAL_ENTRY; a directory's go with it), down to half the
+ * limit. The kernel then forgets their inodes, which frees the nodes and
+ * their descriptors; a later lookup finds the file again, under the same
+ * inode number. Never called with fsd.lock held, nor from a request
+ * handler: invalidating an entry waits for the directory's lock, which a
+ * request in that directory may hold until it is answered.
  */
 static size_t fds_in_use(void)
 {

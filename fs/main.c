@@ -127,14 +127,11 @@ static void write_stats(void)
 }
 
 /*
- * Helper threads leave SIGTERM, SIGINT and SIGHUP to the thread serving
- * requests, whose poll() they must interrupt to end the loop at once.
- */
-/*
- * Start a helper thread with the exit signals blocked from its first
- * instruction. SIGTERM must land in the request loop's thread, where it
- * interrupts poll(); a helper that took it in its first moments (before
- * blocking it itself) left the loop asleep until the next request.
+ * Start a helper thread with SIGTERM, SIGINT and SIGHUP blocked from its
+ * first instruction: they must land in the thread serving requests, whose
+ * poll() they interrupt to end the loop at once. (A helper that blocked
+ * them itself could take one in its first moments and leave the loop
+ * asleep until the next request.)
  */
 int fs_thread_create(pthread_t *t, void *(*fn)(void *), void *arg)
 {

@@ -1057,21 +1057,15 @@ static int build_manifest(struct absorb *a, size_t k)
 static int find_equivalent(struct absorb *a, size_t k)
 {
 	struct adist *d = &a->d[k];
-	struct tree *t;
 	int r = dist_record(a, k);
 
 	if (r == 0)
 		r = build_manifest(a, k);
-	if (r < 0 || tree_load(d->manifest.data, d->manifest.len, false, &t) < 0)
-		return r;
-	d->reused = package_find_equivalent(a->s, t, &d->pkg_id);
-	tree_free(t);
-	if (!d->reused)
-		return 0;
-	buf_reset(&d->manifest);
-	r = store_object_read(a->s, &d->pkg_id, 1u << 30, &d->manifest);
-	if (r < 0)
+	if (r == 0 && (r = package_take_equivalent(a->s, &d->manifest, &d->pkg_id)) < 0)
 		return vf_error_prefix(-r, "%s: ", d->what);
+	if (r <= 0)
+		return r;
+	d->reused = true;
 	for (size_t i = 0; i < d->nf; i++)
 		if (d->f[i].deferred)
 			__atomic_add_fetch(&a->st->dedup_bytes, d->f[i].size, __ATOMIC_RELAXED);

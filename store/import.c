@@ -934,23 +934,17 @@ static int build_package(struct imp *im, size_t k)
 	if (r < 0)
 		goto out;
 
+	/* the store may have it already, absorbed from an env where pip
+	 * compiled it (package.h): the env takes that package */
+	struct objid eq;
+	r = package_take_equivalent(im->s, &d->manifest, &eq);
+	if (r < 0)
+		goto out;
+	/* original mtimes of every node, for export */
 	struct tree *t;
 	r = tree_load(d->manifest.data, d->manifest.len, false, &t);
 	if (r < 0)
 		goto out;
-	/* the store may have it already, absorbed from an env where pip
-	 * compiled it (package.h): the env takes that package */
-	struct objid eq;
-	if (package_find_equivalent(im->s, t, &eq)) {
-		tree_free(t);
-		buf_reset(&d->manifest);
-		r = store_object_read(im->s, &eq, 1u << 30, &d->manifest);
-		if (r == 0)
-			r = tree_load(d->manifest.data, d->manifest.len, false, &t);
-		if (r < 0)
-			goto out;
-	}
-	/* original mtimes of every node, for export */
 	_cleanup_buf_ struct buf path = {0}, full = {0};
 	d->n_nodes = t->n;
 	d->orig_mtimes = xmalloc((t->n + 1) * sizeof(int64_t));

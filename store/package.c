@@ -291,3 +291,19 @@ bool package_find_equivalent(struct store *s, const struct tree *t, struct objid
 
 	return package_each(s, name, equivalent_one, &q);
 }
+
+int package_take_equivalent(struct store *s, struct buf *m, struct objid *id)
+{
+	struct tree *t;
+	int r = tree_load(m->data, m->len, false, &t);
+
+	if (r < 0)
+		return r;
+	bool found = package_find_equivalent(s, t, id);
+	tree_free(t);
+	if (!found)
+		return 0;
+	buf_reset(m);
+	r = store_object_read(s, id, 1u << 30, m);
+	return r < 0 ? r : 1;
+}

@@ -85,15 +85,15 @@ bool package_is_script(const char *env_path);
 bool package_record_template(const char *text, size_t len, const struct record *rec, const bool *row_tpl,
 			     const unsigned *row_root, char *const *row_rel, struct buf *blob);
 
+/* A timestamp pyc whose header names this source mtime and size? */
+bool package_pyc_valid(const void *data, size_t len, int64_t src_mtime, uint64_t src_size);
+
 /*
  * Normalise a pyc if it is a timestamp pyc valid for its source (source
  * mtime and size as the installer saw them): compiled_at lists the
  * absolute paths the source may have been compiled at; canon_root and
  * canon_rel name the source in its package. Returns true and fills out.
  */
-/* A timestamp pyc whose header names this source mtime and size? */
-bool package_pyc_valid(const void *data, size_t len, int64_t src_mtime, uint64_t src_size);
-
 bool package_pyc_normalise(const void *data, size_t len, int64_t src_mtime, uint64_t src_size,
 			   const char *const *compiled_at, size_t n_paths, unsigned canon_root, const char *canon_rel,
 			   struct buf *out);
@@ -113,5 +113,12 @@ bool package_each(struct store *s, const char *name,
  * Returns true with its id in out.
  */
 bool package_find_equivalent(struct store *s, const struct tree *t, struct objid *out);
+
+/*
+ * The same for the manifest held in m: if the store has an equivalent
+ * package, m becomes its manifest and id its id, and this returns 1; 0 if
+ * it has none, < 0 on error.
+ */
+int package_take_equivalent(struct store *s, struct buf *m, struct objid *id);
 
 #endif
