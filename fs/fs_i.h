@@ -192,6 +192,14 @@ int shared_open_object(struct node *n);
 void envs_changed(void);
 char *node_path(const struct node *dir, const char *name);
 struct node *upper_node(struct fsenv *e, struct node *dir, const char *name);
+
+/* What to answer when a file of a writable layer could not be opened
+ * (errno from openat): out of descriptors, or removed behind our back, as
+ * they are; anything else is the layer's fault: EIO. */
+static inline int upper_open_errno(void)
+{
+	return errno == EMFILE || errno == ENFILE || errno == ENOENT ? -errno : -EIO;
+}
 int upper_stat(struct node *dir, const char *name, struct stat *st);
 void fd_pressure(void);
 void fs_wake_housekeeping(void);

@@ -816,9 +816,12 @@ struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
 	struct stat st;
 	int fd = openat(dir->up.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		if (fd >= 0)
-			close(fd);
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) < 0) {
+		int err = errno;
+		close(fd);
+		errno = err;
 		return NULL;
 	}
 	uint64_t h = key_upper(e, st.st_dev, st.st_ino);
@@ -992,7 +995,7 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 	if (m.upper == L_FILE) {
 		struct node *n = upper_node(e, dir, z);
 		if (!n)
-			return errno == EMFILE || errno == ENFILE || errno == ENOENT ? -errno : -EIO;
+			return upper_open_errno();
 		*out = n;
 		return 0;
 	}

@@ -1038,16 +1038,27 @@ static int do_rename(struct node *od, const char *on, struct node *nd, const cha
 		struct layer_dir moved;
 		if ((r = layer_dir_open(nd->up.fd, nn, &moved)) < 0 || moved.fd < 0)
 			return r < 0 ? r : -EIO;
-		if (lowerpath && !moved.opaque)
-			r = layer_set_dir(moved.fd, false, lowerpath);
-		else if (!lowerpath && dst_lower)
-			r = layer_set_dir(moved.fd, true, NULL);
-		layer_dir_close(&moved);
-		if (r < 0)
+		if (lowerpath && !moved.opaque) {
+			if ((r = layer_set_dir(moved.fd, false, lowerpath)) == 0) {
+				free(moved.redirect);
+				moved.redirect = steal_pointer(&lowerpath);
+			}
+		} else if (!lowerpath && dst_lower) {
+			if ((r = layer_set_dir(moved.fd, true, NULL)) == 0) {
+				free(moved.redirect);
+				moved.redirect = NULL;
+				moved.opaque = true;
+			}
+		}
+		if (r < 0) {
+			layer_dir_close(&moved);
 			return r;
-		/* the node moves with its new key; its read-only part stays */
+		}
+		/* the node moves with its new key and the descriptor just
+		 * opened (no second open that could fail with EMFILE); its
+		 * read-only part stays */
 		layer_dir_close(&sn->up);
-		layer_dir_open(nd->up.fd, nn, &sn->up);
+		sn->up = moved;
 		node_rehash_named(sn, nd, nn);
 	}
 	node_list_drop(od);

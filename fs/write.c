@@ -161,7 +161,7 @@ int copy_up_shared(struct node *dir, const char *name, struct node *shared, bool
 	if (r < 0)
 		return r;
 	*out = upper_node(e, dir, name);
-	return *out ? 0 : -EIO;
+	return *out ? 0 : upper_open_errno();
 }
 
 int copy_up_node(struct node *n)
@@ -208,9 +208,10 @@ int copy_up_node(struct node *n)
 	/* the same node, now in the writable layer */
 	int fd = openat(dir->up.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		if (fd >= 0)
-			close(fd);
+	if (fd < 0)
+		return upper_open_errno();
+	if (fstat(fd, &st) < 0) {
+		close(fd);
 		return -EIO;
 	}
 	node_unhash(n);
