@@ -631,14 +631,87 @@ static int depth_cmp(const void *a, const void *b)
  * and finds the store file. The old writable layer is moved aside, to
  * *trash (HOME/envs-relative), for the caller to delete without the lock.
  */
+/* env_absorbed()'s plan for one directory node, and where to find it. */
+struct dir_redo {
+	struct node *d;
+	struct layer_dir up;
+	struct view_dir lo;
+	bool gone;
+};
+
+struct dir_index {
+	const struct node *d;
+	size_t i;
+};
+
+static int index_cmp(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)((const struct dir_index *)a)->d, y = (uintptr_t)((const struct dir_index *)b)->d;
+
+	return x < y ? -1 : x > y;
+}
+
 int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx, char **trash)
 {
 	struct env *m;
 	struct view *v;
 	struct stat st;
+	int r = 0;
 
 	if (load_env(e->name, &m, &v) < 0)
 		return -EIO;
+
+	/* First the new parts of every directory, parents first, into a plan
+	 * that changes no node: a descriptor that cannot be had (EMFILE) fails
+	 * the update here, with every node as it was, and the caller retires
+	 * the env instead. */
+	size_t nd = 0;
+	for (struct node *n = e->nodes; n; n = n->env_next)
+		nd += n->kind == N_DIR;
+	_cleanup_free_ struct node **dirs = xmalloc((nd + 1) * sizeof(*dirs));
+	_cleanup_free_ struct dir_redo *plan = xcalloc(nd + 1, sizeof(*plan));
+	_cleanup_free_ struct dir_index *index = xcalloc(nd + 1, sizeof(*index));
+	nd = 0;
+	for (struct node *n = e->nodes; n; n = n->env_next)
+		if (n->kind == N_DIR)
+			dirs[nd++] = n;
+	qsort(dirs, nd, sizeof(*dirs), depth_cmp);
+	for (size_t i = 0; i < nd; i++)
+		index[i] = (struct dir_index){dirs[i], i};
+	qsort(index, nd, sizeof(*index), index_cmp);
+	for (size_t i = 0; i < nd && r == 0; i++) {
+		struct node *d = dirs[i];
+		struct dir_index key = {d->parent, 0}, *pk = d->parent ? bsearch(&key, index, nd, sizeof(key), index_cmp) : NULL;
+		struct dir_redo *w = &plan[i], *pw = pk ? &plan[pk->i] : NULL;
+		struct merged mm;
+		w->d = d;
+		w->up = (struct layer_dir){.fd = -1};
+		if (!d->parent) {
+			_cleanup_free_ char *un = xasprintf("%s/%s", e->name, env_upper(m));
+			r = layer_dir_open(fsd.s->envs_fd, un, &w->up);
+			view_root(v, &w->lo);
+		} else if (d->gone || !pw || pw->gone || layer_merge_lookup(v, &pw->up, &pw->lo, d->name, &mm) < 0 ||
+			   !(mm.upper == L_DIR || (mm.upper == L_NONE && mm.lower && S_ISDIR(view_node(v, mm.src)->mode)))) {
+			w->gone = true;
+		} else {
+			if (mm.upper == L_DIR)
+				r = layer_dir_open(pw->up.fd, d->name, &w->up);
+			if (r == 0)
+				layer_child_lower(v, &pw->lo, d->name, w->up.fd >= 0 ? &w->up : NULL, &w->lo);
+		}
+	}
+	if (r < 0) {
+		for (size_t i = 0; i < nd; i++) {
+			layer_dir_close(&plan[i].up);
+			view_dir_free(&plan[i].lo);
+		}
+		env_free(m);
+		view_free(v);
+		fs_log("absorb %s: cannot show the new layer in place: %s", e->name, strerror(-r));
+		return r;
+	}
+
+	/* Then the switch, which cannot fail. */
 	_cleanup_free_ char *old_layer = xstrdup(env_upper(e->env));
 	view_free(e->view);
 	env_free(e->env);
@@ -649,42 +722,20 @@ int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx,
 		e->loaded_ino = st.st_ino;
 		e->loaded_mtime = st.st_mtim;
 	}
-
-	size_t nd = 0;
-	for (struct node *n = e->nodes; n; n = n->env_next)
-		nd += n->kind == N_DIR;
-	_cleanup_free_ struct node **dirs = xmalloc((nd + 1) * sizeof(*dirs));
-	nd = 0;
-	for (struct node *n = e->nodes; n; n = n->env_next)
-		if (n->kind == N_DIR)
-			dirs[nd++] = n;
-	qsort(dirs, nd, sizeof(*dirs), depth_cmp);
 	for (size_t i = 0; i < nd; i++) {
-		struct node *d = dirs[i], *p = d->parent;
-		struct layer_dir up = {.fd = -1};
-		struct view_dir lo;
-		struct merged mm;
-		if (!p) {
-			_cleanup_free_ char *un = xasprintf("%s/%s", e->name, env_upper(m));
-			layer_dir_open(fsd.s->envs_fd, un, &up);
-			view_root(v, &lo);
-		} else if (d->gone || p->gone || layer_merge_lookup(v, &p->up, &p->dir, d->name, &mm) < 0 ||
-			   !(mm.upper == L_DIR || (mm.upper == L_NONE && mm.lower && S_ISDIR(view_node(v, mm.src)->mode)))) {
+		struct node *d = plan[i].d;
+		if (plan[i].gone) {
 			node_gone(d);
 			continue;
-		} else {
-			if (mm.upper == L_DIR)
-				layer_dir_open(p->up.fd, d->name, &up);
-			layer_child_lower(v, &p->dir, d->name, up.fd >= 0 ? &up : NULL, &lo);
 		}
 		layer_dir_close(&d->up);
 		view_dir_free(&d->dir);
 		node_list_drop(d);
-		d->up = up;
-		d->dir = lo;
-		if (up.fd < 0 && lo.n) {
-			d->mode = view_node(v, lo.src[0])->mode;
-			view_dir_mtime(v, &lo, &d->mtime.tv_sec, (uint32_t *)&d->mtime.tv_nsec);
+		d->up = plan[i].up;
+		d->dir = plan[i].lo;
+		if (d->up.fd < 0 && d->dir.n) {
+			d->mode = view_node(v, d->dir.src[0])->mode;
+			view_dir_mtime(v, &d->dir, &d->mtime.tv_sec, (uint32_t *)&d->mtime.tv_nsec);
 		}
 	}
 	for (struct node *n = e->nodes; n; n = n->env_next) {
