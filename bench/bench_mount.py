@@ -588,8 +588,8 @@ venv skeleton: {fmt_t(c['first'])} (not in the table). Each timed step starts af
         im = res["import"]
         rows = []
         # each row against the native venv timed under the same idle setting
-        base = lambda k: next((n for n in im["warm"] if n.startswith("native venv") and k.endswith(n[11:])),
-                              "native venv") if "halt-polling" in k else "native venv"
+        nat = {m: median(im[m]["native venv"]) for m in im}
+        base = lambda k: "native venv" + k[k.index(", halt-polling"):] if ", halt-polling" in k else "native venv"
         for m in im:
             for k, v in im[m].items():
                 ratios = [a / n for a, n in zip(v, im[m][base(k)])]
