@@ -445,6 +445,19 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
+/*
+ * Pages of a store file are cached by the kernel in the view's inode, which
+ * every env shares; the object's own copy, read to fill it, would be a
+ * second one, so it is dropped once served (a hint: pages in use elsewhere
+ * stay). Measured over a cold heavy import: page cache +459 MB kept, +430
+ * MB dropped, +410 MB natively; no change in time. Large objects hashed in
+ * the background (inode.c) stay cached: the reads that follow use them.
+ */
+static void drop_object_pages(int fd, off_t off, size_t size)
+{
+	posix_fadvise(fd, off, (off_t)size, POSIX_FADV_DONTNEED);
+}
+
 /* A read that may wait for the disk, on a worker. */
 struct read_job {
 	fuse_req_t req;
@@ -467,6 +480,8 @@ static void read_job_run(void *arg)
 		buf.buf[0].fd = j->fd >= 0 ? j->fd : j->n->fd;
 		buf.buf[0].pos = j->off;
 		fuse_reply_data(j->req, &buf, FUSE_BUF_SPLICE_MOVE);
+		if (j->fd < 0)
+			drop_object_pages(j->n->fd, j->off, j->size);
 	}
 	pthread_mutex_lock(&fsd.lock);
 	node_unref(j->n);
@@ -522,8 +537,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		if (fstat(fd, &st) == 0 && read_cached(req, fd, (uint64_t)st.st_size, size, off))
 			return;
 	} else if (n->kind == N_SHARED) {
-		if (n->fd >= 0 && n->state > 0 && read_cached(req, n->fd, n->size, size, off))
+		if (n->fd >= 0 && n->state > 0 && read_cached(req, n->fd, n->size, size, off)) {
+			drop_object_pages(n->fd, off, size);
 			return;
+		}
 	} else {
 		reply_err(req, OP_READ, EINVAL);
 		return;
