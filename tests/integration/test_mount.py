@@ -236,6 +236,22 @@ def test_damaged_package_manifest(venvfs, mnt, web_venv):
     assert venvfs("store", "verify", check=False).returncode == 1
 
 
+def test_store_file_pages_are_cached_once(venvfs, mnt, web_venv):
+    """A store file read through a view is cached in the view's inode, which
+    every env shares, and not a second time in its object."""
+    venvfs("import", web_venv)
+    mnt.mount()
+    sp = next(web_venv.glob("lib/python3.*/site-packages")).relative_to(web_venv)
+    rel = sp / "flask" / "app.py"
+    expected = (web_venv / rel).read_bytes()
+    obj = object_of(venvfs, web_venv, rel)
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    assert (mnt.path / "web" / rel).read_bytes() == expected
+    cached = run(["fincore", "--bytes", "--noheadings", "--output", "RES", obj]).stdout.strip()
+    assert int(cached) == 0, f"{obj}: {cached} bytes of the object stayed cached"
+
+
 def test_many_concurrent_readers(venvfs, mnt, web_venv):
     venvfs("import", web_venv)
     for i in range(7):
