@@ -619,21 +619,8 @@ static int depth_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/*
- * Env e was absorbed (control.c): it shows the same files, from a new
- * manifest and a new writable layer. Its nodes are brought up to date in
- * place, parents first, so whoever holds them (a shell's working
- * directory, a process's open files) goes on seeing the same env:
- * directories get their new writable part and read-only sources, per-env
- * files their new source; a file of the writable layer that went into the
- * store (took) is "gone": it still reads (its inode lives on), but a
- * change through it gets ESTALE, and the kernel looks the name up again
- * and finds the store file. The old writable layer is moved aside, to
- * *trash (HOME/envs-relative), for the caller to delete without the lock.
- */
-/* env_absorbed()'s plan for one directory node, and where to find it. */
+/* env_absorbed()'s plan for one directory node (as dirs[i]), and where to find it. */
 struct dir_redo {
-	struct node *d;
 	struct layer_dir up;
 	struct view_dir lo;
 	bool gone;
@@ -651,6 +638,18 @@ static int index_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/*
+ * Env e was absorbed (control.c): it shows the same files, from a new
+ * manifest and a new writable layer. Its nodes are brought up to date in
+ * place, parents first, so whoever holds them (a shell's working
+ * directory, a process's open files) goes on seeing the same env:
+ * directories get their new writable part and read-only sources, per-env
+ * files their new source; a file of the writable layer that went into the
+ * store (took) is "gone": it still reads (its inode lives on), but a
+ * change through it gets ESTALE, and the kernel looks the name up again
+ * and finds the store file. The old writable layer is moved aside, to
+ * *trash (HOME/envs-relative), for the caller to delete without the lock.
+ */
 int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx, char **trash)
 {
 	struct env *m;
@@ -684,7 +683,6 @@ int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx,
 		struct dir_index key = {d->parent, 0}, *pk = d->parent ? bsearch(&key, index, nd, sizeof(key), index_cmp) : NULL;
 		struct dir_redo *w = &plan[i], *pw = pk ? &plan[pk->i] : NULL;
 		struct merged mm;
-		w->d = d;
 		w->up = (struct layer_dir){.fd = -1};
 		if (!d->parent) {
 			_cleanup_free_ char *un = xasprintf("%s/%s", e->name, env_upper(m));
@@ -723,7 +721,7 @@ int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx,
 		e->loaded_mtime = st.st_mtim;
 	}
 	for (size_t i = 0; i < nd; i++) {
-		struct node *d = plan[i].d;
+		struct node *d = dirs[i];
 		if (plan[i].gone) {
 			node_gone(d);
 			continue;
