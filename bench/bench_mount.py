@@ -36,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import (BASE_PYTHON, BIG_SET, CACHE, REPO, VENVFS, LoopFs, drop_caches, halt_poll_ab, halt_polling,
-                    machine, make_venv, median, run, sync, table, timed, tree_stats, update_doc, wheelhouse)
+from common import (BASE_PYTHON, BIG_SET, CACHE, REPO, VENVFS, LoopFs, drop_caches, halt_poll_ab, halt_poll_note,
+                    halt_polling, machine, make_venv, median, run, sync, table, timed, tree_stats, update_doc, wheelhouse)
 
 # BIG_SET and these, with their dependencies: about 100 distributions.
 EXTRA_SET = ["boto3", "sqlalchemy", "pytest", "black", "httpx", "pydantic", "fastapi", "celery", "rich",
@@ -599,14 +599,8 @@ venv skeleton: {fmt_t(c['first'])} (not in the table). Each timed step starts af
         hp_note = ""
         if hp:
             hw, hc = (median(im[m][hp[0]]) / median(im[m][base(hp[0])]) for m in ("warm", "cold"))
-            hp_note = f"""
-
-The machine's virtual CPUs halt as soon as they are idle (guest_halt_poll_ns=0): each request the importing
-process waits for then costs two wake-ups of halted CPUs, the daemon's and its own (docs/design.md, "Request loop and round
-trips"). The rows marked "halt-polling" time the same two again with the idle driver polling up to the kernel's
-default 200 us before it halts (set for those runs only, then restored): venvfs **{hw:.2f}x** warm and
-**{hc:.2f}x** cold against the native venv under that setting. The targets below are judged on the machine as
-it is configured."""
+            hp_note = halt_poll_note("the importing process", "the native venv and the view",
+                                     f"venvfs **{hw:.2f}x** warm and **{hc:.2f}x** cold against the native venv")
         parts.append(f"""`python -c "{b.heavy}"` with MPLBACKEND=Agg. Warm: after 2 untimed runs each;
 cold: `sync; echo 3 > /proc/sys/vm/drop_caches` before each run. The native venv and the store are on the same loop
 file system; the view is the env imported from that venv.{'' if os.environ.get('PASSTHROUGH_LL') else ' ($PASSTHROUGH_LL not set: no passthrough_ll row.)'}

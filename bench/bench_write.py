@@ -24,8 +24,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import (BASE_PYTHON, BIG_SET, CACHE, REPO, VENVFS, LoopFs, halt_poll_ab, halt_polling, machine, median,
-                    run, sync, table, update_doc, wheelhouse)
+from common import (BASE_PYTHON, BIG_SET, CACHE, REPO, VENVFS, LoopFs, halt_poll_ab, halt_poll_note, halt_polling, machine,
+                    median, run, sync, table, update_doc, wheelhouse)
 
 PIP_SET = ["requests", "flask", "numpy", "pandas", "django", "matplotlib"]
 
@@ -189,13 +189,7 @@ def main():
     hp_note = ""
     if hp_steps:
         hp_ratio = median(res[hp_steps[1]]) / median(res[hp_steps[0]])
-        hp_note = f"""
-
-The machine's virtual CPUs halt as soon as they are idle (guest_halt_poll_ns=0): each request pip waits
-for costs two wake-ups of halted CPUs (docs/design.md, "Request loop and round trips"). The "halt-polling" rows time the
-pip pair again with the idle driver polling up to the kernel's default 200 us before it halts (set for
-those runs only): mounted **{hp_ratio:.2f}x** native under that setting. The target below is judged on
-the machine as it is configured."""
+        hp_note = halt_poll_note("pip", "the pip pair", f"mounted **{hp_ratio:.2f}x** native")
     units = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
 
     def nbytes(text):

@@ -145,6 +145,18 @@ def halt_polling(ns):
         HALT_POLL.write_text(f"{old}\n")
 
 
+def halt_poll_note(waiter, pair, result):
+    """The paragraph under a table with halt-polling rows: who waits for the
+    requests, which runs were repeated, and what they measured."""
+    return f"""
+
+The machine's virtual CPUs halt as soon as they are idle (guest_halt_poll_ns={halt_poll_ns()}): each request {waiter}
+waits for costs two wake-ups of halted CPUs (docs/design.md, "Request loop and round trips"). The rows
+marked "halt-polling" time {pair} again with the idle driver polling up to the kernel's default 200 us
+before it halts (set for those runs only, then restored): {result} under that setting. The targets
+below are judged on the machine as it is configured."""
+
+
 def machine():
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
