@@ -16,6 +16,7 @@ struct fs_opts {
 	bool allow_other;    /* let other users in (default_permissions applies) */
 	bool debug;          /* libfuse's request tracing */
 	bool libfuse_mt;     /* libfuse's multithreaded loop instead of ours */
+	bool no_uring;       /* /dev/fuse even where the kernel offers io_uring */
 	unsigned max_threads; /* workers (ours) or threads (libfuse's); 0: default */
 	unsigned spin_us;    /* keep polling for requests this long after one */
 	const char *log_path; /* NULL: HOME/log/mount.log */

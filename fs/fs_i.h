@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 
 #include "env.h"
 #include "fs.h"
@@ -148,6 +149,7 @@ struct fsd {
 	struct fs_stats st;
 	FILE *log;
 	bool log_stderr;
+	bool use_uring;              /* take FUSE over io_uring if offered (uring.c) */
 	uint64_t nodes_alive;
 	uint64_t nodes_made;    /* ever (fd_pressure()) */
 	uint64_t last_request_ns;    /* for absorb-when-idle */
@@ -236,6 +238,18 @@ bool passthrough_on(void);
 uint32_t passthrough_open(int fd);
 void passthrough_reply_next(uint32_t id);
 void passthrough_close(uint32_t id);
+
+/* uring.c: FUSE over io_uring, when the kernel offers it */
+void uring_ask_offer(void);  /* before the mount */
+void uring_offer_done(void); /* once INIT is answered, or the mount failed */
+void uring_offered(bool offered);
+bool uring_planned(void);
+bool uring_accept(int devfd, uint32_t max_write, uint16_t max_pages);
+void uring_start(void);
+bool uring_on(void);
+ssize_t uring_reply(const struct iovec *iov, int count);
+void uring_stop(void); /* after the unmount: the threads */
+void uring_free(void); /* after the workers: the memory */
 
 /* control.c */
 char *control_socket_path(struct store *s, const char *mountpoint);

@@ -88,6 +88,7 @@ static void format_stats(struct buf *b)
 	for (struct fsenv *e = fsd.envs; e; e = e->next)
 		envs++;
 	buf_printf(b, "nodes %" PRIu64 "\nenvs_loaded %zu\n", fsd.nodes_alive, envs);
+	buf_printf(b, "transport %s\n", uring_on() ? "io_uring" : "/dev/fuse");
 	pthread_mutex_unlock(&fsd.lock);
 	buf_printf(b, "damaged_objects %" PRIu64 "\nwrite_redirects %" PRIu64 "\n", fsd.st.damaged_objects,
 		   fsd.st.estale_retries);
@@ -336,7 +337,9 @@ static int ready_pipe = -1;
  * cache, first-time object checks, writes, copy-up) to a pool of workers,
  * which reply themselves. Requests that only touch memory (lookup, getattr,
  * open, readdir, the ioctl Python's isatty() sends) never wait behind one
- * that reads the disk.
+ * that reads the disk. Where the kernel has FUSE over io_uring, requests
+ * come that way instead, each on its caller's CPU (uring.c), with the same
+ * pool behind them; this loop then only sees forgets and interrupts.
  */
 
 struct job {
@@ -435,10 +438,16 @@ static int serve(const struct fs_opts *o)
 		if (r <= 0)
 			break;
 		fuse_session_process_buf(fsd.se, &buf);
-		if (spin_us)
+		if (spin_us && !uring_on()) /* over io_uring only forgets come here */
 			until = now_ns() + (uint64_t)spin_us * 1000;
 	}
 	free(buf.mem);
+	return 0;
+}
+
+/* After the unmount: io_uring threads may hand jobs to the pool until then. */
+static void pool_stop(void)
+{
 	pthread_mutex_lock(&pool.lock);
 	pool.stop = true;
 	pthread_cond_broadcast(&pool.cond);
@@ -446,8 +455,8 @@ static int serve(const struct fs_opts *o)
 	for (unsigned i = 0; i < pool.n; i++)
 		pthread_join(pool.threads[i], NULL);
 	free(pool.threads);
+	pool.threads = NULL;
 	pool.n = 0;
-	return 0;
 }
 
 /*
@@ -557,6 +566,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	fsd.uid = getuid();
 	fsd.gid = getgid();
 	fsd.log_stderr = o->foreground;
+	fsd.use_uring = !o->no_uring && !o->libfuse_mt;
 	node_init_root();
 	envs_changed();
 
@@ -579,7 +589,9 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		fuse_session_destroy(fsd.se);
 		return vf_error(EIO, "cannot install signal handlers");
 	}
+	uring_ask_offer();
 	if (fuse_session_mount(fsd.se, mp) < 0) {
+		uring_offer_done();
 		fuse_remove_signal_handlers(fsd.se);
 		fuse_session_destroy(fsd.se);
 		return vf_error(EIO, "cannot mount at %s (see %s)", mp, log_path);
@@ -634,9 +646,13 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	}
 	/* unmounted first: absorbing may take a while, and nothing is served */
 	fuse_session_unmount(fsd.se);
+	uring_stop();
+	pool_stop();
+	uring_free();
 	if (fsd.absorb_on_unmount)
 		absorb_dirty_envs(true);
 out:
+	uring_offer_done(); /* if INIT never came */
 	fuse_session_unmount(fsd.se);
 	fuse_remove_signal_handlers(fsd.se);
 	fuse_session_destroy(fsd.se);

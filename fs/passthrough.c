@@ -18,6 +18,10 @@
  * just before replying) it sets FOPEN_PASSTHROUGH and the backing id. The
  * id is released when the file is (FUSE_DEV_IOC_BACKING_CLOSE).
  *
+ * The same hooks carry FUSE over io_uring (uring.c): the kernel's offer is
+ * seen in INIT and accepted in its reply, and every reply goes to the
+ * io_uring entry that holds its request, if one does, else to /dev/fuse.
+ *
  * Passthrough needs CAP_SYS_ADMIN and a kernel that offers it; otherwise,
  * or if registering a backing file fails, files go through the daemon as
  * before. Every open of a file of the writable layer asks for it, so an
@@ -40,6 +44,7 @@
 #define PT_OP_INIT 26             /* FUSE_INIT */
 #define PT_INIT_EXT (1u << 30)    /* FUSE_INIT_EXT */
 #define PT_STACK_DEPTH 1          /* the store is on a plain file system */
+#define UR_INIT_FLAG2 (1u << 9)   /* FUSE_OVER_IO_URING (1ULL << 41), in flags2 (uring.c) */
 
 struct pt_backing_map {
 	int32_t fd;
@@ -97,9 +102,18 @@ static ssize_t pt_read(int fd, void *buf, size_t len, void *userdata)
 		if (ih->opcode == PT_OP_INIT) {
 			init_unique = ih->unique;
 			offered = (ii->flags & PT_INIT_EXT) && (ii->flags2 & PT_INIT_FLAG2);
+			uring_offered((ii->flags & PT_INIT_EXT) && (ii->flags2 & UR_INIT_FLAG2));
 		}
 	}
 	return n;
+}
+
+/* A reply: to its io_uring entry if it came that way (uring.c), else to /dev/fuse. */
+static ssize_t dev_send(int fd, struct iovec *iov, int count)
+{
+	ssize_t n = uring_reply(iov, count);
+
+	return n >= 0 ? n : writev(fd, iov, count);
 }
 
 static ssize_t pt_writev(int fd, struct iovec *iov, int count, void *userdata)
@@ -107,11 +121,12 @@ static ssize_t pt_writev(int fd, struct iovec *iov, int count, void *userdata)
 	const struct pt_out_header *oh = iov[0].iov_base;
 	char patched[512];
 	struct iovec v[8];
+	bool ring = false, init = false;
 
 	(void)userdata;
 	if (count < 2 || count > 8 || oh->error != 0 || iov[1].iov_len > sizeof(patched) ||
 	    (!next_reply_id && (!init_unique || oh->unique != init_unique)))
-		return writev(fd, iov, count);
+		return dev_send(fd, iov, count);
 	memcpy(v, iov, (size_t)count * sizeof(*v));
 	memcpy(patched, iov[1].iov_base, iov[1].iov_len);
 	v[1].iov_base = patched;
@@ -124,13 +139,23 @@ static ssize_t pt_writev(int fd, struct iovec *iov, int count, void *userdata)
 	} else if (oh->unique == init_unique && iov[1].iov_len >= sizeof(struct pt_init_out)) {
 		struct pt_init_out *io = (void *)patched;
 		init_unique = 0;
+		init = true;
 		if (offered && geteuid() == 0) {
 			io->flags2 |= PT_INIT_FLAG2;
 			io->max_stack_depth = PT_STACK_DEPTH;
 			on = true;
 		}
+		if (uring_accept(fd, io->max_write, io->max_pages)) {
+			io->flags2 |= UR_INIT_FLAG2;
+			ring = true;
+		}
 	}
-	return writev(fd, v, count);
+	ssize_t n = dev_send(fd, v, count);
+	if (init)
+		uring_offer_done();
+	if (ring && n >= 0)
+		uring_start(); /* the kernel has the reply: it now takes registrations */
+	return n;
 }
 
 static ssize_t pt_splice_send(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags,

@@ -30,6 +30,9 @@ static int mount_opt(int opt, const char *arg, void *ctx)
 	case 1003:
 		o->libfuse_mt = true;
 		return 0;
+	case 1008:
+		o->no_uring = true;
+		return 0;
 	case 1004:
 		o->spin_us = (unsigned)atoi(arg);
 		return 0;
@@ -66,6 +69,7 @@ static int run_mount(const struct command *c, int argc, char **argv)
 		{"absorb-idle", required_argument, NULL, 1005},
 		{"no-absorb-on-unmount", no_argument, NULL, 1006},
 		{"max-fds", required_argument, NULL, 1007},
+		{"no-uring", no_argument, NULL, 1008},
 		{0},
 	};
 	struct fs_opts o = {.spin_us = 50, .absorb_idle_s = 60};
@@ -109,7 +113,10 @@ const struct command cmd_mount = {
 		"  -j, --threads N   worker threads for disk I/O (default 8)\n"
 		"  --spin-us N       keep polling for requests N us after each one (default 50;\n"
 		"                    0: sleep at once; cuts latency where idle CPUs halt)\n"
-		"  --libfuse-mt      serve with libfuse's multithreaded loop instead\n"
+		"  --no-uring        take requests from /dev/fuse even where the kernel offers\n"
+		"                    FUSE over io_uring (fuse module parameter enable_uring=Y,\n"
+		"                    Linux 6.14+), which serves each request on its caller's CPU\n"
+		"  --libfuse-mt      serve with libfuse's multithreaded loop instead (no io_uring)\n"
 		"  -d, --debug       trace every request (implies -f)",
 	.run = run_mount,
 };
