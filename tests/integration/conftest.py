@@ -7,6 +7,7 @@ into the build directory's cache, reused offline afterwards).
 Environment (set by tests/meson.build):
   VENVFS_BIN         the venvfs binary
   VENVFS_TEST_CACHE  a cache directory for wheels
+  VENVFS_TEST_MOUNT_ARGS  extra `venvfs mount` options for every mount
 """
 import os
 import shutil
@@ -148,6 +149,31 @@ def store_counts(home):
     }
 
 
+# FUSE over io_uring (Linux 6.14+): the daemon takes it by default, where
+# the kernel has it (it sets the fuse module's enable_uring for its own mount
+# and puts it back). The *-devfuse and *-mt suites mount with --no-uring or
+# --libfuse-mt: /dev/fuse. Every other mount must then be on io_uring, so a
+# silent fall-back fails the run. The switch starts off, as on a fresh machine.
+URING_PARAM = Path("/sys/module/fuse/parameters/enable_uring")
+
+
+def expect_uring(args):
+    return URING_PARAM.exists() and os.geteuid() == 0 and "--no-uring" not in args and "--libfuse-mt" not in args
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fuse_uring_switch():
+    if not URING_PARAM.exists():
+        yield
+        return
+    before = URING_PARAM.read_text().strip()
+    URING_PARAM.write_text("N")
+    try:
+        yield
+    finally:
+        URING_PARAM.write_text(before)
+
+
 class Mount:
     """A store, a mount point, and the daemon serving it."""
 
@@ -163,6 +189,9 @@ class Mount:
         extra = (*os.environ.get("VENVFS_TEST_MOUNT_ARGS", "").split(), *extra)
         self.venvfs("mount", self.path, *extra)
         self.mounted = True
+        os.listdir(self.path)  # INIT is answered (and the transport chosen) at the first request
+        want = "io_uring" if expect_uring(extra) else "/dev/fuse"
+        assert self.stats()["transport"] == want, self.log()[-2000:]
         return self
 
     def umount(self):

@@ -312,6 +312,36 @@ def test_kill9_then_mount_again(venvfs, mnt, web_venv):
     py(mnt.path / "web", "import flask")
 
 
+@pytest.mark.skipif(not os.path.exists("/sys/module/fuse/parameters/enable_uring"),
+                    reason="this kernel has no FUSE over io_uring")
+def test_transport_io_uring_by_default(venvfs, mnt, web_venv):
+    """io_uring unless --no-uring, whether the fuse module offered it before or
+    the daemon asked for it (and put the switch back); a view reads the same
+    either way, from the disk (a worker answers) and from the page cache."""
+    param = Path("/sys/module/fuse/parameters/enable_uring")
+    before = param.read_text().strip()
+    venvfs("import", web_venv)
+    init = "numpy/__init__.py"
+    site = next((web_venv / "lib").glob("python3.*/site-packages"))
+    want = (site / init).read_bytes()
+    try:
+        for switch, extra, transport in (("N", (), "io_uring"), ("Y", (), "io_uring"),
+                                         ("N", ("--no-uring",), "/dev/fuse")):
+            param.write_text(switch)
+            mnt.mount(*extra)
+            assert mnt.stats()["transport"] == transport, mnt.log()[-2000:]
+            assert param.read_text().strip() == switch  # as it was
+            vsite = next((mnt.path / "web" / "lib").glob("python3.*/site-packages"))
+            assert py(mnt.path / "web", "import flask, numpy, requests; print(numpy.__name__)").strip() == "numpy"
+            Path("/proc/sys/vm/drop_caches").write_text("1")
+            assert (vsite / init).read_bytes() == want
+            assert (vsite / init).read_bytes() == want
+            mnt.umount()
+    finally:
+        param.write_text(before)
+    assert "requests come through io_uring" in mnt.log()
+
+
 def test_sigterm_and_umount_exit_cleanly(venvfs, mnt, web_venv):
     venvfs("import", web_venv)
     mnt.mount()
