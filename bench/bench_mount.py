@@ -145,13 +145,19 @@ class Mount:
     """A venvfs mount of one store. umount() may be called any number of times and
     leaves nothing mounted, even if the daemon died."""
 
-    def __init__(self, home, path):
+    def __init__(self, home, path, *args):
         self.env = dict(os.environ, VENVFS_HOME=str(home))
         self.path = Path(path)
+        self.args = args
 
     def mount(self):
         self.path.mkdir(parents=True, exist_ok=True)
-        return timed([VENVFS, "mount", self.path], env=self.env)
+        return timed([VENVFS, "mount", self.path, *self.args], env=self.env)
+
+    def transport(self):
+        os.listdir(self.path)  # the transport is chosen at the first request
+        out = run([VENVFS, "stats", self.path], env=self.env).stdout
+        return next((l.split()[1] for l in out.splitlines() if l.startswith("transport ")), "?")
 
     def umount(self):
         if mounted(self.path):
@@ -274,6 +280,7 @@ class Bench:
         self.mnt = self.add_mount(Mount(self.home, fs / "mnt"))
         self.mnt.mount()
         self.view = self.mnt.path / "big"
+        self.res["transport"] = self.mnt.transport()
         # untimed: matplotlib builds its font cache once
         self.py(self.native, self.heavy)
 
@@ -376,6 +383,10 @@ class Bench:
 
     def sec_import(self):
         comps = [("native venv", self.native), ("venvfs view", self.view)]
+        if self.mnt.transport() == "io_uring":  # the same view again through /dev/fuse (fs/uring.c)
+            dev = self.add_mount(Mount(self.home, self.fs / "mnt-devfuse", "--no-uring"))
+            dev.mount()
+            comps.append(("venvfs view, /dev/fuse", dev.path / "big"))
         if self.passthrough():
             comps.append(("passthrough_ll over the native venv", self.pt.path))
         ns = halt_poll_ab()
@@ -601,9 +612,12 @@ venv skeleton: {fmt_t(c['first'])} (not in the table). Each timed step starts af
             hw, hc = (median(im[m][hp[0]]) / median(im[m][base(hp[0])]) for m in ("warm", "cold"))
             hp_note = halt_poll_note("the importing process", "the native venv and the view",
                                      f"venvfs **{hw:.2f}x** warm and **{hc:.2f}x** cold against the native venv")
+        uring_note = (" (the daemon's default where the kernel has FUSE over io_uring); the \"/dev/fuse\" row is "
+                      "the same view through a second daemon started with `--no-uring`"
+                      if any(k.endswith("/dev/fuse") for k in im["warm"]) else "")
         parts.append(f"""`python -c "{b.heavy}"` with MPLBACKEND=Agg. Warm: after 2 untimed runs each;
 cold: `sync; echo 3 > /proc/sys/vm/drop_caches` before each run. The native venv and the store are on the same loop
-file system; the view is the env imported from that venv.{'' if os.environ.get('PASSTHROUGH_LL') else ' ($PASSTHROUGH_LL not set: no passthrough_ll row.)'}
+file system; the view is the env imported from that venv, served over {res.get('transport', '?')}{uring_note}.{'' if os.environ.get('PASSTHROUGH_LL') else ' ($PASSTHROUGH_LL not set: no passthrough_ll row.)'}
 
 {table(["cache", "env", "median s", "vs native", "median of per-round ratios", "all rounds (s)"], rows)}{hp_note}""")
         w = median(im["warm"]["venvfs view"]) / nat["warm"]

@@ -86,6 +86,15 @@ def main():
         run([BASE_PYTHON, "-m", "venv", fs / "base"])
         run([VENVFS, "import", fs / "base", "--name", "base"], env=venv_env)
         run([VENVFS, "mount", mnt, "--absorb-idle", "0", "--no-absorb-on-unmount"], env=venv_env)
+        # the same installs through /dev/fuse: a second store, its daemon started with --no-uring
+        store2, mnt2 = fs / "store-devfuse", fs / "mnt-devfuse"
+        dev_env = dict(os.environ, VENVFS_HOME=str(store2))
+        mnt2.mkdir()
+        run([VENVFS, "import", fs / "base", "--name", "base"], env=dev_env)
+        run([VENVFS, "mount", mnt2, "--no-uring", "--absorb-idle", "0", "--no-absorb-on-unmount"], env=dev_env)
+        os.listdir(mnt)  # the transport is chosen at the first request
+        transport = next(l.split()[1] for l in run([VENVFS, "stats", mnt], env=venv_env).stdout.splitlines()
+                         if l.startswith("transport "))
         uv_cache = fs / "uv-cache"
         try:
             # uv's cache, warm: one untimed install
@@ -93,6 +102,8 @@ def main():
             run([uv, "pip", "install", "-q", "--python", fs / "uvwarm" / "bin" / "python", "--no-index",
                  "--find-links", wh, "-r", req], env=clean_env(UV_CACHE_DIR=str(uv_cache)))
             steps = ["pip native", "pip mounted", "uv native", "uv native (copy)", "uv mounted"]
+            dev_steps = ["pip mounted, /dev/fuse", "uv mounted, /dev/fuse"] if transport == "io_uring" else []
+            steps += dev_steps
             hp = halt_poll_ab()  # the pip pair again with the guest's idle polling on (common.py)
             hp_steps = [f"pip native, halt-polling {hp // 1000} us", f"pip mounted, halt-polling {hp // 1000} us"] \
                 if hp is not None else []
@@ -101,6 +112,8 @@ def main():
                 run([BASE_PYTHON, "-m", "venv", fs / f"n{r}"])
                 for e in (f"p{r}", f"u{r}"):
                     run([VENVFS, "clone", "base", e], env=venv_env)
+                    if dev_steps:
+                        run([VENVFS, "clone", "base", e], env=dev_env)
                 if hp_steps:
                     run([BASE_PYTHON, "-m", "venv", fs / f"hn{r}"])
                     run([VENVFS, "clone", "base", f"hp{r}"], env=venv_env)
@@ -112,6 +125,9 @@ def main():
                                                env=clean_env()))
                 res["pip mounted"].append(timed([mnt / f"p{r}" / "bin" / "python", "-m", "pip", *pipargs],
                                                 env=clean_env()))
+                if dev_steps:
+                    res["pip mounted, /dev/fuse"].append(
+                        timed([mnt2 / f"p{r}" / "bin" / "python", "-m", "pip", *pipargs], env=clean_env()))
                 for k, py in zip(hp_steps, [fs / f"hn{r}" / "bin" / "python", mnt / f"hp{r}" / "bin" / "python"]):
                     with halt_polling(hp):
                         res[k].append(timed([py, "-m", "pip", *pipargs], env=clean_env()))
@@ -124,6 +140,9 @@ def main():
                                                                    UV_LINK_MODE="copy")))
                 res["uv mounted"].append(timed([uv, *uvargs, "--python", mnt / f"u{r}" / "bin" / "python"],
                                                env=uvenv))
+                if dev_steps:
+                    res["uv mounted, /dev/fuse"].append(
+                        timed([uv, *uvargs, "--python", mnt2 / f"u{r}" / "bin" / "python"], env=uvenv))
                 print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in res.items()), flush=True)
 
             # 2. large writes
@@ -161,7 +180,9 @@ def main():
                 run([mnt / e / "bin" / "python", "-c", "import numpy, requests"], env=clean_env())
         finally:
             run([VENVFS, "umount", mnt], env=venv_env, check=False)
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+            run([VENVFS, "umount", mnt2], env=dev_env, check=False)
+            for m in (mnt, mnt2):
+                subprocess.run(["fusermount3", "-u", "-z", str(m)], capture_output=True)
 
     # ---- the report ----
     def row(k, base):
@@ -171,7 +192,8 @@ def main():
 
     rows = [row("pip native", "pip native"), row("pip mounted", "pip native"),
             row("uv native", "uv native"), row("uv native (copy)", "uv native"), row("uv mounted", "uv native"),
-            ] + [row(k, hp_steps[0]) for k in hp_steps]
+            ] + [row(k, "pip native" if k.startswith("pip") else "uv native") for k in dev_steps] \
+        + [row(k, hp_steps[0]) for k in hp_steps]
     uvc = median(res["uv mounted"]) / median(res["uv native (copy)"])
     ddrows = []
     for kind in ("durable (conv=fsync)", "page cache"):
@@ -200,6 +222,8 @@ def main():
             return float("inf")
     written_b, first_b = nbytes(absrows[0][5]), absorbs[0][1]
     dd_ratio = median(dds["durable (conv=fsync), native"]) / median(dds["durable (conv=fsync), mounted"])
+    dev_note = (" (the daemon's default where the kernel has FUSE over io_uring); the \"/dev/fuse\" rows install "
+                "into clones in a second store whose daemon was started with `--no-uring`") if dev_steps else ""
     body = f"""## Writable envs (issue 4)
 
 `bench/bench_write.py --rounds {args.rounds}`, {time.strftime('%Y-%m-%d')}, {machine()}.
@@ -211,7 +235,8 @@ Native venvs, the store and so the writable layers share one fresh loop-mounted 
 (`--no-index --find-links`); pip compiles bytecode, uv does not. Mounted envs are clones of an
 imported `python -m venv`; native ones fresh venvs. uv's cache is warm and on the same file system:
 natively uv hardlinks from it; into a mount it cannot (another file system) and copies, so
-"uv native (copy)" (`UV_LINK_MODE=copy`) is the like-for-like comparison.
+"uv native (copy)" (`UV_LINK_MODE=copy`) is the like-for-like comparison. The mount is served over
+{transport}{dev_note}.
 
 {table(["install", "median s", "vs native", "median of per-round ratios", "all rounds (s)"], rows)}
 

@@ -106,10 +106,11 @@ class LoopFs:
 
 # A KVM guest's idle driver (cpuidle-haltpoll) polls this long before it
 # halts an idle virtual CPU; 0 means it halts at once, so waking that CPU
-# again costs an exit to the host. Every request a FUSE client waits for
-# wakes the daemon's CPU and then its own: the round trip is mostly those
-# two wake-ups. The benchmarks report the setting, and time the round-trip
-# bound cases (imports, pip) once more with the kernel's default, 200 us.
+# again costs an exit to the host. Through /dev/fuse every request a FUSE
+# client waits for wakes the daemon's CPU and then its own: the round trip
+# is mostly those two wake-ups (over io_uring it stays on the caller's CPU).
+# The benchmarks report the setting, and time the round-trip bound cases
+# (imports, pip) once more with the kernel's default, 200 us.
 HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
 HALT_POLL_DEFAULT_NS = 200000
 
@@ -150,8 +151,9 @@ def halt_poll_note(waiter, pair, result):
     requests, which runs were repeated, and what they measured."""
     return f"""
 
-The machine's virtual CPUs halt as soon as they are idle (guest_halt_poll_ns={halt_poll_ns()}): each request {waiter}
-waits for costs two wake-ups of halted CPUs (docs/design.md, "Request loop and round trips"). The rows
+The machine's virtual CPUs halt as soon as they are idle (guest_halt_poll_ns={halt_poll_ns()}): through /dev/fuse
+each request {waiter} waits for costs two wake-ups of halted CPUs (docs/design.md, "Request loop and round
+trips"; over io_uring it stays on the caller's CPU). The rows
 marked "halt-polling" time {pair} again with the idle driver polling up to the kernel's default 200 us
 before it halts (set for those runs only, then restored): {result} under that setting. The targets
 below are judged on the machine as it is configured."""
