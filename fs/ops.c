@@ -153,6 +153,8 @@ struct closing {
 
 static pthread_mutex_t closing_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct closing *closing_list;
+static unsigned closing_n; /* on the list: descriptors still held */
+#define CLOSING_MAX 256    /* past this, close at once (descriptor pressure) */
 
 static void close_now(int fd, uint32_t backing_id, int backing_fd)
 {
@@ -170,6 +172,7 @@ static void closing_run(void *arg)
 	pthread_mutex_lock(&closing_lock);
 	struct closing *c = closing_list;
 	closing_list = NULL;
+	__atomic_store_n(&closing_n, 0, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&closing_lock);
 	while (c) {
 		struct closing *next = c->next;
@@ -181,7 +184,7 @@ static void closing_run(void *arg)
 
 static void close_later(int fd, uint32_t backing_id, int backing_fd)
 {
-	if (!uring_on()) {
+	if (!uring_on() || __atomic_load_n(&closing_n, __ATOMIC_RELAXED) >= CLOSING_MAX) {
 		close_now(fd, backing_id, backing_fd);
 		return;
 	}
@@ -191,6 +194,7 @@ static void close_later(int fd, uint32_t backing_id, int backing_fd)
 	bool first = !closing_list;
 	c->next = closing_list;
 	closing_list = c;
+	__atomic_add_fetch(&closing_n, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&closing_lock);
 	if (first)
 		fs_defer(closing_run, NULL);
