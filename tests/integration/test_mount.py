@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BASE_PYTHON, BIN, Mount, make_venv, run
+from conftest import BASE_PYTHON, BIN, Mount, expect_uring, make_venv, run
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
@@ -314,6 +314,8 @@ def test_kill9_then_mount_again(venvfs, mnt, web_venv):
 
 @pytest.mark.skipif(not os.path.exists("/sys/module/fuse/parameters/enable_uring"),
                     reason="this kernel has no FUSE over io_uring")
+@pytest.mark.skipif(not expect_uring(os.environ.get("VENVFS_TEST_MOUNT_ARGS", "").split()),
+                    reason="this run mounts with --no-uring or --libfuse-mt (the default run tests the default)")
 def test_transport_io_uring_by_default(venvfs, mnt, web_venv):
     """io_uring unless --no-uring, whether the fuse module offered it before or
     the daemon asked for it (and put the switch back); a view reads the same
