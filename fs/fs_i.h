@@ -134,6 +134,7 @@ struct fsd {
 	struct fuse_session *se;
 	char *mountpoint;
 	pthread_mutex_t lock;        /* nodes, envs, layers: see ops.c */
+	pthread_mutex_t dispatch;    /* one request handler at a time (main.c, uring.c) */
 	struct node root;
 	struct node **table;         /* all nodes but root, by key hash */
 	size_t table_cap, table_n;

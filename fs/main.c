@@ -437,7 +437,9 @@ static int serve(const struct fs_opts *o)
 			continue;
 		if (r <= 0)
 			break;
+		pthread_mutex_lock(&fsd.dispatch);
 		fuse_session_process_buf(fsd.se, &buf);
+		pthread_mutex_unlock(&fsd.dispatch);
 		if (spin_us && !uring_on()) /* over io_uring only forgets come here */
 			until = now_ns() + (uint64_t)spin_us * 1000;
 	}
@@ -561,6 +563,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 
 	memset(&fsd, 0, sizeof(fsd));
 	pthread_mutex_init(&fsd.lock, NULL);
+	pthread_mutex_init(&fsd.dispatch, NULL);
 	fsd.s = s;
 	fsd.mountpoint = mp;
 	fsd.uid = getuid();

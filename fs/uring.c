@@ -52,6 +52,12 @@
  * 29 us at the 99th percentile, 25 ms at worst (/dev/fuse: 19, 123 us, 12 ms).
  * libfuse's io_uring client carries the same idea, switched off.
  *
+ * Handlers still run one at a time (fsd.dispatch), as they did on the one
+ * thread that read /dev/fuse: with a thread per CPU, two ran at once, and a
+ * concurrent install + absorb test once crashed the daemon (heap corruption,
+ * not reproduced since). The ring's gain is where a request is answered,
+ * not parallel handlers; reads that wait for the disk go to the workers.
+ *
  * Only replies from the ring's entries go through the ring; notifications
  * (inval_entry, inval_inode) still go to /dev/fuse. Splicing read replies
  * to /dev/fuse cannot reach an entry, so with a ring op_init() does not ask
@@ -341,7 +347,9 @@ static void serve_ent(struct ring_ent *e)
 	__atomic_store_n(&e->unique, in.unique, __ATOMIC_RELAXED);
 	struct fuse_buf fb = {.size = in.len, .mem = start};
 	self_ent = e;
+	pthread_mutex_lock(&fsd.dispatch);
 	fuse_session_process_buf(fsd.se, &fb);
+	pthread_mutex_unlock(&fsd.dispatch);
 	self_ent = NULL;
 }
 
