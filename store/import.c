@@ -20,7 +20,8 @@
  *                package; any other keeps its files as the env's own
  *                content, with a warning naming them. Bytecode listed but
  *                gone is just absent; bytecode not listed joins the
- *                package that owns its source when it is valid for it;
+ *                package that owns its source when it is valid for it.
+ *                Only then is each RECORD stored (store_records());
  *   5. build     package manifests, the env tree (everything else, with
  *                real modes and times), the original-mtimes record;
  *   6. commit    objects durable, then package manifests, then the env
@@ -82,6 +83,7 @@ struct ient {
 	bool has_own;      /* directory with an own entry below it */
 	int32_t dir_added_by; /* last package that added this directory */
 	bool site_chain;   /* lib, lib/pythonX.Y, site-packages */
+	bool is_record;    /* a dist-info's RECORD: stored by store_records() */
 	/* filled by the read phase (regular files) */
 	bool needs_sha;    /* a RECORD row has a hash for it */
 	bool norm_considered;
@@ -325,6 +327,7 @@ static int read_records(struct imp *im)
 		memset(d, 0, sizeof(*d));
 		d->dir_ent = i;
 		d->record_ent = ri;
+		im->e[ri].is_record = true;
 		d->record_what = xasprintf("%s/%s", im->abs, rp);
 	}
 
@@ -488,7 +491,7 @@ static void cache_save(struct imp *im, const struct env *env)
 	statcache_set_env(c, text.data, text.len);
 	for (size_t i = 0; i < im->n; i++) {
 		struct ient *e = &im->e[i];
-		if (!S_ISREG(e->st.st_mode))
+		if (!S_ISREG(e->st.st_mode) || e->is_record)
 			continue;
 		/* racy: modified too recently to trust a later equal stat */
 		if (e->st.st_mtim.tv_sec >= im->start_sec - 2 || e->st.st_ctim.tv_sec >= im->start_sec - 2) {
@@ -681,7 +684,7 @@ static int read_all(struct imp *im)
 	nt = MAX(1u, MIN(nt, ARRAY_SIZE(th)));
 	im->work = xmalloc((im->n + 1) * sizeof(uint32_t));
 	for (uint32_t i = 0; i < im->n; i++)
-		if (S_ISREG(im->e[i].st.st_mode)) {
+		if (S_ISREG(im->e[i].st.st_mode) && !im->e[i].is_record) {
 			im->work[im->n_work++] = i;
 			im->st->bytes += (uint64_t)im->e[i].st.st_size;
 		}
@@ -838,30 +841,44 @@ static int add_symlink(struct imp *im, struct tree_builder *tb, unsigned root, c
 	return tree_builder_add(tb, root, rel, strlen(rel), te);
 }
 
-/* Turn RECORD into a template if rows of path-dependent files need it. */
-static int record_template(struct imp *im, struct dist *d, bool *made, struct objid *id)
+/*
+ * Store each RECORD, once classify has decided: a package's RECORD becomes
+ * a template if rows of path-dependent files (scripts) need one; any other
+ * is stored as read. Storing it in the read phase would leave the original
+ * behind, unreferenced, whenever the template replaces it.
+ */
+static int store_records(struct imp *im)
 {
-	_cleanup_buf_ struct buf blob = {0};
-	_cleanup_free_ bool *tpl = xcalloc(d->rec.n + 1, sizeof(bool));
-	char want[RECORD_HASH_MAX];
-	uint64_t added;
+	for (size_t k = 0; k < im->nd; k++) {
+		struct dist *d = &im->d[k];
+		struct ient *e = &im->e[d->record_ent];
+		_cleanup_buf_ struct buf blob = {0};
+		_cleanup_free_ bool *tpl = xcalloc(d->rec.n + 1, sizeof(bool));
+		char want[RECORD_HASH_MAX];
+		const struct buf *put = &d->record_text;
+		uint64_t added;
 
-	for (size_t j = 0; j < d->rec.n; j++) {
-		uint32_t ei = d->row_ent[j];
-		if (ei == NO_ENT || !(im->e[ei].tflags & TREE_F_TEMPLATE))
-			continue;
-		memcpy(want, "sha256=", 7);
-		b64url_nopad(im->e[ei].sha, 32, want + 7);
-		tpl[j] = !strcmp(want, d->rec.rows[j].hash);
+		e->tflags = 0;
+		for (size_t j = 0; j < d->rec.n && !d->why.any; j++) {
+			uint32_t ei = d->row_ent[j];
+			if (ei == NO_ENT || !(im->e[ei].tflags & TREE_F_TEMPLATE))
+				continue;
+			memcpy(want, "sha256=", 7);
+			b64url_nopad(im->e[ei].sha, 32, want + 7);
+			tpl[j] = !strcmp(want, d->rec.rows[j].hash);
+		}
+		if (!d->why.any && package_record_template(d->record_text.data, d->record_text.len, &d->rec, tpl,
+							   d->row_root, d->row_rel, &blob)) {
+			put = &blob;
+			e->tflags = TREE_F_TEMPLATE;
+		}
+		int r = store_txn_put(im->txn, put->data, put->len, &e->obj, &added);
+		if (r < 0)
+			return vf_error_prefix(-r, "%s: ", d->record_what);
+		e->stored_size = put->len;
+		im->st->bytes += d->record_text.len;
+		im->st->new_bytes += added;
 	}
-	*made = package_record_template(d->record_text.data, d->record_text.len, &d->rec, tpl, d->row_root,
-					d->row_rel, &blob);
-	if (!*made)
-		return 0;
-	int r = store_txn_put(im->txn, blob.data, blob.len, id, &added);
-	if (r < 0)
-		return vf_error_prefix(-r, "%s: ", d->record_what);
-	im->st->new_bytes += added;
 	return 0;
 }
 
@@ -888,12 +905,6 @@ static int build_package(struct imp *im, size_t k)
 	entry_from(&im->e[site_ent], &te, true);
 	tree_builder_add(tb, TREE_ROOT_SITE, "", 0, &te);
 
-	bool record_tpl = false;
-	struct objid record_obj;
-	r = record_template(im, d, &record_tpl, &record_obj);
-	if (r < 0)
-		goto out;
-
 	for (uint32_t i = 0; i < im->n; i++) {
 		struct ient *e = &im->e[i];
 		unsigned root;
@@ -917,10 +928,6 @@ static int build_package(struct imp *im, size_t k)
 			}
 		}
 		entry_from(e, &te, true);
-		if (i == d->record_ent && record_tpl) {
-			te.obj = record_obj;
-			te.flags |= TREE_F_TEMPLATE;
-		}
 		if (S_ISLNK(e->st.st_mode))
 			r = add_symlink(im, tb, root, rel, e, &te);
 		else
@@ -1277,6 +1284,9 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 
 	/* 4. classify */
 	r = classify(&im);
+	if (r < 0)
+		goto out;
+	r = store_records(&im);
 	if (r < 0)
 		goto out;
 	phase("classify");

@@ -354,6 +354,13 @@ def test_rm_and_gc(tmp_path, venvfs, six_venv):
     assert venvfs("rm", "x", check=False).returncode == 1
 
 
+def test_import_leaves_no_garbage(tmp_path, venvfs, six_venv):
+    # every object an import writes is referenced: the RECORD of a package
+    # with scripts (pip's) is stored once, as the template the view renders
+    venvfs("import", six_venv, "--name", "x")
+    assert venvfs("gc").stdout.startswith("removed 0 objects"), "an import left unreferenced objects"
+
+
 def test_verify_names_damage(tmp_path, venvfs, six_venv):
     venvfs("import", six_venv, "--name", "x")
     objs = sorted(p for p in (venvfs.home / "objects").rglob("*") if p.is_file() and p.stat().st_size > 100)
