@@ -182,7 +182,7 @@ struct candidate_list {
 	size_t n, cap;
 };
 
-static bool add_candidate(void *ctx, const struct objid *id, const struct tree *t)
+static bool add_candidate(void *ctx, const struct objid *id, const struct tree_head *h)
 {
 	struct candidate_list *l = ctx;
 
@@ -192,10 +192,10 @@ static bool add_candidate(void *ctx, const struct objid *id, const struct tree *
 	}
 	struct candidate *c = &l->c[l->n++];
 	c->id = *id;
-	c->version = tree_strdup(t, TREE_STR_VERSION);
-	c->tags = tree_strdup(t, TREE_STR_TAGS);
-	c->requires = tree_strdup(t, TREE_STR_REQUIRES);
-	c->requires_python = tree_strdup(t, TREE_STR_REQUIRES_PYTHON);
+	c->version = xstrdup(h->str[TREE_STR_VERSION]);
+	c->tags = xstrdup(h->str[TREE_STR_TAGS]);
+	c->requires = xstrdup(h->str[TREE_STR_REQUIRES]);
+	c->requires_python = xstrdup(h->str[TREE_STR_REQUIRES_PYTHON]);
 	return false;
 }
 
@@ -204,7 +204,7 @@ static int candidates(struct store *s, const char *name, struct candidate **out,
 {
 	struct candidate_list l = {0};
 
-	package_each(s, name, add_candidate, &l);
+	package_each_head(s, name, add_candidate, &l);
 	*out = l.c;
 	*n = l.n;
 	return 0;

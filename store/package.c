@@ -269,6 +269,31 @@ bool package_each(struct store *s, const char *name,
 	return stop;
 }
 
+bool package_each_head(struct store *s, const char *name,
+		       bool (*fn)(void *ctx, const struct objid *id, const struct tree_head *h), void *ctx)
+{
+	DIR *d = opendir_at(s->packages_fd, name);
+	struct dirent *de;
+	bool stop = false;
+
+	if (!d)
+		return false;
+	while (!stop && (de = readdir(d))) {
+		struct objid id;
+		struct tree_head h;
+		if (de->d_name[0] == '.' || objid_parse(de->d_name, strlen(de->d_name), &id) < 0)
+			continue;
+		_cleanup_close_ int fd = store_object_open(s, &id);
+		if (fd < 0 || tree_read_head(fd, de->d_name, &h) < 0)
+			continue; /* as package_each() */
+		stop = fn(ctx, &id, &h);
+		tree_head_free(&h);
+	}
+	closedir(d);
+	vf_clear_error();
+	return stop;
+}
+
 struct equivalent_search {
 	const struct tree *t;
 	struct objid *out;

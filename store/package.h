@@ -104,6 +104,9 @@ bool package_pyc_normalise(const void *data, size_t len, int64_t src_mtime, uint
  */
 bool package_each(struct store *s, const char *name,
 		  bool (*fn)(void *ctx, const struct objid *id, const struct tree *t), void *ctx);
+/* The same with each manifest's header only (tree_read_head()). */
+bool package_each_head(struct store *s, const char *name,
+		       bool (*fn)(void *ctx, const struct objid *id, const struct tree_head *h), void *ctx);
 
 /*
  * A package of the store that shows the same distribution as manifest t:

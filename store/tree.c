@@ -57,36 +57,51 @@ static bool valid_type(uint32_t mode)
 	return false;
 }
 
-static int validate(struct tree *t, const char *what)
+/* The header's own fields, against a manifest of len bytes. */
+static int check_layout(const struct tree_hdr *h, uint64_t len, const char *what)
 {
-	const struct tree_hdr *h;
-
-	if (t->len < sizeof(*h))
-		return vf_error(EIO, "%s: truncated manifest", what);
-	h = (const struct tree_hdr *)t->base;
 	if (memcmp(h->magic, TREE_MAGIC, 8) != 0)
 		return vf_error(EIO, "%s: not a venvfs manifest (bad magic)", what);
 	if (h->kind != TREE_PACKAGE && h->kind != TREE_ENV)
 		return vf_error(EIO, "%s: unknown manifest kind %u", what, h->kind);
 	if (h->n_roots != (h->kind == TREE_PACKAGE ? 2u : 1u) || h->n_nodes < h->n_roots)
 		return vf_error(EIO, "%s: bad root count", what);
-	if (h->nodes_off != sizeof(*h) || h->n_nodes > (t->len - sizeof(*h)) / sizeof(struct tree_node) ||
+	if (h->nodes_off != sizeof(*h) || h->n_nodes > (len - sizeof(*h)) / sizeof(struct tree_node) ||
 	    h->strtab_off != h->nodes_off + (uint64_t)h->n_nodes * sizeof(struct tree_node) ||
-	    h->strtab_len > t->len - h->strtab_off || h->strtab_off + h->strtab_len != t->len)
+	    h->strtab_len > len - h->strtab_off || h->strtab_off + h->strtab_len != len)
 		return vf_error(EIO, "%s: bad section offsets", what);
-	if (tree_checksum(t->base, t->len) != h->checksum)
-		return vf_error(EIO, "%s: checksum mismatch (corrupt manifest)", what);
+	return 0;
+}
+
+static int check_strings(const struct tree_hdr *h, const char *what)
+{
 	if (h->flags != 0 || h->reserved != 0)
 		return vf_error(EIO, "%s: unknown header flags", what);
+	for (int i = 0; i < TREE_STR_COUNT; i++)
+		if ((uint64_t)h->str[i].off + h->str[i].len > h->strtab_len)
+			return vf_error(EIO, "%s: bad header string", what);
+	return 0;
+}
+
+static int validate(struct tree *t, const char *what)
+{
+	const struct tree_hdr *h;
+	int r;
+
+	if (t->len < sizeof(*h))
+		return vf_error(EIO, "%s: truncated manifest", what);
+	h = (const struct tree_hdr *)t->base;
+	if ((r = check_layout(h, t->len, what)) < 0)
+		return r;
+	if (tree_checksum(t->base, t->len) != h->checksum)
+		return vf_error(EIO, "%s: checksum mismatch (corrupt manifest)", what);
+	if ((r = check_strings(h, what)) < 0)
+		return r;
 
 	t->hdr = h;
 	t->nodes = (const struct tree_node *)(t->base + h->nodes_off);
 	t->strtab = (const char *)(t->base + h->strtab_off);
 	t->n = h->n_nodes;
-
-	for (int i = 0; i < TREE_STR_COUNT; i++)
-		if ((uint64_t)h->str[i].off + h->str[i].len > h->strtab_len)
-			return vf_error(EIO, "%s: bad header string", what);
 
 	for (uint32_t i = 0; i < t->n; i++) {
 		const struct tree_node *n = &t->nodes[i];
@@ -171,6 +186,41 @@ int tree_map_fd(int fd, const char *what, struct tree **out)
 	}
 	*out = t;
 	return 0;
+}
+
+int tree_read_head(int fd, const char *what, struct tree_head *out)
+{
+	struct tree_hdr *h = &out->hdr;
+	struct stat st;
+	uint64_t lo = UINT64_MAX, hi = 0;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (fstat(fd, &st) < 0)
+		return vf_error_errno(errno, "%s", what);
+	if (!S_ISREG(st.st_mode) || st.st_size < (off_t)sizeof(*h) || pread_full(fd, h, sizeof(*h), 0) != sizeof(*h))
+		return vf_error(EIO, "%s: truncated manifest", what);
+	if ((r = check_layout(h, (uint64_t)st.st_size, what)) < 0 || (r = check_strings(h, what)) < 0)
+		return r;
+	for (int i = 0; i < TREE_STR_COUNT; i++) {
+		lo = MIN(lo, (uint64_t)h->str[i].off);
+		hi = MAX(hi, (uint64_t)h->str[i].off + h->str[i].len);
+	}
+	/* the builder puts the header strings side by side: one read */
+	_cleanup_free_ char *span = xmalloc(hi - lo + 1);
+	if (pread_full(fd, span, hi - lo, (off_t)(h->strtab_off + lo)) != (ssize_t)(hi - lo))
+		return vf_error(EIO, "%s: truncated manifest", what);
+	for (int i = 0; i < TREE_STR_COUNT; i++)
+		out->str[i] = xstrndup(span + (h->str[i].off - lo), h->str[i].len);
+	return 0;
+}
+
+void tree_head_free(struct tree_head *h)
+{
+	for (int i = 0; i < TREE_STR_COUNT; i++) {
+		free(h->str[i]);
+		h->str[i] = NULL;
+	}
 }
 
 int tree_read_fd(int fd, const char *what, struct tree **out)

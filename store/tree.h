@@ -149,6 +149,19 @@ int tree_map_fd(int fd, const char *what, struct tree **out);
 int tree_read_fd(int fd, const char *what, struct tree **out);
 void tree_free(struct tree *t);
 
+/*
+ * A manifest's header and header strings alone, in two reads whatever the
+ * package's size: what choosing among packages needs (compose.c). The
+ * checksum covers the whole file and is not checked; whatever goes on to
+ * use the nodes loads the manifest with tree_map_fd(), which checks it.
+ */
+struct tree_head {
+	struct tree_hdr hdr;
+	char *str[TREE_STR_COUNT]; /* NUL-terminated copies */
+};
+int tree_read_head(int fd, const char *what, struct tree_head *out);
+void tree_head_free(struct tree_head *h);
+
 static inline const struct tree_node *tree_node(const struct tree *t, uint32_t i)
 {
 	return &t->nodes[i];

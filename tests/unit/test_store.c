@@ -272,6 +272,25 @@ START_TEST(test_tree_roundtrip)
 	ck_assert(!memcmp(tree_link_target(t, tree_node(t, li)), "demo/a.py", 9));
 	tree_free(t);
 
+	/* the header alone, from a file: what create reads of each candidate */
+	FILE *f = tmpfile();
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(out.data, 1, out.len, f), out.len);
+	fflush(f);
+	struct tree_head h;
+	ck_assert_int_eq(tree_read_head(fileno(f), "demo", &h), 0);
+	ck_assert_str_eq(h.str[TREE_STR_NAME], "demo");
+	ck_assert_str_eq(h.str[TREE_STR_VERSION], "1.0");
+	ck_assert_str_eq(h.str[TREE_STR_TAGS], "");
+	ck_assert_uint_eq(h.hdr.n_files, 5);
+	tree_head_free(&h);
+	/* a cut manifest no longer matches its header's offsets */
+	ck_assert_int_eq(ftruncate(fileno(f), (off_t)out.len - 1), 0);
+	ck_assert_int_lt(tree_read_head(fileno(f), "demo", &h), 0);
+	ck_assert_int_eq(ftruncate(fileno(f), 10), 0);
+	ck_assert_int_lt(tree_read_head(fileno(f), "demo", &h), 0);
+	fclose(f);
+
 	/* canonical: the same input in another order gives the same bytes */
 	tb = tree_builder_new(TREE_PACKAGE);
 	tree_builder_set_str(tb, TREE_STR_VERSION, "1.0", 3);
