@@ -663,12 +663,27 @@ struct fsync_job {
 	fuse_req_t req;
 	int fd;
 	int datasync;
+	struct fsenv *env;
 };
 
+/*
+ * A created env's name is not durable when create returns (store/env.c
+ * env_install): the first fsync into an env makes it so, or a power cut
+ * could take away the env and with it the file the caller made durable.
+ * The open file keeps its node, and so its env, alive until the reply.
+ */
 static void fsync_job_run(void *arg)
 {
 	struct fsync_job *j = arg;
-	int r = j->datasync ? fdatasync(j->fd) : fsync(j->fd);
+	int r = 0;
+
+	if (!__atomic_load_n(&j->env->name_durable, __ATOMIC_ACQUIRE)) {
+		r = fsync(fsd.s->envs_fd);
+		if (r == 0)
+			__atomic_store_n(&j->env->name_durable, true, __ATOMIC_RELEASE);
+	}
+	if (r == 0)
+		r = j->datasync ? fdatasync(j->fd) : fsync(j->fd);
 
 	if (r < 0)
 		reply_err(j->req, OP_FSYNC, errno);
@@ -687,7 +702,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 		return;
 	}
 	struct fsync_job *j = xmalloc(sizeof(*j));
-	*j = (struct fsync_job){req, fh_fd(fi), datasync};
+	*j = (struct fsync_job){req, fh_fd(fi), datasync, n->env};
 	fs_defer(fsync_job_run, j);
 }
 

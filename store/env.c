@@ -336,8 +336,16 @@ int env_install(struct store *s, const struct env *e, bool replace, const char *
 	free(p);
 	p = xasprintf("%s/env", tmp);
 	env_format(e, &text);
-	/* tmp is hidden until renamed: its manifest needs no rename of its own
-	 * (fsync file, fsync tmp, rename, fsync envs/: two journal commits) */
+	/*
+	 * Atomic, not durable: the directory is complete on disk (fsync of the
+	 * manifest and of tmp: one journal commit) before its name can be, so
+	 * a crash leaves the env whole or absent (a .new-* directory that gc
+	 * removes). The rename itself is not waited for, as python -m venv and
+	 * uv never wait for anything: it is durable at the file system's next
+	 * commit, or at the first fsync into the env, which the daemon makes
+	 * wait for it (fs/ops.c op_fsync). Waiting here was a second commit,
+	 * 3.6 ms of a 12 ms create on a loop-mounted ext4.
+	 */
 	r = write_file_new(s->envs_fd, p, text.data, text.len, 0644);
 	if (r < 0)
 		goto fail;
@@ -346,7 +354,7 @@ int env_install(struct store *s, const struct env *e, bool replace, const char *
 		goto fail;
 	}
 	if (renameat2(s->envs_fd, tmp, s->envs_fd, e->name, RENAME_NOREPLACE) == 0)
-		goto done;
+		return 0;
 	if (errno != EEXIST) {
 		r = vf_error_errno(errno, "%s/envs/%s", s->home, e->name);
 		goto fail;
@@ -359,13 +367,10 @@ int env_install(struct store *s, const struct env *e, bool replace, const char *
 		r = vf_error_errno(errno, "replacing %s/envs/%s", s->home, e->name);
 		goto fail;
 	}
-	/* tmp now holds the old env */
+	/* tmp now holds the old env: the new one's name durable before the
+	 * old one's files go */
 	fsync_dir_at(s->envs_fd, ".");
 	rm_rf_at(s->envs_fd, tmp);
-	return 0;
-done:
-	if (fsync_dir_at(s->envs_fd, ".") < 0)
-		return vf_error_errno(errno, "fsync %s/envs", s->home);
 	return 0;
 fail:
 	rm_rf_at(s->envs_fd, tmp);
