@@ -132,10 +132,49 @@ def test_ten_venvs_store_each_file_once(tmp_path, venvfs, wheelhouse):
     # one package per distribution, each used by all ten envs
     lines = venvfs("store", "ls").stdout.splitlines()[1:]
     names = [l.split()[0] for l in lines]
-    assert len(names) == len(set(names)), lines
+    assert len(names) == len(set(names)), (lines, why_two_packages(venvfs.home, projects, names))
     assert all(l.split()[-2] == "10" for l in lines), lines
     # and any of them still comes back byte for byte
     export_in_place(venvfs, projects[7].name, projects[7] / ".venv")
+
+
+def why_two_packages(home, projects, names):
+    """For a distribution stored twice: which envs took which package, and
+    how the files of its first two venvs differ (hash; pyc header)."""
+    import hashlib
+
+    dup = next(n for n in names if names.count(n) > 1)
+    by_pkg = {}
+    for envfile in sorted(home.glob("envs/*/env")):
+        for line in envfile.read_text().splitlines():
+            f = line.split()
+            if f[0] == "package" and f[2] == dup:
+                by_pkg.setdefault(f[1], []).append(envfile.parent.name)
+    venvs = {p.name: p / ".venv" for p in projects}
+    lists = []
+    for envs in list(by_pkg.values())[:2]:
+        venv = next((venvs[e] for e in envs if e in venvs), None)
+        if venv is None:
+            continue
+        site = site_packages(venv)
+        info = next(d for d in site.glob("*.dist-info")
+                    if d.name.split("-")[0].lower().replace("_", "-").replace(".", "-") == dup)
+        files = {}
+        for row in (info / "RECORD").read_text().splitlines():
+            f = (site / row.rsplit(",", 2)[0]).resolve()
+            if not f.is_file():
+                files[str(f)] = "missing"
+                continue
+            data = f.read_bytes()
+            files[str(f.relative_to(venv.resolve()))] = hashlib.sha256(data).hexdigest()[:16]
+            if f.suffix == ".pyc":  # flags, size, and whether its mtime is its source's
+                src = f.parent.parent / (f.name.split(".")[0] + ".py")
+                ok = src.exists() and int.from_bytes(data[8:12], "little") == int(src.stat().st_mtime) & 0xFFFFFFFF
+                files[str(f.relative_to(venv.resolve()))] = f"{data[4:8].hex()} {data[12:16].hex()} valid={ok}"
+        lists.append(files)
+    diff = {} if len(lists) < 2 else {k: (lists[0].get(k), lists[1].get(k)) for k in lists[0].keys() | lists[1].keys()
+                                      if lists[0].get(k) != lists[1].get(k)}
+    return {"distribution": dup, "envs per package": by_pkg, "files that differ": dict(list(diff.items())[:40])}
 
 
 # ---- bad input --------------------------------------------------------------------
