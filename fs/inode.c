@@ -1293,8 +1293,11 @@ static void background_check(void *arg)
 	fd = n->fd >= 0 ? dup(n->fd) : -1;
 	pthread_mutex_unlock(&fsd.lock);
 	const char *why = fd >= 0 ? hash_check(fd, n, n->size) : NULL;
-	if (fd >= 0)
+	if (fd >= 0) {
+		/* the hash read all of it; the view's inode caches what is used */
+		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 		close(fd);
+	}
 	pthread_mutex_lock(&fsd.lock);
 	if (why)
 		mark_damaged(n, why);

@@ -515,8 +515,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
  * every env shares; the object's own copy, read to fill it, would be a
  * second one, so it is dropped once served (a hint: pages in use elsewhere
  * stay). Measured over a cold heavy import: page cache +459 MB kept, +430
- * MB dropped, +410 MB natively; no change in time. Large objects hashed in
- * the background (inode.c) stay cached: the reads that follow use them.
+ * MB dropped, +410 MB natively; no change in time. Large objects, hashed
+ * whole in the background (inode.c), are dropped whole when it is done.
  */
 static void drop_object_pages(int fd, off_t off, size_t size)
 {
