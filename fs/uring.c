@@ -338,7 +338,9 @@ static void serve_ent(struct ring_ent *e)
 		struct ur_out_header oh = {sizeof(oh), -EIO, in.unique};
 		struct iovec v = {&oh, sizeof(oh)};
 		__atomic_store_n(&e->unique, in.unique, __ATOMIC_RELAXED);
+		self_ent = e; /* find_ent() must not take another entry for it */
 		uring_reply(&v, 1);
+		self_ent = NULL;
 		return;
 	}
 	char *start = payload - op - sizeof(in);
@@ -569,6 +571,15 @@ static struct ring_ent *find_ent(uint64_t unique)
 	return NULL;
 }
 
+/* Wake q's thread from another one: its io_uring waits on the eventfd. */
+static void ring_wake(struct ring_q *q)
+{
+	uint64_t one = 1;
+
+	if (q->evfd >= 0 && write(q->evfd, &one, sizeof(one)) != sizeof(one))
+		fs_log("io_uring queue %u: cannot wake its thread: %s", q->qid, strerror(errno));
+}
+
 ssize_t uring_reply(const struct iovec *iov, int count)
 {
 	const struct ur_out_header *oh = iov[0].iov_base;
@@ -602,9 +613,7 @@ ssize_t uring_reply(const struct iovec *iov, int count)
 		e->next = q->done;
 		q->done = e;
 		pthread_mutex_unlock(&q->lock);
-		uint64_t one = 1;
-		if (write(q->evfd, &one, sizeof(one)) != sizeof(one))
-			fs_log("io_uring queue %u: cannot wake its thread: %s", q->qid, strerror(errno));
+		ring_wake(q);
 	}
 	return (ssize_t)(sizeof(out) + len);
 }
@@ -619,9 +628,7 @@ void uring_stop(void)
 		q->stop = true;
 		pthread_cond_signal(&q->cond);
 		pthread_mutex_unlock(&q->lock);
-		uint64_t one = 1; /* it waits for go (above) or for its io_uring */
-		if (q->evfd >= 0 && write(q->evfd, &one, sizeof(one)) != sizeof(one))
-			fs_log("io_uring queue %u: cannot wake its thread: %s", q->qid, strerror(errno));
+		ring_wake(q); /* it waits for go (above) or for its io_uring */
 		pthread_join(q->thread, NULL);
 		q->started = false;
 	}
