@@ -244,8 +244,13 @@ static bool equivalent(const struct tree *a, const struct tree *b)
 	return true;
 }
 
-bool package_each(struct store *s, const char *name,
-		  bool (*fn)(void *ctx, const struct objid *id, const struct tree *t), void *ctx)
+/*
+ * Call fn with the id and an open descriptor of each manifest indexed under
+ * packages/NAME until it returns true; an index entry whose object is gone
+ * is skipped (gc's business). Returns whether fn stopped the walk.
+ */
+static bool each_manifest(struct store *s, const char *name,
+			  bool (*fn)(void *ctx, const struct objid *id, int fd, const char *what), void *ctx)
 {
 	DIR *d = opendir_at(s->packages_fd, name);
 	struct dirent *de;
@@ -255,43 +260,65 @@ bool package_each(struct store *s, const char *name,
 		return false;
 	while (!stop && (de = readdir(d))) {
 		struct objid id;
-		struct tree *t;
 		if (de->d_name[0] == '.' || objid_parse(de->d_name, strlen(de->d_name), &id) < 0)
 			continue;
 		_cleanup_close_ int fd = store_object_open(s, &id);
-		if (fd < 0 || tree_map_fd(fd, de->d_name, &t) < 0)
-			continue; /* an index entry without its manifest (gc's business) */
-		stop = fn(ctx, &id, t);
-		tree_free(t);
+		if (fd >= 0)
+			stop = fn(ctx, &id, fd, de->d_name);
 	}
 	closedir(d);
 	vf_clear_error();
 	return stop;
 }
 
+struct each_tree {
+	bool (*fn)(void *ctx, const struct objid *id, const struct tree *t);
+	void *ctx;
+};
+
+static bool each_tree_one(void *ctx, const struct objid *id, int fd, const char *what)
+{
+	struct each_tree *q = ctx;
+	struct tree *t;
+
+	if (tree_map_fd(fd, what, &t) < 0)
+		return false; /* a damaged manifest is no candidate */
+	bool stop = q->fn(q->ctx, id, t);
+	tree_free(t);
+	return stop;
+}
+
+bool package_each(struct store *s, const char *name,
+		  bool (*fn)(void *ctx, const struct objid *id, const struct tree *t), void *ctx)
+{
+	struct each_tree q = {fn, ctx};
+
+	return each_manifest(s, name, each_tree_one, &q);
+}
+
+struct each_head {
+	bool (*fn)(void *ctx, const struct objid *id, const struct tree_head *h);
+	void *ctx;
+};
+
+static bool each_head_one(void *ctx, const struct objid *id, int fd, const char *what)
+{
+	struct each_head *q = ctx;
+	struct tree_head h;
+
+	if (tree_read_head(fd, what, &h) < 0)
+		return false;
+	bool stop = q->fn(q->ctx, id, &h);
+	tree_head_free(&h);
+	return stop;
+}
+
 bool package_each_head(struct store *s, const char *name,
 		       bool (*fn)(void *ctx, const struct objid *id, const struct tree_head *h), void *ctx)
 {
-	DIR *d = opendir_at(s->packages_fd, name);
-	struct dirent *de;
-	bool stop = false;
+	struct each_head q = {fn, ctx};
 
-	if (!d)
-		return false;
-	while (!stop && (de = readdir(d))) {
-		struct objid id;
-		struct tree_head h;
-		if (de->d_name[0] == '.' || objid_parse(de->d_name, strlen(de->d_name), &id) < 0)
-			continue;
-		_cleanup_close_ int fd = store_object_open(s, &id);
-		if (fd < 0 || tree_read_head(fd, de->d_name, &h) < 0)
-			continue; /* as package_each() */
-		stop = fn(ctx, &id, &h);
-		tree_head_free(&h);
-	}
-	closedir(d);
-	vf_clear_error();
-	return stop;
+	return each_manifest(s, name, each_head_one, &q);
 }
 
 struct equivalent_search {
