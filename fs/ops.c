@@ -745,16 +745,29 @@ static void own(int dirfd, const char *name, const struct fuse_ctx *ctx)
 		fchownat(dirfd, name, ctx->uid, ctx->gid, AT_SYMLINK_NOFOLLOW);
 }
 
-/* Put work/tmp at dir/name, over a whiteout (atomically) or into a free name. */
-static int place_new(struct node *dir, const char *tmp, const char *name, bool whiteout, bool is_dir)
+/*
+ * Where a new entry is made: at dir/name itself when the name is free (an
+ * O_EXCL open, mknod, mkdir, symlink and link fail rather than replace),
+ * as overlayfs does; over a whiteout, as work/TMP, set up there and then
+ * renamed over the whiteout by place_new(), so that what the whiteout
+ * hides never shows through. Returns the name to make, in *dirfd.
+ */
+static const char *new_at(struct node *dir, const char *name, bool whiteout, char tmp[32], int *dirfd)
+{
+	if (!whiteout) {
+		*dirfd = dir->up.fd;
+		return name;
+	}
+	snprintf(tmp, 32, "new.%016llx", (unsigned long long)random_u64());
+	*dirfd = dir->env->workfd;
+	return tmp;
+}
+
+/* Put work/tmp at dir/name, over the whiteout there (atomically). */
+static int place_new(struct node *dir, const char *tmp, const char *name, bool is_dir)
 {
 	struct fsenv *e = dir->env;
 
-	if (!whiteout) {
-		if (renameat2(e->workfd, tmp, dir->up.fd, name, RENAME_NOREPLACE) < 0)
-			return -errno;
-		return 0;
-	}
 	if (!is_dir) {
 		if (renameat(e->workfd, tmp, dir->up.fd, name) < 0)
 			return -errno;
@@ -810,16 +823,17 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	lock();
 	r = prepare_new(dir, name, &wh);
 	if (r == 0) {
-		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
+		char tmp[32];
+		int at;
+		const char *nm = new_at(dir, name, wh, tmp, &at);
 		if (S_ISREG(mode))
 			mode &= ~(mode_t)S_ISVTX;
-		if (mknodat(dir->env->workfd, tmp, mode, rdev) < 0)
+		if (mknodat(at, nm, mode, rdev) < 0) {
 			r = -errno;
-		else {
-			own(dir->env->workfd, tmp, fuse_req_ctx(req));
-			r = place_new(dir, tmp, name, wh, false);
-			if (r < 0)
-				unlinkat(dir->env->workfd, tmp, 0);
+		} else {
+			own(at, nm, fuse_req_ctx(req));
+			if (wh && (r = place_new(dir, tmp, name, false)) < 0)
+				unlinkat(at, tmp, 0);
 		}
 	}
 	reply_new(req, OP_MKNOD, dir, name, r, NULL);
@@ -852,7 +866,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 			close(fd);
 		if (r == 0) {
 			own(dir->env->workfd, tmp, fuse_req_ctx(req));
-			r = place_new(dir, tmp, name, true, true);
+			r = place_new(dir, tmp, name, true);
 		}
 		if (r < 0)
 			unlinkat(dir->env->workfd, tmp, AT_REMOVEDIR);
@@ -870,14 +884,15 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 	lock();
 	r = prepare_new(dir, name, &wh);
 	if (r == 0) {
-		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
-		if (symlinkat(link, dir->env->workfd, tmp) < 0)
+		char tmp[32];
+		int at;
+		const char *nm = new_at(dir, name, wh, tmp, &at);
+		if (symlinkat(link, at, nm) < 0) {
 			r = -errno;
-		else {
-			own(dir->env->workfd, tmp, fuse_req_ctx(req));
-			r = place_new(dir, tmp, name, wh, false);
-			if (r < 0)
-				unlinkat(dir->env->workfd, tmp, 0);
+		} else {
+			own(at, nm, fuse_req_ctx(req));
+			if (wh && (r = place_new(dir, tmp, name, false)) < 0)
+				unlinkat(at, tmp, 0);
 		}
 	}
 	reply_new(req, OP_SYMLINK, dir, name, r, NULL);
@@ -894,17 +909,18 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	fi->fh = 0;
 	r = prepare_new(dir, name, &wh);
 	if (r == 0) {
-		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
+		char tmp[32];
+		int at;
+		const char *nm = new_at(dir, name, wh, tmp, &at);
 		int flags = (open_flags(fi->flags) & ~O_TRUNC) | O_CREAT | O_EXCL;
-		int fd = openat(dir->env->workfd, tmp, flags, mode & 07777 & ~S_ISVTX);
-		if (fd < 0)
+		int fd = openat(at, nm, flags, mode & 07777 & ~S_ISVTX);
+		if (fd < 0) {
 			r = -errno;
-		else {
-			own(dir->env->workfd, tmp, fuse_req_ctx(req));
-			r = place_new(dir, tmp, name, wh, false);
-			if (r < 0) {
+		} else {
+			own(at, nm, fuse_req_ctx(req));
+			if (wh && (r = place_new(dir, tmp, name, false)) < 0) {
 				close(fd);
-				unlinkat(dir->env->workfd, tmp, 0);
+				unlinkat(at, tmp, 0);
 			} else {
 				fi->fh = (uint64_t)fd;
 			}
@@ -1126,11 +1142,13 @@ static int do_rename(struct node *od, const char *on, struct node *nd, const cha
 			if (renameat(od->up.fd, on, nd->up.fd, nn) < 0)
 				return -errno;
 		} else {
-			_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
-			if (mkdirat(nd->env->workfd, tmp, sn->mode & 07777) < 0)
+			char tmp[32];
+			int at;
+			const char *nm = new_at(nd, nn, over_whiteout, tmp, &at);
+			if (mkdirat(at, nm, sn->mode & 07777) < 0)
 				return -errno;
-			if ((r = place_new(nd, tmp, nn, over_whiteout, true)) < 0) {
-				unlinkat(nd->env->workfd, tmp, AT_REMOVEDIR);
+			if (over_whiteout && (r = place_new(nd, tmp, nn, true)) < 0) {
+				unlinkat(at, tmp, AT_REMOVEDIR);
 				return r;
 			}
 		}
@@ -1198,13 +1216,14 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	if (r == 0)
 		r = prepare_new(dir, newname, &wh);
 	if (r == 0) {
-		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
-		char p[32];
+		char tmp[32], p[32];
+		int at;
+		const char *nm = new_at(dir, newname, wh, tmp, &at);
 		fd_path(n->fd, p);
-		if (linkat(AT_FDCWD, p, dir->env->workfd, tmp, AT_SYMLINK_FOLLOW) < 0)
+		if (linkat(AT_FDCWD, p, at, nm, AT_SYMLINK_FOLLOW) < 0)
 			r = -errno;
-		else if ((r = place_new(dir, tmp, newname, wh, false)) < 0)
-			unlinkat(dir->env->workfd, tmp, 0);
+		else if (wh && (r = place_new(dir, tmp, newname, false)) < 0)
+			unlinkat(at, tmp, 0);
 	}
 	reply_new(req, OP_LINK, dir, newname, r, NULL);
 }

@@ -687,6 +687,43 @@ def test_mkdir_on_an_unlinked_store_file_name(env):
     assert read(env.six) == b"back"
 
 
+def test_each_kind_of_new_entry_in_a_free_name_and_over_a_whiteout(env):
+    """create, mknod, symlink, link and mkdir: made in place when the name is
+    free, through work/ when a whiteout holds it; either way the store's entry
+    never shows again and work/ is left empty."""
+    other = env.clone()
+    src = env.root / "linked-from"
+    write_file(src, b"linked")
+    store_names = ["six.py"] + sorted(n for n in os.listdir(env.sp / "pip") if n.endswith(".py"))[:4]
+    kinds = {
+        "create": lambda p: os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)),
+        "mknod": lambda p: os.mknod(p, stat.S_IFIFO | 0o600),
+        "symlink": lambda p: os.symlink("target", p),
+        "link": lambda p: os.link(src, p),
+        "mkdir": lambda p: os.mkdir(p, 0o750),
+    }
+    check = {
+        "create": lambda p: stat.S_ISREG(os.lstat(p).st_mode) and read(p) == b"",
+        "mknod": lambda p: stat.S_ISFIFO(os.lstat(p).st_mode),
+        "symlink": lambda p: os.readlink(p) == "target",
+        "link": lambda p: read(p) == b"linked" and os.stat(p).st_ino == os.stat(src).st_ino,
+        "mkdir": lambda p: stat.S_ISDIR(os.lstat(p).st_mode) and listing(p) == set(),
+    }
+    for (kind, make), name in zip(kinds.items(), store_names):
+        parent = env.sp if name == "six.py" else env.sp / "pip"
+        free = env.root / f"free-{kind}"
+        make(free)
+        assert check[kind](free), kind
+        fails(errno.EEXIST, make, free)
+        over = parent / name
+        os.unlink(over)
+        make(over)
+        assert check[kind](over), (kind, name)
+        fails(errno.EEXIST, make, over)
+        assert read(other / over.relative_to(env.sp)) != b"", "the other env keeps the store's file"
+    assert not [n for n in os.listdir(env.work) if n.startswith("new.")], os.listdir(env.work)
+
+
 def test_create_file_on_a_removed_store_dir_name(env):
     d = env.distinfo
     for n in os.listdir(d):
