@@ -1401,6 +1401,30 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 }
 
 /*
+ * access(2) and chdir, asked only where the mount has no default_permissions
+ * (main.c: a root daemon serving root alone): what a directory on disk
+ * answers root. Anything may be read, written and searched; a file may be
+ * executed only if one of its x bits is set.
+ */
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct node *n = node_of(ino);
+	struct stat st;
+	int r;
+
+	count(OP_ACCESS);
+	lock();
+	r = node_stat(n, &st);
+	unlock();
+	if (r == 0 && (mask & X_OK) && !S_ISDIR(st.st_mode) && !(st.st_mode & (S_IXUSR | S_IXGRP | S_IXOTH)))
+		r = -EACCES;
+	if (r < 0)
+		reply_err(req, OP_ACCESS, -r);
+	else
+		fuse_reply_err(req, 0);
+}
+
+/*
  * The kernel forwards every ioctl on our files and remembers no refusal:
  * Python's isatty() in each open() is one (TCGETS). None applies to a venv's
  * files; ENOTTY is what a regular file on disk answers (libfuse's default
@@ -1440,5 +1464,6 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.statfs = op_statfs,
 	.create = op_create,
 	.ioctl = op_ioctl,
+	.access = op_access,
 	/* no flush, getxattr, listxattr: ENOSYS once, then never asked again */
 };

@@ -1238,6 +1238,51 @@ def test_chown_clears_setuid(env):
     assert stat.S_IMODE(os.stat(env.root / "f").st_mode) & 0o6000 == 0
 
 
+def test_permission_answers_match_a_directory_on_disk(env, tmp_path):
+    """access(2), exec and open of files and directories by mode, here and in a
+    native directory, as whoever runs the tests (root: the mount then has no
+    default_permissions and answers access() itself)."""
+    modes = [0o000, 0o444, 0o644, 0o600, 0o700, 0o755, 0o711, 0o100, 0o010, 0o001]
+    script = b"#!/bin/sh\nexit 0\n"
+
+    def answers(top):
+        out = {}
+        for m in modes:
+            f, d = top / f"f{m:o}", top / f"d{m:o}"
+            write_file(f, script)
+            os.chmod(f, m)
+            os.mkdir(d)
+            os.chmod(d, m)
+            for what, p in (("file", f), ("dir", d)):
+                out[what, m, "access"] = tuple(os.access(p, k) for k in (os.F_OK, os.R_OK, os.W_OK, os.X_OK))
+            try:
+                out["file", m, "exec"] = subprocess.run([f], capture_output=True).returncode
+            except OSError as e:
+                out["file", m, "exec"] = errno.errorcode[e.errno]
+            for flags in (os.O_RDONLY, os.O_WRONLY):
+                try:
+                    os.close(os.open(f, flags))
+                    out["file", m, "open", flags] = "ok"
+                except OSError as e:
+                    out["file", m, "open", flags] = errno.errorcode[e.errno]
+            try:
+                os.listdir(d)
+                out["dir", m, "list"] = "ok"
+            except OSError as e:
+                out["dir", m, "list"] = errno.errorcode[e.errno]
+        out["missing", "access"] = os.access(top / "missing", os.F_OK)
+        return out
+
+    native = tmp_path / "native"
+    native.mkdir()
+    here = env.root / "perm"
+    os.mkdir(here)
+    assert answers(here) == answers(native)
+    # store files and directories too
+    assert os.access(env.root / "bin" / "python", os.X_OK) and os.access(env.six, os.R_OK | os.W_OK)
+    assert not os.access(env.six, os.X_OK) and os.access(env.sp / "pip", os.X_OK)
+
+
 def test_utime_with_nanoseconds(env):
     times = (1_000_000_123, 2_000_000_456)
     write_file(env.root / "f", b"f")
