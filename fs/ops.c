@@ -848,28 +848,28 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	count(OP_MKDIR);
 	lock();
 	r = prepare_new(dir, name, &wh);
-	if (r == 0 && !wh) {
-		if (mkdirat(dir->up.fd, name, mode & 07777) < 0)
+	if (r == 0) {
+		char tmp[32];
+		int at, fd;
+		const char *nm = new_at(dir, name, wh, tmp, &at);
+		if (mkdirat(at, nm, mode & 07777) < 0) {
 			r = -errno;
-		else
-			own(dir->up.fd, name, fuse_req_ctx(req));
-	} else if (r == 0) {
-		/* over a whiteout: what is below stays hidden (opaque) */
-		_cleanup_free_ char *tmp = xasprintf("new.%016llx", (unsigned long long)random_u64());
-		int fd = -1;
-		if (mkdirat(dir->env->workfd, tmp, mode & 07777) < 0 ||
-		    (fd = openat(dir->env->workfd, tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-			r = -errno;
-		if (r == 0)
-			r = layer_set_dir(fd, true, NULL);
-		if (fd >= 0)
-			close(fd);
-		if (r == 0) {
-			own(dir->env->workfd, tmp, fuse_req_ctx(req));
-			r = place_new(dir, tmp, name, true);
+		} else if (wh) {
+			/* over a whiteout: what is below stays hidden (opaque) */
+			if ((fd = openat(at, tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+				r = -errno;
+			} else {
+				r = layer_set_dir(fd, true, NULL);
+				close(fd);
+			}
 		}
-		if (r < 0)
-			unlinkat(dir->env->workfd, tmp, AT_REMOVEDIR);
+		if (r == 0) {
+			own(at, nm, fuse_req_ctx(req));
+			if (wh)
+				r = place_new(dir, tmp, name, true);
+		}
+		if (r < 0 && wh)
+			unlinkat(at, tmp, AT_REMOVEDIR);
 	}
 	reply_new(req, OP_MKDIR, dir, name, r, NULL);
 }
