@@ -689,8 +689,7 @@ int store_gc(struct store *s, bool progress, struct gc_stats *st)
 		if (unreadable) {
 			/* an env we cannot read: deleting what it might use would
 			 * turn a damaged env into a lost one */
-			r = vf_error(EIO, "env %s cannot be read (%s); not collecting garbage", names[i],
-				     vf_last_error());
+			r = vf_error_prefix(EIO, "env %s cannot be read, not collecting garbage: ", names[i]);
 			env_list_free(names, ne);
 			goto out;
 		}
