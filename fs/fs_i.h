@@ -102,7 +102,7 @@ struct fsenv {
 	uint32_t refs;       /* nodes of this env alive */
 	bool stale;          /* replaced or removed: no new lookups, no writes */
 	bool readonly;       /* another daemon holds its env lock */
-	bool name_durable;   /* envs/ fsynced since loaded (op_fsync), atomic */
+	bool durable;        /* env_make_durable() done since loaded (op_fsync), atomic */
 	uint64_t gen;        /* changes to its writable layer (absorb checks) */
 	uint64_t absorbed_gen; /* gen when last absorbed: dirty if different */
 	char *retired_layer; /* replaced: a writable layer to delete with it */

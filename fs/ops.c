@@ -667,26 +667,27 @@ struct fsync_job {
 };
 
 /*
- * A created env's name is not durable when create returns (store/env.c
- * env_install): the first fsync into an env makes it so, or a power cut
- * could take away the env and with it the file the caller made durable.
- * The open file keeps its node, and so its env, alive until the reply.
+ * A created env is not durable when create returns (store/env.c
+ * env_install): the first fsync into an env makes it so (its manifest, its
+ * directory, its name), or a power cut could take away the env and with it
+ * the file the caller made durable. The open file keeps its node, and so
+ * its env, alive until the reply.
  */
 static void fsync_job_run(void *arg)
 {
 	struct fsync_job *j = arg;
 	int r = 0;
 
-	if (!__atomic_load_n(&j->env->name_durable, __ATOMIC_ACQUIRE)) {
-		r = fsync(fsd.s->envs_fd);
+	if (!__atomic_load_n(&j->env->durable, __ATOMIC_ACQUIRE)) {
+		r = env_make_durable(fsd.s, j->env->name);
 		if (r == 0)
-			__atomic_store_n(&j->env->name_durable, true, __ATOMIC_RELEASE);
+			__atomic_store_n(&j->env->durable, true, __ATOMIC_RELEASE);
 	}
-	if (r == 0)
-		r = j->datasync ? fdatasync(j->fd) : fsync(j->fd);
+	if (r == 0 && (j->datasync ? fdatasync(j->fd) : fsync(j->fd)) < 0)
+		r = -errno;
 
 	if (r < 0)
-		reply_err(j->req, OP_FSYNC, errno);
+		reply_err(j->req, OP_FSYNC, -r);
 	else
 		fuse_reply_err(j->req, 0);
 	free(j);

@@ -373,7 +373,7 @@ int venv_create(struct store *s, const struct create_opts *o, struct create_stat
 	memset(st, 0, sizeof(*st));
 	if (!env_valid_name(o->name))
 		return vf_error(EINVAL, "%s: not a valid env name (letters, digits, '.', '_', '-', '+')", o->name);
-	if (env_exists(s, o->name))
+	if (env_exists(s, o->name) && !env_torn(s, o->name))
 		return vf_error(EEXIST, "an env named %s already exists", o->name);
 	if (o->from && (r = env_load(s, o->from, &from)) < 0)
 		return r;
@@ -475,7 +475,7 @@ int venv_clone(struct store *s, const char *src, const char *dst)
 
 	if (!env_valid_name(dst))
 		return vf_error(EINVAL, "%s: not a valid env name (letters, digits, '.', '_', '-', '+')", dst);
-	if (env_exists(s, dst))
+	if (env_exists(s, dst) && !env_torn(s, dst))
 		return vf_error(EEXIST, "an env named %s already exists", dst);
 	r = env_load(s, src, &e);
 	if (r < 0)

@@ -12,8 +12,13 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <xxhash.h>
 
-#define ENV_HEADER "venvfs-env 1"
+#define ENV_HEADER "venvfs-env 2"
+/* written before the end line existed, always fsynced before its name was */
+#define ENV_HEADER_V1 "venvfs-env 1"
+#define ENV_END "end "
+#define ENV_END_LEN (sizeof(ENV_END) - 1 + 16 + 1) /* "end " + 16 hex + '\n' */
 
 bool env_valid_name(const char *name)
 {
@@ -94,6 +99,25 @@ void env_format(const struct env *e, struct buf *b)
 		objid_format(&e->pkgs[i].id, id);
 		buf_printf(b, "package %s %s %s\n", id, n, v);
 	}
+	buf_printf(b, ENV_END "%016" PRIx64 "\n", (uint64_t)XXH3_64bits(b->data, b->len));
+}
+
+/*
+ * The end line of a version 2 manifest: 1 if text ends with it and its
+ * checksum of everything before it holds (*body: the length before it),
+ * 0 if there is none (empty, zeros, a manifest cut short), -1 if there is
+ * one and the checksum fails (damage after the fact).
+ */
+static int manifest_end(const char *text, size_t len, size_t *body)
+{
+	char want[17];
+
+	if (len < ENV_END_LEN || (len > ENV_END_LEN && text[len - ENV_END_LEN - 1] != '\n') ||
+	    memcmp(text + len - ENV_END_LEN, ENV_END, sizeof(ENV_END) - 1) || text[len - 1] != '\n')
+		return 0;
+	*body = len - ENV_END_LEN;
+	snprintf(want, sizeof(want), "%016" PRIx64, (uint64_t)XXH3_64bits(text, *body));
+	return memcmp(text + *body + sizeof(ENV_END) - 1, want, 16) ? -1 : 1;
 }
 
 int env_parse(const char *text, size_t len, const char *what, struct env **out)
@@ -103,8 +127,21 @@ int env_parse(const char *text, size_t len, const char *what, struct env **out)
 	const char *p = text, *end = text + len;
 	unsigned line = 0;
 	bool have_tree = false;
+	size_t body;
 	int r = 0;
 
+	if (!(len >= sizeof(ENV_HEADER_V1) && !memcmp(text, ENV_HEADER_V1 "\n", sizeof(ENV_HEADER_V1)))) {
+		switch (manifest_end(text, len, &body)) {
+		case 0:
+			r = vf_error(EIO, "%s: incomplete env manifest, no end line (cut short by a crash "
+				     "before it reached the disk?)", what);
+			goto fail;
+		case -1:
+			r = vf_error(EIO, "%s: damaged env manifest: its checksum does not match", what);
+			goto fail;
+		}
+		end = text + body;
+	}
 	while (p < end) {
 		const char *nl = memchr(p, '\n', (size_t)(end - p));
 		const char *le = nl ? nl : end;
@@ -112,7 +149,7 @@ int env_parse(const char *text, size_t len, const char *what, struct env **out)
 		line++;
 		p = nl ? nl + 1 : end;
 		if (line == 1) {
-			if (strcmp(l, ENV_HEADER) != 0) {
+			if (strcmp(l, ENV_HEADER) && strcmp(l, ENV_HEADER_V1)) {
 				r = vf_error(EIO, "%s:1: not a venvfs env manifest", what);
 				goto fail;
 			}
@@ -226,6 +263,57 @@ int env_load(struct store *s, const char *name, struct env **out)
 	return env_parse(text.data, text.len, what, out);
 }
 
+/* Nothing in envs/NAME but its manifest and empty layer and work directories. */
+static bool holds_nothing_of_its_own(struct store *s, const char *name)
+{
+	DIR *d = opendir_at(s->envs_fd, name);
+	struct dirent *de;
+	bool empty = d != NULL;
+
+	while (empty && (de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || !strcmp(de->d_name, "env"))
+			continue;
+		if (strcmp(de->d_name, "work") && !str_has_prefix(de->d_name, "upper")) {
+			empty = false;
+			break;
+		}
+		_cleanup_free_ char *sub = xasprintf("%s/%s", name, de->d_name);
+		DIR *sd = opendir_at(s->envs_fd, sub);
+		struct dirent *se;
+		empty = sd != NULL;
+		while (empty && (se = readdir(sd)))
+			empty = !strcmp(se->d_name, ".") || !strcmp(se->d_name, "..");
+		if (sd)
+			closedir(sd);
+	}
+	if (d)
+		closedir(d);
+	return empty;
+}
+
+bool env_torn(struct store *s, const char *name)
+{
+	_cleanup_buf_ struct buf text = {0};
+	_cleanup_free_ char *path = xasprintf("%s/env", name);
+	size_t body;
+
+	if (!env_valid_name(name) || read_file_at(s->envs_fd, path, 1 << 24, &text) < 0)
+		return false;
+	if (text.len >= sizeof(ENV_HEADER_V1) && !memcmp(text.data, ENV_HEADER_V1 "\n", sizeof(ENV_HEADER_V1)))
+		return false;
+	return manifest_end(text.data, text.len, &body) == 0 && holds_nothing_of_its_own(s, name);
+}
+
+int env_make_durable(struct store *s, const char *name)
+{
+	_cleanup_free_ char *path = xasprintf("%s/env", name);
+	_cleanup_close_ int fd = openat(s->envs_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0 || fsync(fd) < 0 || fsync_dir_at(s->envs_fd, name) < 0 || fsync(s->envs_fd) < 0)
+		return -errno;
+	return 0;
+}
+
 bool env_exists(struct store *s, const char *name)
 {
 	_cleanup_free_ char *path = xasprintf("%s/env", name);
@@ -337,30 +425,36 @@ int env_install(struct store *s, const struct env *e, bool replace, const char *
 	p = xasprintf("%s/env", tmp);
 	env_format(e, &text);
 	/*
-	 * Atomic, not durable: the directory is complete on disk (fsync of the
-	 * manifest and of tmp: one journal commit) before its name can be, so
-	 * a crash leaves the env whole or absent (a .new-* directory that gc
-	 * removes). The rename itself is not waited for, as python -m venv and
-	 * uv never wait for anything: it is durable at the file system's next
-	 * commit, or at the first fsync into the env, which the daemon makes
-	 * wait for it (fs/ops.c op_fsync). Waiting here was a second commit,
-	 * 3.6 ms of a 12 ms create on a loop-mounted ext4.
+	 * Atomic, not durable: like python -m venv and uv, a create waits for
+	 * no disk write (an fsync here was the journal commit that took most
+	 * of a `venvfs create`: 1 ms idle, 4-7 ms after a large install, on a
+	 * loop-mounted ext4). The directory is complete before its name
+	 * appears, so a running system sees the env whole or not at all; a
+	 * crash before the file system's next commit (ext4: 5 s) can leave the
+	 * name without its manifest's contents (delayed allocation), which the
+	 * manifest's end line tells apart: env_torn(). Such an env held
+	 * nothing of its own; it reads as damaged (EIO) until it is created
+	 * again over it or gc removes it. The first fsync into an env through
+	 * the mount makes it durable first (env_make_durable), so nothing a
+	 * program made durable inside an env can outlive the env.
 	 */
-	r = write_file_new(s->envs_fd, p, text.data, text.len, 0644);
+	r = write_file_new(s->envs_fd, p, text.data, text.len, 0644, false);
 	if (r < 0)
 		goto fail;
-	if (fsync_dir_at(s->envs_fd, tmp) < 0) {
-		r = vf_error_errno(errno, "fsync %s/envs/%s", s->home, tmp);
-		goto fail;
-	}
 	if (renameat2(s->envs_fd, tmp, s->envs_fd, e->name, RENAME_NOREPLACE) == 0)
 		return 0;
 	if (errno != EEXIST) {
 		r = vf_error_errno(errno, "%s/envs/%s", s->home, e->name);
 		goto fail;
 	}
-	if (!replace) {
+	if (!replace && !env_torn(s, e->name)) {
 		r = vf_error(EEXIST, "an env named %s already exists", e->name);
+		goto fail;
+	}
+	/* replacing an env: the new one is durable before the old one's files
+	 * can go (a torn one, replaced below too, held nothing to lose) */
+	if (replace && (r = env_make_durable(s, tmp)) < 0) {
+		r = vf_error_errno(-r, "fsync %s/envs/%s", s->home, tmp);
 		goto fail;
 	}
 	if (renameat2(s->envs_fd, tmp, s->envs_fd, e->name, RENAME_EXCHANGE) < 0) {
@@ -369,7 +463,8 @@ int env_install(struct store *s, const struct env *e, bool replace, const char *
 	}
 	/* tmp now holds the old env: the new one's name durable before the
 	 * old one's files go */
-	fsync_dir_at(s->envs_fd, ".");
+	if (replace)
+		fsync_dir_at(s->envs_fd, ".");
 	rm_rf_at(s->envs_fd, tmp);
 	return 0;
 fail:

@@ -11,7 +11,7 @@
  * The manifest is line-oriented text, one "key value" per line, values
  * %-escaped (util.h text_escape) so any byte but NUL survives:
  *
- *   venvfs-env 1
+ *   venvfs-env 2
  *   name web
  *   uid 5f0c3a0e9d1b2c44          random, fixed for life: inode numbers
  *   python.home /usr/bin
@@ -27,6 +27,8 @@
  *                                 (default "upper")
  *   package <objid> <name> <version>
  *   ...
+ *   end <xxh3-64>                 of every byte before this line, in hex;
+ *                                 last (version 1 manifests have none)
  *
  * Packages listed later take precedence over earlier ones where two ship
  * the same path (pip's "last installed wins"); the env tree takes
@@ -91,12 +93,26 @@ int env_list(struct store *s, char ***names, size_t *n);
 void env_list_free(char **names, size_t n);
 
 /*
- * Install e as envs/<e->name>, atomically. If an env of that name exists:
- * with replace, it is swapped out and deleted (its upper layer with it);
- * without, -EEXIST. If upper_from is given, that directory becomes the new
- * env's upper layer (it is renamed, so it must be on the store's fs).
+ * Install e as envs/<e->name>, atomically, without waiting for the disk
+ * (env_make_durable). If an env of that name exists: with replace, it is
+ * swapped out and deleted (its upper layer with it), the new one durable
+ * first; without, -EEXIST, unless it is torn (env_torn), which is replaced.
+ * If upper_from is given, that directory becomes the new env's upper layer
+ * (it is renamed, so it must be on the store's fs).
  */
 int env_install(struct store *s, const struct env *e, bool replace, const char *upper_from);
+
+/* fsync the env's manifest, its directory and envs/: what the first fsync
+ * into an env waits for. Returns 0 or -errno. */
+int env_make_durable(struct store *s, const char *name);
+
+/*
+ * A manifest with no end line (empty, zeros, cut short: what a crash soon
+ * after a create can leave) in an env holding nothing else but empty layer
+ * and work directories. Such an env never held anything of its own: create
+ * replaces it, gc removes it.
+ */
+bool env_torn(struct store *s, const char *name);
 
 /* Does the env's writable layer hold anything (but a uv .lock)? */
 bool env_has_layer_content(struct store *s, const struct env *e);

@@ -680,6 +680,12 @@ int store_gc(struct store *s, bool progress, struct gc_stats *st)
 		goto out;
 	for (size_t i = 0; i < ne; i++) {
 		bool unreadable = false;
+		if (env_torn(s, names[i])) {
+			/* a create cut short by a crash: nothing of its own */
+			if (env_remove(s, names[i]) == 0)
+				st->leftover_envs++;
+			continue;
+		}
 		store_mark_env(s, names[i], &objects, &packages, NULL, NULL, &unreadable);
 		/* files renamed inside a writable layer still name their
 		 * objects (in every layer directory: a daemon may still show

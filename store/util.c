@@ -587,7 +587,7 @@ int fsync_dir_at(int dirfd, const char *path)
 	return 0;
 }
 
-int write_file_new(int dirfd, const char *name, const void *data, size_t len, mode_t mode)
+int write_file_new(int dirfd, const char *name, const void *data, size_t len, mode_t mode, bool durable)
 {
 	int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
 	int r;
@@ -597,7 +597,7 @@ int write_file_new(int dirfd, const char *name, const void *data, size_t len, mo
 	r = write_full(fd, data, len);
 	if (r == 0 && fchmod(fd, mode) < 0)
 		r = -errno;
-	if (r == 0 && fsync(fd) < 0)
+	if (r == 0 && durable && fsync(fd) < 0)
 		r = -errno;
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
@@ -621,7 +621,7 @@ int write_file_atomic(int dirfd, const char *name, const void *data, size_t len,
 	} else {
 		tmp = xasprintf(".tmp.%s.%016llx", name, (unsigned long long)random_u64());
 	}
-	r = write_file_new(dirfd, tmp, data, len, mode);
+	r = write_file_new(dirfd, tmp, data, len, mode, true);
 	if (r < 0)
 		return vf_error_prefix(-r, "writing %s: ", name);
 	if (renameat(dirfd, tmp, dirfd, name) < 0) {

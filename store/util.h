@@ -174,12 +174,12 @@ int read_file_at(int dirfd, const char *path, size_t max, struct buf *out);
 int write_file_atomic(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
 
 /*
- * Create a new file (O_EXCL), write it and fsync it; removed again on
- * failure. For a file inside a directory nothing names yet (the directory
- * is renamed into place afterwards), where a rename of its own would only
- * cost one more journal commit.
+ * Create a new file (O_EXCL), write it and, if durable, fsync it; removed
+ * again on failure. For a file inside a directory nothing names yet (the
+ * directory is renamed into place afterwards), where a rename of its own
+ * would only cost one more journal commit.
  */
-int write_file_new(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
+int write_file_new(int dirfd, const char *name, const void *data, size_t len, mode_t mode, bool durable);
 
 int fsync_dir_at(int dirfd, const char *path);
 

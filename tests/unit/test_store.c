@@ -576,6 +576,30 @@ START_TEST(test_env_manifest)
 	ck_assert_str_eq(site, "lib/python3.11/site-packages");
 	free(site);
 	env_free(f);
+
+	/* cut short anywhere (what a crash soon after a create can leave),
+	 * zeros, one byte changed: refused; a version 1 manifest (no end
+	 * line) still reads */
+	for (size_t n = 0; n < text.len; n++) {
+		ck_assert_int_eq(env_parse(text.data, n, "env", &f), -EIO);
+		ck_assert_ptr_nonnull(strstr(vf_last_error(), "incomplete"));
+	}
+	char *zeros = xcalloc(1, text.len);
+	ck_assert_int_eq(env_parse(zeros, text.len, "env", &f), -EIO);
+	free(zeros);
+	char *flip = xstrndup(text.data, text.len);
+	*strstr(flip, "2.31.0") = '3';
+	ck_assert_int_eq(env_parse(flip, text.len, "env", &f), -EIO);
+	ck_assert_ptr_nonnull(strstr(vf_last_error(), "checksum"));
+	free(flip);
+	char *end = strstr(text.data, "\nend ");
+	ck_assert_ptr_nonnull(end);
+	ck_assert_str_eq(end + 21, "\n"); /* the last line */
+	size_t body = (size_t)(end + 1 - text.data);
+	_cleanup_free_ char *v1 = xasprintf("venvfs-env 1\n%.*s", (int)(body - 13), text.data + 13);
+	ck_assert_int_eq(env_parse(v1, strlen(v1), "env", &f), 0);
+	ck_assert_uint_eq(f->n_pkgs, 1);
+	env_free(f);
 	ck_assert_int_lt(env_parse("junk\n", 5, "env", &f), 0);
 	ck_assert(!env_valid_name(".hidden"));
 	ck_assert(!env_valid_name("a/b"));
@@ -635,6 +659,83 @@ START_TEST(test_env_install_and_gc)
 	ck_assert_uint_eq(gs.objects, 2);
 	env_free(e);
 	buf_free(&out);
+	store_close(s);
+}
+END_TEST
+
+/*
+ * A create returns before the disk has its env (store/env.c env_install): a
+ * crash can leave the name with an empty or cut manifest. Such an env reads
+ * as damaged, is replaced by a create of that name and removed by gc; one
+ * whose writable layer holds files is neither (its files are the user's).
+ */
+START_TEST(test_env_torn_by_a_crash)
+{
+	struct store *s = open_test_store();
+	struct store_txn *t = store_txn_begin(s);
+	struct tree_builder *tb = tree_builder_new(TREE_ENV);
+	struct buf out = {0}, text = {0};
+	struct objid tid;
+	uint64_t added;
+	struct env *e = xcalloc(1, sizeof(*e)), *f;
+	struct gc_stats gs;
+
+	ck_assert_int_eq(tree_builder_finish(tb, &out), 0);
+	tree_builder_free(tb);
+	ck_assert_int_eq(store_txn_put(t, out.data, out.len, &tid, &added), 0);
+	ck_assert_int_eq(store_txn_commit(t), 0);
+	e->name = xstrdup("torn");
+	e->python_version = xstrdup("3.11.7");
+	e->python_home = xstrdup("/usr/bin");
+	e->tree = tid;
+	env_format(e, &text);
+
+	for (int round = 0; round < 3; round++) {
+		ck_assert_int_eq(env_install(s, e, false, NULL), 0);
+		ck_assert(!env_torn(s, "torn"));
+		/* round 0: emptied; 1: cut inside the end line; 2: zeros */
+		int fd = openat(s->envs_fd, "torn/env", O_WRONLY | O_TRUNC | O_CLOEXEC);
+		ck_assert_int_ge(fd, 0);
+		if (round == 1)
+			ck_assert_int_eq(write_full(fd, text.data, text.len - 5), 0);
+		if (round == 2) {
+			char *z = xcalloc(1, text.len);
+			ck_assert_int_eq(write_full(fd, z, text.len), 0);
+			free(z);
+		}
+		close(fd);
+		ck_assert(env_exists(s, "torn"));
+		ck_assert(env_torn(s, "torn"));
+		ck_assert_int_eq(env_load(s, "torn", &f), -EIO);
+		if (round < 2) {
+			ck_assert_int_eq(env_install(s, e, false, NULL), 0); /* created again over it */
+			ck_assert_int_eq(env_load(s, "torn", &f), 0);
+			env_free(f);
+			ck_assert_int_eq(env_remove(s, "torn"), 0);
+		} else {
+			ck_assert_int_eq(store_gc(s, false, &gs), 0);
+			ck_assert_uint_eq(gs.leftover_envs, 1);
+			ck_assert(!env_exists(s, "torn"));
+		}
+	}
+
+	/* files in its writable layer: not torn, kept; gc refuses to guess */
+	ck_assert_int_eq(env_install(s, e, false, NULL), 0);
+	int fd = openat(s->envs_fd, "torn/env", O_WRONLY | O_TRUNC | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	fd = openat(s->envs_fd, "torn/upper/mine.py", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	ck_assert(!env_torn(s, "torn"));
+	ck_assert_int_eq(env_install(s, e, false, NULL), -EEXIST);
+	ck_assert_int_eq(store_gc(s, false, &gs), -EIO);
+	ck_assert(env_exists(s, "torn"));
+	ck_assert_int_eq(env_make_durable(s, "torn"), 0);
+
+	env_free(e);
+	buf_free(&out);
+	buf_free(&text);
 	store_close(s);
 }
 END_TEST
@@ -774,6 +875,7 @@ static Suite *store_suite(void)
 	tcase_add_checked_fixture(tc, setup_home, teardown_home);
 	tcase_add_test(tc, test_env_manifest);
 	tcase_add_test(tc, test_env_install_and_gc);
+	tcase_add_test(tc, test_env_torn_by_a_crash);
 	tcase_add_test(tc, test_package_equivalence);
 	tcase_add_test(tc, test_util_paths);
 	suite_add_tcase(s, tc);
