@@ -102,6 +102,11 @@ void env_format(const struct env *e, struct buf *b)
 	buf_printf(b, ENV_END "%016" PRIx64 "\n", (uint64_t)XXH3_64bits(b->data, b->len));
 }
 
+static bool version_1(const char *text, size_t len)
+{
+	return len >= sizeof(ENV_HEADER_V1) && !memcmp(text, ENV_HEADER_V1 "\n", sizeof(ENV_HEADER_V1));
+}
+
 /*
  * The end line of a version 2 manifest: 1 if text ends with it and its
  * checksum of everything before it holds (*body: the length before it),
@@ -130,7 +135,7 @@ int env_parse(const char *text, size_t len, const char *what, struct env **out)
 	size_t body;
 	int r = 0;
 
-	if (!(len >= sizeof(ENV_HEADER_V1) && !memcmp(text, ENV_HEADER_V1 "\n", sizeof(ENV_HEADER_V1)))) {
+	if (!version_1(text, len)) {
 		switch (manifest_end(text, len, &body)) {
 		case 0:
 			r = vf_error(EIO, "%s: incomplete env manifest, no end line (cut short by a crash "
@@ -299,9 +304,8 @@ bool env_torn(struct store *s, const char *name)
 
 	if (!env_valid_name(name) || read_file_at(s->envs_fd, path, 1 << 24, &text) < 0)
 		return false;
-	if (text.len >= sizeof(ENV_HEADER_V1) && !memcmp(text.data, ENV_HEADER_V1 "\n", sizeof(ENV_HEADER_V1)))
-		return false;
-	return manifest_end(text.data, text.len, &body) == 0 && holds_nothing_of_its_own(s, name);
+	return !version_1(text.data, text.len) && manifest_end(text.data, text.len, &body) == 0 &&
+	       holds_nothing_of_its_own(s, name);
 }
 
 int env_make_durable(struct store *s, const char *name)
