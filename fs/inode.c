@@ -1254,8 +1254,9 @@ void envs_changed(void)
 /*
  * Open a shared node's object and check it once: a missing object, or a
  * size other than the manifest's, makes every read fail with EIO, and the
- * log names the object. Content is checked against the object's name too:
- * before the first byte is served for objects up to CHECK_SYNC_MAX, in
+ * log names the object. Content is checked against the object's name too,
+ * once per daemon and object file (checked_before(), below): before the
+ * first byte is served for objects up to CHECK_SYNC_MAX, in
  * the background for larger ones (a cold import reads only parts of big
  * shared libraries; hashing all of them first cost 10% of its time). A
  * large object found damaged fails from then on and the kernel's cached
@@ -1278,6 +1279,42 @@ static const char *hash_check(int fd, const struct node *n, size_t size)
 	return memcmp(h, n->obj.hash, 16) ? "does not match its name (corrupt)" : NULL;
 }
 
+/*
+ * Objects this daemon has hashed and found whole, by id, with the object
+ * file's identity at the time (inode, ctime, size). An object is never
+ * written after its insert, so its content can only change by a write to
+ * that file, which moves its ctime, or by another file under its name, a
+ * new inode: a node made again for a checked object after the kernel forgot
+ * the last one (memory pressure, drop_caches) is served without hashing
+ * the whole file again. Hashing again each file a cold heavy import opens
+ * was a tenth of its time (1.21x native with it, 1.08x without, per-round
+ * medians of 9). A daemon started afresh checks every object on first use.
+ * Under fsd.lock.
+ */
+static struct strmap checked;
+
+static uint64_t object_identity(const struct stat *st)
+{
+	uint64_t v[4] = {st->st_ino, (uint64_t)st->st_ctim.tv_sec, (uint64_t)st->st_ctim.tv_nsec,
+			 (uint64_t)st->st_size};
+
+	return XXH3_64bits(v, sizeof(v)) | 1; /* never 0, a new slot's value */
+}
+
+/* Under fsd.lock. */
+static bool checked_before(const struct node *n, uint64_t identity)
+{
+	uint64_t *v = strmap_get(&checked, (const char *)&n->obj, sizeof(n->obj));
+
+	return v && *v == identity;
+}
+
+/* Under fsd.lock. */
+static void checked_now(const struct node *n, uint64_t identity)
+{
+	*strmap_put(&checked, (const char *)&n->obj, sizeof(n->obj), NULL) = identity;
+}
+
 static void mark_damaged(struct node *n, const char *why)
 {
 	char path[OBJID_STR_MAX];
@@ -1296,11 +1333,16 @@ static void background_check(void *arg)
 	struct node *n = arg;
 	int fd;
 
+	struct stat st;
+	uint64_t identity = 0;
+
 	pthread_mutex_lock(&fsd.lock);
 	fd = n->fd >= 0 ? dup(n->fd) : -1;
 	pthread_mutex_unlock(&fsd.lock);
 	const char *why = fd >= 0 ? hash_check(fd, n, n->size) : NULL;
 	if (fd >= 0) {
+		if (!why && fstat(fd, &st) == 0)
+			identity = object_identity(&st);
 		/* the hash read all of it; the view's inode caches what is used */
 		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 		close(fd);
@@ -1308,6 +1350,8 @@ static void background_check(void *arg)
 	pthread_mutex_lock(&fsd.lock);
 	if (why)
 		mark_damaged(n, why);
+	else if (identity)
+		checked_now(n, identity);
 	uintptr_t ino = (uintptr_t)n;
 	node_unref(n);
 	pthread_mutex_unlock(&fsd.lock);
@@ -1331,15 +1375,25 @@ int shared_open_object(struct node *n)
 
 	fd = store_object_open(fsd.s, &n->obj);
 	const char *why = NULL;
-	if (fd < 0)
+	uint64_t identity = 0;
+	bool known = false;
+	if (fd < 0) {
 		why = fd == -ENOENT ? "is missing" : "cannot be opened";
-	else if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != n->size)
+	} else if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != n->size) {
 		why = "has the wrong size (damaged)";
-	else if (n->size <= CHECK_SYNC_MAX)
-		why = hash_check(fd, n, n->size);
-	bool later = !why && n->size > CHECK_SYNC_MAX;
+	} else {
+		identity = object_identity(&st);
+		pthread_mutex_lock(&fsd.lock);
+		known = checked_before(n, identity);
+		pthread_mutex_unlock(&fsd.lock);
+		if (!known && n->size <= CHECK_SYNC_MAX)
+			why = hash_check(fd, n, n->size);
+	}
+	bool later = !why && !known && n->size > CHECK_SYNC_MAX;
 
 	pthread_mutex_lock(&fsd.lock);
+	if (!why && !known && !later)
+		checked_now(n, identity);
 	if (why) {
 		if (fd >= 0)
 			close(fd);

@@ -220,6 +220,31 @@ def test_damaged_objects_fail_with_eio(venvfs, mnt, web_venv):
     assert str(missing.relative_to(venvfs.home / "objects")) in p.stdout
 
 
+def test_object_changed_after_its_check(venvfs, mnt, web_venv):
+    """The daemon hashes an object once (fs/inode.c checked_before): served
+    again after the kernel forgot it (drop_caches), it is not hashed again
+    unless its file changed since, as a write to it does."""
+    venvfs("import", web_venv)
+    sp = next(web_venv.glob("lib/python3.*/site-packages")).relative_to(web_venv)
+    bad, good = sp / "flask" / "helpers.py", sp / "flask" / "app.py"
+    mnt.mount()
+    view = mnt.path / "web"
+    for rel in (bad, good):
+        assert (view / rel).read_bytes() == (web_venv / rel).read_bytes()
+    obj = object_of(venvfs, web_venv, bad)
+    obj.chmod(0o644)
+    data = bytearray(obj.read_bytes())
+    data[100] ^= 0x20
+    obj.write_bytes(bytes(data))
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    with pytest.raises(OSError) as e:
+        (view / bad).read_bytes()
+    assert e.value.errno == 5  # EIO
+    assert str(obj.relative_to(venvfs.home / "objects")) in mnt.log()
+    assert (view / good).read_bytes() == (web_venv / good).read_bytes()
+
+
 def test_damaged_package_manifest(venvfs, mnt, web_venv):
     venvfs("import", web_venv)
     env = (venvfs.home / "envs" / "web" / "env").read_text()
