@@ -268,6 +268,21 @@ int env_load(struct store *s, const char *name, struct env **out)
 	return env_parse(text.data, text.len, what, out);
 }
 
+/* Whether envs/PATH holds an entry but except (NULL: none); -1 if it cannot be read. */
+static int holds_entries(struct store *s, const char *path, const char *except)
+{
+	DIR *d = opendir_at(s->envs_fd, path);
+	struct dirent *de;
+	int any = 0;
+
+	if (!d)
+		return -1;
+	while (!any && (de = readdir(d)))
+		any = strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && !(except && !strcmp(de->d_name, except));
+	closedir(d);
+	return any;
+}
+
 /* Nothing in envs/NAME but its manifest and empty layer and work directories. */
 static bool holds_nothing_of_its_own(struct store *s, const char *name)
 {
@@ -278,18 +293,9 @@ static bool holds_nothing_of_its_own(struct store *s, const char *name)
 	while (empty && (de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || !strcmp(de->d_name, "env"))
 			continue;
-		if (strcmp(de->d_name, "work") && !str_has_prefix(de->d_name, "upper")) {
-			empty = false;
-			break;
-		}
 		_cleanup_free_ char *sub = xasprintf("%s/%s", name, de->d_name);
-		DIR *sd = opendir_at(s->envs_fd, sub);
-		struct dirent *se;
-		empty = sd != NULL;
-		while (empty && (se = readdir(sd)))
-			empty = !strcmp(se->d_name, ".") || !strcmp(se->d_name, "..");
-		if (sd)
-			closedir(sd);
+		empty = (!strcmp(de->d_name, "work") || str_has_prefix(de->d_name, "upper")) &&
+			holds_entries(s, sub, NULL) == 0;
 	}
 	if (d)
 		closedir(d);
@@ -537,14 +543,6 @@ void env_sweep_layers(struct store *s, const char *name)
 bool env_has_layer_content(struct store *s, const struct env *e)
 {
 	_cleanup_free_ char *p = xasprintf("%s/%s", e->name, env_upper(e));
-	DIR *d = opendir_at(s->envs_fd, p);
-	struct dirent *de;
-	bool any = false;
 
-	if (!d)
-		return false;
-	while (!any && (de = readdir(d)))
-		any = strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, ".lock");
-	closedir(d);
-	return any;
+	return holds_entries(s, p, ".lock") > 0;
 }
