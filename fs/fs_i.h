@@ -249,6 +249,9 @@ bool uring_planned(void);
 bool uring_accept(int devfd, uint32_t max_write, uint16_t max_pages);
 void uring_start(void);
 bool uring_on(void);
+/* Run fn(arg) (a job that may wait for the disk and replies to its request)
+ * on this ring thread if it has nothing else to serve: true if it ran. */
+bool uring_run_here(void (*fn)(void *), void *arg);
 ssize_t uring_reply(const struct iovec *iov, int count);
 void uring_stop(void); /* after the unmount: the threads */
 void uring_free(void); /* after the workers: the memory */

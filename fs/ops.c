@@ -460,6 +460,17 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 
 /* ---- files ------------------------------------------------------------------------- */
 
+/*
+ * Run a job that may wait for the disk and replies to its request: on the
+ * ring thread that holds the request if it is idle (uring.c explains why),
+ * else on a worker.
+ */
+static void run_blocking(void (*fn)(void *), void *arg)
+{
+	if (!uring_run_here(fn, arg))
+		fs_defer(fn, arg);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct node *n = node_of(ino);
@@ -615,7 +626,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	pthread_mutex_lock(&fsd.lock);
 	n->refs++;
 	pthread_mutex_unlock(&fsd.lock);
-	fs_defer(read_job_run, j);
+	run_blocking(read_job_run, j);
 }
 
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,

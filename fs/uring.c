@@ -56,7 +56,17 @@
  * thread that read /dev/fuse: with a thread per CPU, two ran at once, and a
  * concurrent install + absorb test once crashed the daemon (heap corruption,
  * not reproduced since). The ring's gain is where a request is answered,
- * not parallel handlers; reads that wait for the disk go to the workers.
+ * not parallel handlers.
+ *
+ * Work that may wait for the disk (a store file's first read or open: the
+ * object opened, checked, read) is the workers' (fs_defer()), unless the
+ * ring has nothing else to serve: then uring_run_here() does it on the
+ * ring's thread, without fsd.dispatch (worker jobs never need it). The
+ * process that made the request waits for it either way; done here, its
+ * disk wait is its own, as on a native file system, instead of a wake-up
+ * of a worker and of this thread again for the answer. A request that
+ * comes meanwhile waits for the disk too: the cost of a busy ring, which is
+ * why it must be idle.
  *
  * Only replies from the ring's entries go through the ring; notifications
  * (inval_entry, inval_inode) still go to /dev/fuse. Splicing read replies
@@ -149,6 +159,7 @@ struct ring_q {
 	pthread_mutex_t lock;   /* done, go, stop */
 	pthread_cond_t cond;    /* go */
 	struct ring_ent *done;  /* answered by another thread, to commit */
+	unsigned serving;       /* the CQ index of the request being served */
 	bool go, stop;
 	int init;               /* 1 set up, <0 failed (-errno), 0 not yet */
 	struct ring_ent ent[DEPTH];
@@ -420,6 +431,7 @@ static void *ring_thread(void *arg)
 			}
 			struct ring_ent *e = (struct ring_ent *)(uintptr_t)c->user_data;
 			if (c->res == 0) {
+				q->serving = head;
 				serve_ent(e);
 			} else if (c->res == -EINTR || c->res == -EAGAIN) {
 				sqe_cmd(q, e, UR_CMD_REGISTER, 0); /* before the kernel was ready */
@@ -642,4 +654,17 @@ void uring_free(void)
 	ur.q = NULL;
 	ur.nq = 0;
 	ur.on = false;
+}
+
+bool uring_run_here(void (*fn)(void *), void *arg)
+{
+	struct ring_q *q = self_q;
+
+	/* nothing in the CQ after this request: no request, no worker's answer */
+	if (!q || !self_ent || __atomic_load_n(q->cq_tail, __ATOMIC_ACQUIRE) != q->serving + 1)
+		return false;
+	pthread_mutex_unlock(&fsd.dispatch);
+	fn(arg);
+	pthread_mutex_lock(&fsd.dispatch);
+	return true;
 }
