@@ -273,7 +273,8 @@ static void node_free(struct node *n)
 		close(n->fd);
 	if (n->backing_id) {
 		passthrough_close(n->backing_id);
-		close(n->backing_fd);
+		if (n->backing_fd >= 0) /* N_SHARED: its object, n->fd */
+			close(n->backing_fd);
 	}
 	layer_dir_close(&n->up);
 	view_dir_free(&n->dir);
@@ -1343,8 +1344,13 @@ static void background_check(void *arg)
 	if (fd >= 0) {
 		if (!why && fstat(fd, &st) == 0)
 			identity = object_identity(&st);
-		/* the hash read all of it; the view's inode caches what is used */
-		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		/* the hash read all of it; the view's inode caches what is used,
+		 * unless the object itself is the page cache (passthrough, ops.c) */
+		pthread_mutex_lock(&fsd.lock);
+		bool backing = n->backing_id != 0;
+		pthread_mutex_unlock(&fsd.lock);
+		if (!backing)
+			posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 		close(fd);
 	}
 	pthread_mutex_lock(&fsd.lock);

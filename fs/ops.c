@@ -471,6 +471,75 @@ static void run_blocking(void (*fn)(void *), void *arg)
 		fs_defer(fn, arg);
 }
 
+static void reply_open(fuse_req_t req, int r, struct fuse_file_info *fi)
+{
+	if (r < 0) {
+		reply_err(req, OP_OPEN, -r);
+		return;
+	}
+	fi->keep_cache = 1; /* every change to the file goes through us */
+	fi->noflush = 1;    /* nothing to flush on close */
+	reply_passthrough(fi);
+	fuse_reply_open(req, fi);
+}
+
+/*
+ * Large store files are opened in passthrough mode, their object the
+ * backing file: the kernel reads and maps them straight from the object,
+ * with its own readahead, as natively, and its page cache is the object's,
+ * one copy for every env and for the store. Small ones are served from the
+ * view inode's page cache (READ requests the first time): the kernel
+ * invalidates a passthrough file's atime at each read or mmap, so the next
+ * stat of it is a GETATTR round trip, one per module a warm import would
+ * pay (Python opens, fstats, reads each .pyc). Shared libraries and other
+ * large files are few (54 of the 900 files a heavy import opens are 256
+ * KiB or more, 80% of the bytes) and mostly mapped, where what passthrough
+ * saves counts most. Measured, cold heavy import on a RAM-backed store,
+ * medians of 12 paired runs: 1.16x native with no store file passthrough,
+ * 1.07x from 256 KiB, 1.08x from 64 KiB, 1.04x for every file; warm 1.04x,
+ * 1.04x, 1.06x, 1.06x.
+ *
+ * The node keeps its backing file for as long as the kernel knows it, so
+ * every open of the inode uses the same one (the kernel refuses to mix
+ * passthrough and cached opens of an inode). The object is opened and
+ * checked (inode.c) before the first open is answered, since the kernel
+ * then reads it without us: one whose check runs in the background (over
+ * CHECK_SYNC_MAX) and fails is refused to later opens, but files already
+ * open read on, as reads served before the check ended did already.
+ */
+#define SHARED_PASSTHROUGH_MIN (256u << 10)
+
+static bool shared_passthrough(const struct node *n)
+{
+	return n->size >= SHARED_PASSTHROUGH_MIN && !n->no_passthrough && passthrough_on();
+}
+
+struct open_job {
+	fuse_req_t req;
+	struct node *n;
+	struct fuse_file_info fi;
+};
+
+/* The first passthrough open of a shared node: its object, its backing id. */
+static void shared_open_run(void *arg)
+{
+	struct open_job *j = arg;
+	struct node *n = j->n;
+	int r = shared_open_object(n);
+
+	lock();
+	if (r == 0 && !n->backing_id && !n->no_passthrough) {
+		n->backing_id = passthrough_open(n->fd);
+		n->no_passthrough = !n->backing_id;
+	}
+	if (r == 0 && n->backing_id)
+		j->fi.fh = (uint64_t)n->backing_id << 32;
+	node_unref(n);
+	unlock();
+	reply_open(j->req, r, &j->fi);
+	free(j);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct node *n = node_of(ino);
@@ -486,6 +555,15 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			r = -ESTALE;
 		} else if (n->state < 0) {
 			r = n->state;
+		} else if (n->backing_id) {
+			fi->fh = (uint64_t)n->backing_id << 32;
+		} else if (shared_passthrough(n)) {
+			struct open_job *j = xmalloc(sizeof(*j));
+			*j = (struct open_job){req, n, *fi};
+			n->refs++;
+			unlock();
+			run_blocking(shared_open_run, j);
+			return;
 		}
 	} else if (n->kind == N_FILE) {
 		if (wants_write(fi->flags) && (r = node_writable(n)) == 0)
@@ -511,14 +589,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 	}
 	unlock();
-	if (r < 0) {
-		reply_err(req, OP_OPEN, -r);
-		return;
-	}
-	fi->keep_cache = 1; /* every change to the file goes through us */
-	fi->noflush = 1;    /* nothing to flush on close */
-	reply_passthrough(fi);
-	fuse_reply_open(req, fi);
+	reply_open(req, r, fi);
 }
 
 /*

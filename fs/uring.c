@@ -64,7 +64,10 @@
  * ring's thread, without fsd.dispatch (worker jobs never need it). The
  * process that made the request waits for it either way; done here, its
  * disk wait is its own, as on a native file system, instead of a wake-up
- * of a worker and of this thread again for the answer. A request that
+ * of a worker and of this thread again for the answer. Measured, cold
+ * heavy import on a RAM-backed store (so the software path shows), large
+ * store files in passthrough (ops.c), medians of 16 paired runs: 1.21x
+ * native with these jobs on the workers, 1.15x on the ring. A request that
  * comes meanwhile waits for the disk too: the cost of a busy ring, which is
  * why it must be idle.
  *

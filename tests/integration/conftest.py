@@ -10,6 +10,7 @@ Environment (set by tests/meson.build):
   VENVFS_TEST_MOUNT_ARGS  extra `venvfs mount` options for every mount
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -93,6 +94,12 @@ def make_venv(path, packages=(), wheelhouse=None, with_pip=True):
         run([Path(path) / "bin" / "python", "-m", "pip", "install", "-q", "--no-index",
              "--find-links", wheelhouse, *packages])
     return Path(path)
+
+
+def kernel_has_passthrough():
+    """FUSE passthrough: Linux 6.9+, as root (fs/passthrough.c)."""
+    rel = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
+    return rel >= (6, 9) and os.geteuid() == 0
 
 
 def tree_listing(root):

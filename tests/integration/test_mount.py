@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BASE_PYTHON, BIN, Mount, expect_uring, make_venv, run
+from conftest import BASE_PYTHON, BIN, Mount, expect_uring, kernel_has_passthrough, make_venv, run
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
@@ -218,6 +218,58 @@ def test_damaged_objects_fail_with_eio(venvfs, mnt, web_venv):
     assert p.returncode == 1
     assert str(corrupt.relative_to(venvfs.home)) in p.stdout
     assert str(missing.relative_to(venvfs.home / "objects")) in p.stdout
+
+
+def test_large_store_files_are_read_from_their_object(venvfs, mnt, web_venv):
+    """Store files of 256 KiB and more are opened in passthrough mode, their
+    object the backing file (fs/ops.c): the kernel reads and maps them
+    itself, no read request reaches the daemon. The object is checked before
+    the first open is answered (in the background over 1 MiB): a missing or
+    damaged one fails with EIO and the log names it; the others work."""
+    import mmap
+
+    venvfs("import", web_venv)
+    sos = sorted((p for p in web_venv.rglob("numpy/**/*.so") if p.stat().st_size >= 256 << 10),
+                 key=lambda p: p.stat().st_size)
+    small = [p for p in sos if p.stat().st_size <= 1 << 20]  # checked before the open is answered
+    large = [p for p in sos if p.stat().st_size > 1 << 20]   # checked in the background
+    assert len(small) >= 3 and len(large) >= 2, sos
+    good, missing, corrupt, corrupt_large = small[0], small[1], small[2], large[0]
+    big = large[-1]  # numpy's core library: imported below, so not damaged
+    rel = lambda p: p.relative_to(web_venv)
+    objs = {p: object_of(venvfs, web_venv, rel(p)) for p in (missing, corrupt, corrupt_large)}
+    objs[missing].unlink()
+    for p in (corrupt, corrupt_large):
+        objs[p].chmod(0o644)
+        data = bytearray(objs[p].read_bytes())
+        data[len(data) // 2] ^= 0x20
+        objs[p].write_bytes(bytes(data))
+    mnt.mount()
+    view = mnt.path / "web"
+    reads = mnt.stats().get("read", 0)
+    for p in (good, big):
+        assert (view / rel(p)).read_bytes() == p.read_bytes()
+        with open(view / rel(p), "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+            assert m[:] == p.read_bytes()
+    if kernel_has_passthrough() and "passthrough refused" not in mnt.log():
+        assert mnt.stats().get("read", 0) == reads, "reads of large store files reached the daemon"
+    for p in (missing, corrupt):
+        with pytest.raises(OSError) as e:
+            open(view / rel(p), "rb").close()
+        assert e.value.errno == 5  # EIO
+        assert str(objs[p].relative_to(venvfs.home / "objects")) in mnt.log()
+    # over 1 MiB: the first open is answered at once; once the check in the
+    # background has found the damage, opens fail
+    open(view / rel(corrupt_large), "rb").close()
+    deadline = time.time() + 30
+    while str(objs[corrupt_large].relative_to(venvfs.home / "objects")) not in mnt.log():
+        assert time.time() < deadline, mnt.log()[-2000:]
+        time.sleep(0.1)
+    with pytest.raises(OSError) as e:
+        open(view / rel(corrupt_large), "rb").close()
+    assert e.value.errno == 5  # EIO
+    assert int(mnt.stats()["damaged_objects"]) == 3
+    py(view, "import numpy, requests, flask")  # the rest of the env works
 
 
 def test_object_changed_after_its_check(venvfs, mnt, web_venv):

@@ -11,7 +11,6 @@ import base64
 import csv
 import hashlib
 import json
-import re
 import os
 import shutil
 import signal
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CACHE, make_venv, run, tree_listing
+from conftest import CACHE, kernel_has_passthrough, make_venv, run, tree_listing
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
@@ -674,11 +673,6 @@ def test_concurrent_pip_installs_in_two_envs(tmp_path, venvfs, mnt, wheels):
 
 
 # ---- 11. large writes ---------------------------------------------------------------------
-
-
-def kernel_has_passthrough():
-    rel = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
-    return rel >= (6, 9) and os.geteuid() == 0
 
 
 def test_large_writes_go_straight_to_the_layer(tmp_path, venvfs, mnt, wheels):
