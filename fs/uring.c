@@ -86,6 +86,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -471,10 +472,15 @@ static void *ring_thread(void *arg)
  * root sets it just for its own mount, from before the mount (when the
  * kernel writes INIT) until our INIT reply is written, then puts it back.
  * Another FUSE daemon mounting in that moment is offered io_uring too; it
- * is an offer, which only a daemon asking for it takes.
+ * is an offer, which only a daemon asking for it takes. Two venvfs daemons
+ * mounting at once take turns (an flock on the parameter's file, held
+ * from the read to the put back): else the second saw "Y", left it alone,
+ * and the first put "N" back before the kernel took the second's INIT
+ * reply, and the second mount was served through /dev/fuse.
  */
 #define ENABLE_URING "/sys/module/fuse/parameters/enable_uring"
 static bool offer_set; /* we set enable_uring: put it back */
+static int offer_lock = -1; /* the parameter's file, flocked until done */
 
 static int write_param(const char *v)
 {
@@ -493,9 +499,17 @@ void uring_ask_offer(void)
 
 	if (!fsd.use_uring || geteuid() != 0 || (fd = open(ENABLE_URING, O_RDONLY | O_CLOEXEC)) < 0)
 		return;
+	/* the other daemon holds it for a few ms; a stuck one not forever */
+	for (int ms = 0; flock(fd, LOCK_EX | LOCK_NB) < 0; ms++) {
+		if (ms == 2000) {
+			fs_log("%s stayed locked by another daemon for 2 s: mounting without waiting", ENABLE_URING);
+			break;
+		}
+		usleep(1000);
+	}
+	offer_lock = fd;
 	if (read(fd, &v, 1) != 1)
 		v = 0;
-	close(fd);
 	if (v == 'N') {
 		int r = write_param("Y");
 		if (r == 0)
@@ -512,6 +526,10 @@ void uring_offer_done(void)
 		int r = write_param("N");
 		if (r < 0)
 			fs_log("cannot put %s back to N: %s", ENABLE_URING, strerror(-r));
+	}
+	if (offer_lock >= 0) {
+		close(offer_lock); /* and with it the flock */
+		offer_lock = -1;
 	}
 }
 

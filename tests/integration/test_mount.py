@@ -461,6 +461,43 @@ def test_transport_io_uring_by_default(venvfs, mnt, web_venv):
     assert "requests come through io_uring" in mnt.log()
 
 
+@pytest.mark.skipif(not os.path.exists("/sys/module/fuse/parameters/enable_uring"),
+                    reason="this kernel has no FUSE over io_uring")
+@pytest.mark.skipif(not expect_uring(os.environ.get("VENVFS_TEST_MOUNT_ARGS", "").split()),
+                    reason="this run mounts with --no-uring or --libfuse-mt (the default run tests the default)")
+def test_daemons_mounting_at_once_all_take_io_uring(tmp_path):
+    """Each daemon sets the fuse module's enable_uring for its own mount and
+    puts it back (fs/uring.c); daemons mounting at the same moment take
+    turns, so none is left on /dev/fuse by another's putting it back."""
+    from conftest import Venvfs
+
+    param = Path("/sys/module/fuse/parameters/enable_uring")
+    before = param.read_text().strip()
+    mounts = [Mount(Venvfs(tmp_path / f"store{i}"), tmp_path / f"mnt{i}") for i in range(4)]
+    try:
+        param.write_text("N")
+        for attempt in range(3):
+            env = lambda m: dict(os.environ, VENVFS_HOME=str(m.venvfs.home))
+            procs = [subprocess.Popen([BIN, "mount", m.path], env=env(m), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT) for m in mounts]
+            for m, p in zip(mounts, procs):
+                assert p.wait(timeout=60) == 0, p.stdout.read()
+                p.stdout.close()
+                m.mounted = True
+            for m in mounts:
+                os.listdir(m.path)
+                assert m.stats()["transport"] == "io_uring", (attempt, m.log()[-2000:])
+                m.umount()
+            assert param.read_text().strip() == "N"
+    finally:
+        for m in mounts:
+            m.umount()
+            if m.venvfs.home.exists():
+                bad = [l for l in m.log().splitlines() if "Sanitizer" in l or "runtime error:" in l]
+                assert not bad, bad
+        param.write_text(before)
+
+
 def test_sigterm_and_umount_exit_cleanly(venvfs, mnt, web_venv):
     venvfs("import", web_venv)
     mnt.mount()
