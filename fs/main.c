@@ -154,6 +154,31 @@ static int hk_stop[2] = {-1, -1};
 static int hk_wake[2] = {-1, -1};
 static pthread_t hk_thread;
 
+/*
+ * Hand back to the system the heap of nodes the kernel had us forget: after
+ * it drops its inode cache (memory pressure, drop_caches) the daemon frees
+ * most nodes, and glibc keeps the pages, inside its arenas, for what comes
+ * next. Allocations of the next burst land in other pages as often as not,
+ * so RSS crept up scan after scan while the heap in use stayed the same
+ * (bench_mount, 1,000 envs: +1.5% over five scans, heap +0.1%).
+ * malloc_trim() returns free pages to the system (MADV_DONTNEED); done once
+ * the nodes alive fell to half their peak, by at least 10,000.
+ */
+static void trim_heap(void)
+{
+	static uint64_t peak;
+
+	pthread_mutex_lock(&fsd.lock);
+	uint64_t alive = fsd.nodes_alive;
+	pthread_mutex_unlock(&fsd.lock);
+	if (alive > peak)
+		peak = alive;
+	if (peak - alive >= 10000 && alive <= peak / 2) {
+		malloc_trim(0);
+		peak = alive;
+	}
+}
+
 /* Have the housekeeping thread look at descriptor pressure now. */
 void fs_wake_housekeeping(void)
 {
@@ -184,6 +209,7 @@ static void *housekeeping(void *arg)
 			}
 		}
 		fd_pressure();
+		trim_heap();
 		if (p[0].revents)
 			break;
 		if (p[2].revents & POLLIN) {
