@@ -254,9 +254,11 @@ static void *control_main(void *arg)
 			}
 			continue;
 		}
-		uint64_t idle_ns = (uint64_t)fsd.absorb_idle_s * 1000000000ull;
-		if (fsd.absorb_idle_s &&
-		    now_ns() - __atomic_load_n(&fsd.last_request_ns, __ATOMIC_RELAXED) >= idle_ns)
+		/* the last request first: one that comes after now_ns() was read
+		 * would make the difference negative, a huge unsigned idle time */
+		uint64_t last = __atomic_load_n(&fsd.last_request_ns, __ATOMIC_RELAXED);
+		uint64_t now = now_ns();
+		if (fsd.absorb_idle_s && now > last && now - last >= (uint64_t)fsd.absorb_idle_s * 1000000000ull)
 			absorb_dirty_envs(false);
 	}
 	return NULL;
