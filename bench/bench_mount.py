@@ -63,6 +63,11 @@ def fmt_t(s):
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
+def baseline(name):
+    """The native venv timed under the same idle setting as competitor name."""
+    return "native venv" + name[name.index(", halt-polling"):] if ", halt-polling" in name else "native venv"
+
+
 def rotate(items, r):
     r %= len(items)
     return items[r:] + items[:r]
@@ -266,11 +271,10 @@ class Bench:
         order that alternates, the competitors in an order rotated each round.
         ratios[name] gets competitor / baseline of the pair: the machine's
         drift, slow over seconds, is mostly the same for both."""
-        base = lambda k: "native venv" + k[k.index(", halt-polling"):] if ", halt-polling" in k else "native venv"
         dirs = dict(comps)
         others = [c for c in comps if not c[0].startswith("native venv")]
         for i, (name, d) in enumerate(rotate(others, r)):
-            pair = [(base(name), dirs[base(name)]), (name, d)]
+            pair = [(baseline(name), dirs[baseline(name)]), (name, d)]
             if (r + i) % 2:
                 pair.reverse()
             got = {}
@@ -281,7 +285,7 @@ class Bench:
                 if n in times:
                     got[n] = times[n][-1]
             if len(got) == 2:
-                ratios.setdefault(name, []).append(got[name] / got[base(name)])
+                ratios.setdefault(name, []).append(got[name] / got[baseline(name)])
 
     def py(self, env_dir, code, **kw):
         return run([Path(env_dir) / "bin" / "python", "-c", code], env=self.pyenv, **kw)
@@ -645,11 +649,10 @@ venv skeleton: {fmt_t(c['first'])} (not in the table). Each timed step starts af
         rows = []
         # each row against the native venv timed under the same idle setting
         nat = {m: median(im[m]["native venv"]) for m in im}
-        base = lambda k: "native venv" + k[k.index(", halt-polling"):] if ", halt-polling" in k else "native venv"
         for m in im:
             for k, v in im[m].items():
                 pr = pairs[m].get(k)
-                rows.append([m, k, f"{median(v):.3f}", f"{median(v) / median(im[m][base(k)]):.2f}x",
+                rows.append([m, k, f"{median(v):.3f}", f"{median(v) / median(im[m][baseline(k)]):.2f}x",
                              f"**{median(pr):.3f}x** ({len(pr)})" if pr else "",
                              f"{min(v):.3f} - {max(v):.3f}"])
         hp = [k for k in im["warm"] if k.startswith("venvfs view, halt-polling")]
