@@ -84,7 +84,8 @@ static void fd_path(int fd, char out[32])
 /*
  * An open file of a writable layer: fh holds its descriptor, and in its
  * high half the passthrough backing id, if the kernel serves its reads and
- * writes itself (passthrough.c).
+ * writes itself (passthrough.c). A large store file in passthrough: the id
+ * alone.
  */
 static int fh_fd(const struct fuse_file_info *fi)
 {
@@ -94,6 +95,11 @@ static int fh_fd(const struct fuse_file_info *fi)
 static uint32_t fh_backing(const struct fuse_file_info *fi)
 {
 	return (uint32_t)(fi->fh >> 32);
+}
+
+static void fh_set_backing(struct fuse_file_info *fi, uint32_t id)
+{
+	fi->fh |= (uint64_t)id << 32;
 }
 
 /*
@@ -121,7 +127,7 @@ static void want_passthrough(struct node *n, struct fuse_file_info *fi)
 		n->backing_fd = fd;
 	}
 	n->backing_users++;
-	fi->fh |= (uint64_t)n->backing_id << 32;
+	fh_set_backing(fi, n->backing_id);
 }
 
 /* An open file that used n's backing file was released (under the lock):
@@ -533,7 +539,7 @@ static void shared_open_run(void *arg)
 		n->no_passthrough = !n->backing_id;
 	}
 	if (r == 0 && n->backing_id)
-		j->fi.fh = (uint64_t)n->backing_id << 32;
+		fh_set_backing(&j->fi, n->backing_id);
 	node_unref(n);
 	unlock();
 	reply_open(j->req, r, &j->fi);
@@ -556,7 +562,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		} else if (n->state < 0) {
 			r = n->state;
 		} else if (n->backing_id) {
-			fi->fh = (uint64_t)n->backing_id << 32;
+			fh_set_backing(fi, n->backing_id);
 		} else if (shared_passthrough(n)) {
 			struct open_job *j = xmalloc(sizeof(*j));
 			*j = (struct open_job){req, n, *fi};
