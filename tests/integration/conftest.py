@@ -226,13 +226,16 @@ class Mount:
     def log(self):
         return (self.venvfs.home / "log" / "mount.log").read_text()
 
+    def assert_no_sanitizer_report(self):
+        """The daemon's stderr goes to its log: a sanitizer build reports there."""
+        log = self.log() if (self.venvfs.home / "log" / "mount.log").exists() else ""
+        bad = [l for l in log.splitlines() if "Sanitizer" in l or "runtime error:" in l]
+        assert not bad, "the daemon's log has a sanitizer report:\n" + log[-6000:]
+
 
 @pytest.fixture
 def mnt(tmp_path, venvfs):
     m = Mount(venvfs, tmp_path / "mnt")
     yield m
     m.umount()
-    # the daemon's stderr goes to its log: a sanitizer build reports there
-    log = m.log() if (venvfs.home / "log" / "mount.log").exists() else ""
-    bad = [l for l in log.splitlines() if "Sanitizer" in l or "runtime error:" in l]
-    assert not bad, "the daemon's log has a sanitizer report:\n" + log[-6000:]
+    m.assert_no_sanitizer_report()
