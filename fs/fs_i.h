@@ -192,7 +192,7 @@ int node_list(struct node *dir);
 void node_list_drop(struct node *dir);
 size_t list_seek(const uint64_t *cookies, size_t n, uint64_t off);
 int root_list(void);
-int shared_open_object(struct node *n);
+int shared_open_object(struct node *n, int *fd_out);
 void envs_changed(void);
 char *node_path(const struct node *dir, const char *name);
 struct node *upper_node(struct fsenv *e, struct node *dir, const char *name);

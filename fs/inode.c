@@ -1262,6 +1262,15 @@ void envs_changed(void)
  * shared libraries; hashing all of them first cost 10% of its time). A
  * large object found damaged fails from then on and the kernel's cached
  * pages of it are dropped.
+ *
+ * Large files keep their object open in the node while the kernel knows
+ * them (ops.c: their passthrough backing file). Small ones keep none: the
+ * caller gets the descriptor (fd_out) and closes it, and the next one opens
+ * the object again (a lookup; checked_before() spares the hash). A kernel
+ * caching every file of a 29k-file env (an editor indexing it) would
+ * otherwise hold more descriptors here than the daemon may have, and
+ * opens past the limit failed the files with EIO. Out of descriptors is
+ * not damage: the request fails (ENFILE), the file does not.
  */
 #define CHECK_SYNC_MAX (1u << 20)
 
@@ -1365,7 +1374,7 @@ static void background_check(void *arg)
 		fuse_lowlevel_notify_inval_inode(fsd.se, ino, 0, 0);
 }
 
-int shared_open_object(struct node *n)
+int shared_open_object(struct node *n, int *fd_out)
 {
 	int fd, state;
 	struct stat st;
@@ -1373,17 +1382,22 @@ int shared_open_object(struct node *n)
 	pthread_mutex_lock(&fsd.lock);
 	state = n->state;
 	fd = n->fd;
+	if (state >= 0 && fd >= 0 && fd_out && (*fd_out = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+		state = -ENFILE;
 	pthread_mutex_unlock(&fsd.lock);
-	if (state < 0)
-		return state;
-	if (fd >= 0)
-		return 0;
+	if (state < 0 || fd >= 0)
+		return state < 0 ? state : 0;
 
 	fd = store_object_open(fsd.s, &n->obj);
 	const char *why = NULL;
 	uint64_t identity = 0;
 	bool known = false;
-	if (fd < 0) {
+	if (fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM) {
+		/* not the object's fault: fail this request, not the file */
+		fs_log("objects: out of descriptors or memory opening an object of %s: %s",
+		       n->seen_as ? n->seen_as : "a store file", strerror(-fd));
+		return -ENFILE;
+	} else if (fd < 0) {
 		why = fd == -ENOENT ? "is missing" : "cannot be opened";
 	} else if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != n->size) {
 		why = "has the wrong size (damaged)";
@@ -1392,10 +1406,10 @@ int shared_open_object(struct node *n)
 		pthread_mutex_lock(&fsd.lock);
 		known = checked_before(n, identity);
 		pthread_mutex_unlock(&fsd.lock);
-		if (!known && n->size <= CHECK_SYNC_MAX)
+		if (!known && (n->size <= CHECK_SYNC_MAX || fd_out))
 			why = hash_check(fd, n, n->size);
 	}
-	bool later = !why && !known && n->size > CHECK_SYNC_MAX;
+	bool later = !why && !known && n->size > CHECK_SYNC_MAX && !fd_out;
 
 	pthread_mutex_lock(&fsd.lock);
 	if (!why && !known && !later)
@@ -1405,6 +1419,10 @@ int shared_open_object(struct node *n)
 			close(fd);
 		mark_damaged(n, why);
 		state = n->state;
+	} else if (fd_out) {
+		*fd_out = fd; /* the caller's; the node keeps none */
+		n->state = 1;
+		state = 0;
 	} else if (n->fd < 0) {
 		n->fd = fd;
 		n->state = 1;

@@ -531,7 +531,7 @@ static void shared_open_run(void *arg)
 {
 	struct open_job *j = arg;
 	struct node *n = j->n;
-	int r = shared_open_object(n);
+	int r = shared_open_object(n, NULL);
 
 	lock();
 	if (r == 0 && !n->backing_id && !n->no_passthrough) {
@@ -623,21 +623,28 @@ struct read_job {
 static void read_job_run(void *arg)
 {
 	struct read_job *j = arg;
-	int r = j->fd >= 0 ? 0 : shared_open_object(j->n);
+	struct node *n = j->n;
+	int own = -1, fd = j->fd, r = 0;
 
+	if (fd < 0) { /* a store file: small ones hold no descriptor (inode.c) */
+		r = shared_open_object(n, n->size < SHARED_PASSTHROUGH_MIN ? &own : NULL);
+		fd = own >= 0 ? own : n->fd;
+	}
 	if (r < 0) {
-		reply_err(j->req, OP_READ, -r);
+		reply_err(j->req, OP_READ, r == -ENFILE ? EIO : -r);
 	} else {
 		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(j->size);
 		buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-		buf.buf[0].fd = j->fd >= 0 ? j->fd : j->n->fd;
+		buf.buf[0].fd = fd;
 		buf.buf[0].pos = j->off;
 		fuse_reply_data(j->req, &buf, FUSE_BUF_SPLICE_MOVE);
 		if (j->fd < 0)
-			drop_object_pages(j->n->fd, j->off, j->size);
+			drop_object_pages(fd, j->off, j->size);
 	}
+	if (own >= 0)
+		close(own);
 	pthread_mutex_lock(&fsd.lock);
-	node_unref(j->n);
+	node_unref(n);
 	pthread_mutex_unlock(&fsd.lock);
 	free(j);
 }

@@ -369,6 +369,27 @@ def test_store_file_pages_are_cached_once(venvfs, mnt, web_venv):
     assert int(cached) == 0, f"{obj}: {cached} bytes of the object stayed cached"
 
 
+def test_more_store_files_than_descriptors(venvfs, mnt, web_venv):
+    """Reading every file of an env, as an editor indexing it does, while the
+    kernel keeps them all cached: a small store file holds no descriptor in
+    the daemon (fs/inode.c shared_open_object), so a daemon allowed fewer
+    descriptors than the env has files serves them all; none reads as
+    damaged."""
+    venvfs("import", web_venv)
+    sp = next(web_venv.glob("lib/python3.*/site-packages"))
+    files = [p.relative_to(web_venv) for p in sp.rglob("*")
+             if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts and p.name != "RECORD"]
+    assert len(files) > 2000
+    mnt.mount("--max-fds", "1000")
+    view = mnt.path / "web"
+    for rel in files:
+        assert (view / rel).read_bytes() == (web_venv / rel).read_bytes(), rel
+    stats = mnt.stats()
+    assert int(stats["damaged_objects"]) == 0
+    assert stats.get("open.errors", 0) == 0 and stats.get("read.errors", 0) == 0
+    assert "cannot be opened" not in mnt.log()
+
+
 def test_many_concurrent_readers(venvfs, mnt, web_venv):
     venvfs("import", web_venv)
     for i in range(7):
