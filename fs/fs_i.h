@@ -75,6 +75,7 @@ struct node {
 	struct objid obj;
 	int fd;             /* N_SHARED: object; N_UPPER: O_PATH of the file */
 	int state;          /* 0 unchecked, 1 good, <0 errno (damaged) */
+	uint8_t fill;       /* FILL_*: its first open puts it in the page cache (ops.c) */
 	char *seen_as;      /* "env/path" where first met, for messages */
 
 	/* N_UPPER: identity in the writable layer, open write handles */
@@ -125,6 +126,7 @@ struct fs_stats {
 	uint64_t errors[OP_COUNT];
 	uint64_t by_errno[STAT_ERRNO_MAX];
 	uint64_t damaged_objects;   /* reads refused: object missing or corrupt */
+	uint64_t filled_at_open;    /* store files put in the page cache at first open */
 	uint64_t estale_retries;    /* write-opens of shared files redirected */
 	uint64_t copy_ups;          /* files copied into a writable layer */
 	uint64_t absorbs;           /* distributions absorbed into the store */

@@ -90,8 +90,8 @@ static void format_stats(struct buf *b)
 	buf_printf(b, "nodes %" PRIu64 "\nenvs_loaded %zu\n", fsd.nodes_alive, envs);
 	buf_printf(b, "transport %s\n", uring_on() ? "io_uring" : "/dev/fuse");
 	pthread_mutex_unlock(&fsd.lock);
-	buf_printf(b, "damaged_objects %" PRIu64 "\nwrite_redirects %" PRIu64 "\n", fsd.st.damaged_objects,
-		   fsd.st.estale_retries);
+	buf_printf(b, "damaged_objects %" PRIu64 "\nwrite_redirects %" PRIu64 "\nfilled_at_open %" PRIu64 "\n",
+		   fsd.st.damaged_objects, fsd.st.estale_retries, fsd.st.filled_at_open);
 	for (int i = 0; i < OP_COUNT; i++)
 		if (fsd.st.calls[i] || fsd.st.errors[i])
 			buf_printf(b, "op %-12s calls %-10" PRIu64 " errors %" PRIu64 "\n", op_names[i], fsd.st.calls[i],
