@@ -590,14 +590,7 @@ static void fill_page_cache(struct node *n, int fd)
 {
 	size_t size = n->size;
 	char *b = xmalloc(size);
-	size_t got = 0;
-	while (got < size) {
-		ssize_t r = pread(fd, b + got, size - got, (off_t)got);
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-	}
-	if (got == size) {
+	if (pread_full(fd, b, size, 0) == (ssize_t)size) {
 		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
 		buf.buf[0].mem = b;
 		/* fails only if the kernel forgot the inode meanwhile: then READs fill it */
@@ -645,6 +638,17 @@ static void shared_fill_run(void *arg)
 	}
 }
 
+/* Under fsd.lock, which it releases: answer the open from a job (run_blocking()). */
+static void open_later(fuse_req_t req, struct node *n, struct fuse_file_info *fi, void (*fn)(void *))
+{
+	struct open_job *j = xmalloc(sizeof(*j));
+
+	*j = (struct open_job){req, n, *fi};
+	n->refs++;
+	unlock();
+	run_blocking(fn, j);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct node *n = node_of(ino);
@@ -663,11 +667,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		} else if (n->backing_id) {
 			fh_set_backing(fi, n->backing_id);
 		} else if (shared_passthrough(n)) {
-			struct open_job *j = xmalloc(sizeof(*j));
-			*j = (struct open_job){req, n, *fi};
-			n->refs++;
-			unlock();
-			run_blocking(shared_open_run, j);
+			open_later(req, n, fi, shared_open_run);
 			return;
 		} else if (n->fill == FILL_RUNNING) {
 			struct fill_wait *w = xmalloc(sizeof(*w));
@@ -678,11 +678,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return;
 		} else if (n->fill == FILL_NOT && n->size && n->size < SHARED_PASSTHROUGH_MIN) {
 			n->fill = FILL_RUNNING;
-			struct open_job *j = xmalloc(sizeof(*j));
-			*j = (struct open_job){req, n, *fi};
-			n->refs++;
-			unlock();
-			run_blocking(shared_fill_run, j);
+			open_later(req, n, fi, shared_fill_run);
 			return;
 		}
 	} else if (n->kind == N_FILE) {
