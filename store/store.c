@@ -11,7 +11,9 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -95,13 +97,45 @@ char *store_default_home(const char *explicit_home)
 	return path_absolute(p);
 }
 
+/*
+ * What is under HOME is never followed through a symlink: HOME itself may
+ * be one (the user named it), but a symlink in place of objects/, envs/ or
+ * the lock would make every command read, create and lock files outside
+ * the store, with the rights of whoever runs it.
+ */
 static int open_subdir(struct store *s, const char *name, bool create, int *out)
 {
 	if (create && mkdirat(s->fd, name, 0755) < 0 && errno != EEXIST)
 		return vf_error_errno(errno, "%s/%s", s->home, name);
-	*out = openat(s->fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	*out = openat(s->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (*out < 0 && (errno == ELOOP || errno == ENOTDIR))
+		return vf_error(EIO, "%s/%s: not a directory (a symbolic link or another file took its place; "
+				     "a store never has one there)",
+				s->home, name);
 	if (*out < 0)
 		return vf_error_errno(errno, "%s/%s", s->home, name);
+	return 0;
+}
+
+/* The format marker, read without following a symlink. */
+static int read_marker(struct store *s, struct buf *out)
+{
+	_cleanup_close_ int fd = openat(s->fd, "venvfs-store", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
+
+	buf_reset(out);
+	if (fd < 0 && errno == ENOENT)
+		return -ENOENT;
+	if (fd < 0 && errno != ELOOP)
+		return vf_error_errno(errno, "%s/venvfs-store", s->home);
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > 4096)
+		return vf_error(EPROTO, "%s/venvfs-store: not a store's format marker", s->home);
+	buf_grow(out, (size_t)st.st_size);
+	ssize_t n = read_full(fd, out->data, (size_t)st.st_size);
+	if (n < 0)
+		return vf_error_errno((int)-n, "%s/venvfs-store", s->home);
+	out->len = (size_t)n;
+	out->data[n] = '\0';
 	return 0;
 }
 
@@ -134,7 +168,7 @@ int store_open(const char *home, bool create, struct store **out)
 	/* The marker is written last, when everything below exists: a store
 	 * with a marker is complete, and opening it creates nothing. */
 	bool fresh = false;
-	r = read_file_at(s->fd, "venvfs-store", 4096, &marker);
+	r = read_marker(s, &marker);
 	if (r == -ENOENT && create) {
 		fresh = true;
 	} else if (r < 0) {
@@ -170,9 +204,15 @@ int store_open(const char *home, bool create, struct store **out)
 		if (r < 0)
 			goto fail;
 	}
-	s->lock_fd = openat(s->fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (s->lock_fd < 0) {
+	s->lock_fd = openat(s->fd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+	if (s->lock_fd < 0 && errno != ELOOP) {
 		r = vf_error_errno(errno, "%s/lock", s->home);
+		goto fail;
+	}
+	struct stat lst;
+	if (s->lock_fd < 0 || fstat(s->lock_fd, &lst) < 0 || !S_ISREG(lst.st_mode)) {
+		r = vf_error(EIO, "%s/lock: not a regular file (a symbolic link or another file took its place)",
+			     s->home);
 		goto fail;
 	}
 	*out = s;
@@ -214,14 +254,105 @@ void store_unlock(struct store *s)
 
 /* ---- objects ------------------------------------------------------------- */
 
+/*
+ * Objects are never reached through a symbolic link. Whoever may write the
+ * store (a group of CI accounts) could otherwise put a symlink in place of
+ * an object or of a fan-out directory, pointing at a file they may not read
+ * (/etc/shadow), and have another user's export copy it out or a daemon
+ * serve it; or, in place of a fan-out directory, make inserts create files
+ * wherever it points. Every path under objects/ is "ab/name": one fan-out
+ * directory, one file. It is opened with openat2(RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS) where the kernel has it (Linux 5.6: one system
+ * call, as before), else the fan-out directory and then the file each with
+ * O_NOFOLLOW; creating, linking and renaming go through the fan-out
+ * directory opened that way. A symlink met on the way, or an object that
+ * is not a regular file, is damage: EIO, and the message says so.
+ */
+
+static bool errno_is_in_the_way(int e)
+{
+	return e == ELOOP || e == ENOTDIR || e == EXDEV;
+}
+
+/* -errno for objects/<path>, with a message; EIO for a symlink in the way. */
+static int object_error(const char *path, int neg_errno)
+{
+	if (errno_is_in_the_way(-neg_errno))
+		return vf_error(EIO, "objects/%s: a symbolic link or another file is in the object's place "
+				     "(the store is damaged or was tampered with; run venvfs store verify)",
+				path);
+	return vf_error_errno(-neg_errno, "objects/%s", path);
+}
+
+/* The fan-out directory of path ("ab/..."), opened without following a
+ * symlink; an fd or -errno. */
+static int fanout_open(struct store *s, const char *path)
+{
+	char d[3] = {path[0], path[1], '\0'};
+	int fd = openat(s->objects_fd, d, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+/* open(objects/<path>) following no symlink; an fd or -errno. */
+static int objects_openat(struct store *s, const char *path, int flags, mode_t mode)
+{
+	flags |= O_NOFOLLOW | O_CLOEXEC;
+#ifdef SYS_openat2
+	if (!__atomic_load_n(&s->no_openat2, __ATOMIC_RELAXED)) {
+		struct open_how how = {
+			.flags = (uint64_t)flags,
+			.mode = (flags & O_CREAT) ? mode : 0,
+			.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+		};
+		int fd = (int)syscall(SYS_openat2, s->objects_fd, path, &how, sizeof(how));
+		if (fd >= 0)
+			return fd;
+		if (errno != ENOSYS && errno != EPERM)
+			return -errno;
+		__atomic_store_n(&s->no_openat2, true, __ATOMIC_RELAXED);
+	}
+#endif
+	_cleanup_close_ int dfd = fanout_open(s, path);
+	if (dfd < 0)
+		return dfd;
+	int fd = openat(dfd, path + 3, flags, mode);
+	return fd < 0 ? -errno : fd;
+}
+
+/* unlink(objects/<path>) through its fan-out directory. */
+static void objects_unlink(struct store *s, const char *path)
+{
+	_cleanup_close_ int dfd = fanout_open(s, path);
+
+	if (dfd >= 0)
+		unlinkat(dfd, path + 3, 0);
+}
+
 int store_object_open(struct store *s, const struct objid *id)
 {
 	char path[OBJID_STR_MAX];
+	struct stat st;
 	int fd;
 
 	objid_path(id, path);
-	fd = openat(s->objects_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	return fd < 0 ? -errno : fd;
+	/* O_NONBLOCK: a FIFO in an object's place must not hang the opener;
+	 * cleared again (io_uring would fail reads with EAGAIN) */
+	fd = objects_openat(s, path, O_RDONLY | O_NONBLOCK, 0);
+	if (fd < 0)
+		return object_error(path, fd);
+	if (fstat(fd, &st) < 0 || fcntl(fd, F_SETFL, 0) < 0) {
+		int e = errno;
+		close(fd);
+		return vf_error_errno(e, "objects/%s", path);
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return vf_error(EIO, "objects/%s: not a regular file (the store is damaged or was tampered with; "
+				     "run venvfs store verify)",
+				path);
+	}
+	return fd;
 }
 
 bool store_object_exists(struct store *s, const struct objid *id)
@@ -230,19 +361,55 @@ bool store_object_exists(struct store *s, const struct objid *id)
 	struct stat st;
 
 	objid_path(id, path);
-	return fstatat(s->objects_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+	_cleanup_close_ int fd = objects_openat(s, path, O_PATH, 0);
+	return fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 int store_object_read(struct store *s, const struct objid *id, size_t max, struct buf *out)
 {
 	char path[OBJID_STR_MAX];
-	int r;
+	_cleanup_close_ int fd = store_object_open(s, id);
+	struct stat st;
 
+	buf_reset(out);
+	if (fd < 0)
+		return fd;
 	objid_path(id, path);
-	r = read_file_at(s->objects_fd, path, max, out);
-	if (r < 0)
-		return vf_error_prefix(-r, "object %s: ", path);
+	if (fstat(fd, &st) < 0)
+		return vf_error_errno(errno, "objects/%s", path);
+	if ((size_t)st.st_size > max)
+		return vf_error(EFBIG, "objects/%s: too large (%lld bytes)", path, (long long)st.st_size);
+	buf_grow(out, (size_t)st.st_size);
+	ssize_t n = read_full(fd, out->data, (size_t)st.st_size);
+	if (n < 0)
+		return vf_error_errno((int)-n, "objects/%s: read", path);
+	out->len = (size_t)n;
+	out->data[out->len] = '\0';
 	return 0;
+}
+
+/* Do data hash to id's name? 0, or -EIO with a message. */
+static int check_content(struct store *s, const struct objid *id, const void *data, size_t len)
+{
+	char path[OBJID_STR_MAX];
+	uint8_t h[16];
+
+	s->hash(data, len, h);
+	if (memcmp(h, id->hash, 16) == 0)
+		return 0;
+	objid_path(id, path);
+	return vf_error(EIO, "objects/%s: content does not match its name (corrupt: damaged or changed "
+			     "after it was stored; run venvfs store verify)",
+			path);
+}
+
+int store_object_read_checked(struct store *s, const struct objid *id, size_t max, struct buf *out)
+{
+	int r = store_object_read(s, id, max, out);
+
+	if (r == 0 && (r = check_content(s, id, out->data, out->len)) < 0)
+		buf_reset(out);
+	return r;
 }
 
 /* Map a file read-only; empty files map to a static empty buffer. */
@@ -267,6 +434,23 @@ static void unmap(void *p, size_t size)
 		munmap(p, size);
 }
 
+int store_object_check_fd(struct store *s, const struct objid *id, int fd)
+{
+	char path[OBJID_STR_MAX];
+	struct stat st;
+	void *p = NULL;
+
+	objid_path(id, path);
+	if (fstat(fd, &st) < 0)
+		return vf_error_errno(errno, "checking a copy of objects/%s", path);
+	int r = map_fd(fd, (size_t)st.st_size, &p);
+	if (r < 0)
+		return vf_error_errno(-r, "checking a copy of objects/%s: mmap", path);
+	r = check_content(s, id, p, (size_t)st.st_size);
+	unmap(p, (size_t)st.st_size);
+	return r;
+}
+
 int store_object_verify(struct store *s, const struct objid *id, uint64_t *size_out)
 {
 	char path[OBJID_STR_MAX];
@@ -277,9 +461,11 @@ int store_object_verify(struct store *s, const struct objid *id, uint64_t *size_
 	int r;
 
 	objid_path(id, path);
-	fd = openat(s->objects_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	fd = objects_openat(s, path, O_RDONLY | O_NONBLOCK, 0);
+	if (fd < 0 && errno_is_in_the_way(-fd))
+		return vf_error(EIO, "objects/%s: a symbolic link or another file is in the object's place", path);
 	if (fd < 0)
-		return vf_error_errno(errno, "objects/%s", path);
+		return vf_error_errno(-fd, "objects/%s", path);
 	if (fstat(fd, &st) < 0)
 		return vf_error_errno(errno, "objects/%s", path);
 	if (!S_ISREG(st.st_mode))
@@ -296,16 +482,16 @@ int store_object_verify(struct store *s, const struct objid *id, uint64_t *size_
 	return 0;
 }
 
-/* Compare the file at dirfd/path with data; 1 equal, 0 different, -errno. */
-static int file_equals(int dirfd, const char *path, const void *data, size_t len)
+/* Compare objects/<path> with data; 1 equal, 0 different, -errno. */
+static int file_equals(struct store *s, const char *path, const void *data, size_t len)
 {
-	_cleanup_close_ int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	_cleanup_close_ int fd = objects_openat(s, path, O_RDONLY | O_NONBLOCK, 0);
 	struct stat st;
 	void *p = NULL;
 	int r;
 
 	if (fd < 0)
-		return -errno;
+		return fd;
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != len)
@@ -433,14 +619,15 @@ static int write_tmp(struct store_txn *t, const struct objid *id, uint64_t no, c
 	int fd, r;
 
 	tmp_name(t, id, no, name);
-	fd = openat(t->s->objects_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+	fd = objects_openat(t->s, name, O_WRONLY | O_CREAT | O_EXCL, 0444);
 	if (fd < 0)
-		return vf_error_errno(errno, "%s/objects/%s", t->s->home, name);
+		return errno_is_in_the_way(-fd) ? object_error(name, fd)
+						: vf_error_errno(-fd, "%s/objects/%s", t->s->home, name);
 	r = write_full(fd, data, len);
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r < 0) {
-		unlinkat(t->s->objects_fd, name, 0);
+		objects_unlink(t->s, name);
 		return vf_error_errno(-r, "%s/objects/%s", t->s->home, name);
 	}
 	return 0;
@@ -460,11 +647,13 @@ static int make_tmp(struct store_txn *t, const struct objid *id, uint64_t no, co
 	if (src) {
 		char name[96];
 		tmp_name(t, id, no, name);
-		if (linkat(src->dirfd, src->name, t->s->objects_fd, name, 0) == 0) {
+		_cleanup_close_ int dfd = fanout_open(t->s, name);
+		if (dfd >= 0 && linkat(src->dirfd, src->name, dfd, name + 3, 0) == 0) {
 			src->linked = true;
 			return 0;
 		}
-		/* another file system, a hard-link limit...: copy */
+		/* another file system, a hard-link limit...: copy (and a
+		 * fan-out directory that cannot be opened fails there) */
 	}
 	return write_tmp(t, id, no, data, len);
 }
@@ -482,11 +671,11 @@ static int txn_insert(struct store_txn *t, const void *data, size_t len, struct 
 
 		/* Already in the store under this name? Same bytes: done. */
 		objid_path(&cand, path);
-		r = file_equals(t->s->objects_fd, path, data, len);
+		r = file_equals(t->s, path, data, len);
 		if (r == 1)
 			break;
 		if (r < 0 && r != -ENOENT)
-			return vf_error_errno(-r, "objects/%s", path);
+			return object_error(path, r);
 		if (r == 0)
 			continue; /* a different content holds this name: next seq */
 
@@ -544,10 +733,10 @@ static int txn_insert(struct store_txn *t, const void *data, size_t len, struct 
 		r = -ENOENT;
 		if (st == PEND_WRITTEN || st == PEND_SEALED) {
 			tmp_name(t, &cand, no, name);
-			r = file_equals(t->s->objects_fd, name, data, len);
+			r = file_equals(t->s, name, data, len);
 		}
 		if (r == -ENOENT) /* placed meanwhile: it is an object now */
-			r = file_equals(t->s->objects_fd, path, data, len);
+			r = file_equals(t->s, path, data, len);
 		if (r < 0)
 			return vf_error_errno(-r, "comparing with a pending insert");
 		if (r == 1)
@@ -588,12 +777,16 @@ static int place(struct store_txn *t, const struct pending *p)
 
 	objid_path(&p->id, path);
 	tmp_name(t, &p->id, p->tmp_no, name);
-	r = renameat2(t->s->objects_fd, name, t->s->objects_fd, path, RENAME_NOREPLACE);
+	/* both names in one fan-out directory, opened following no symlink */
+	_cleanup_close_ int dfd = fanout_open(t->s, path);
+	if (dfd < 0)
+		return object_error(path, dfd);
+	r = renameat2(dfd, name + 3, dfd, path + 3, RENAME_NOREPLACE);
 	if (r < 0 && errno == EINVAL) {
 		/* no RENAME_NOREPLACE here (some NFS): link + unlink never replaces */
-		r = linkat(t->s->objects_fd, name, t->s->objects_fd, path, 0);
+		r = linkat(dfd, name + 3, dfd, path + 3, 0);
 		if (r == 0)
-			unlinkat(t->s->objects_fd, name, 0);
+			unlinkat(dfd, name + 3, 0);
 	}
 	if (r == 0)
 		return 0;
@@ -601,13 +794,13 @@ static int place(struct store_txn *t, const struct pending *p)
 		return vf_error_errno(errno, "placing objects/%s", path);
 	/* Someone else inserted this name meanwhile: fine if the same bytes. */
 	int eq = -EIO;
-	_cleanup_close_ int fd = openat(t->s->objects_fd, name, O_RDONLY | O_CLOEXEC);
+	_cleanup_close_ int fd = openat(dfd, name + 3, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	void *m = NULL;
 	if (fd >= 0 && map_fd(fd, p->len, &m) == 0) {
-		eq = file_equals(t->s->objects_fd, path, m, p->len);
+		eq = file_equals(t->s, path, m, p->len);
 		unmap(m, p->len);
 	}
-	unlinkat(t->s->objects_fd, name, 0);
+	unlinkat(dfd, name + 3, 0);
 	if (eq != 1)
 		return vf_error(EAGAIN, "objects/%s: another writer stored a different content with the same hash "
 				       "at the same time; run the command again",
@@ -793,7 +986,7 @@ void store_txn_abort(struct store_txn *t)
 		if (!p->tmp_no || (p->state != PEND_WRITTEN && p->state != PEND_SEALED))
 			continue;
 		tmp_name(t, &p->id, p->tmp_no, name);
-		unlinkat(t->s->objects_fd, name, 0);
+		objects_unlink(t->s, name);
 	}
 	txn_free(t);
 }
@@ -803,16 +996,18 @@ void store_txn_abort(struct store_txn *t)
 int store_package_register(struct store *s, const char *name, const struct objid *id)
 {
 	char hex[OBJID_STR_MAX];
-	_cleanup_free_ char *p = NULL;
-	int fd;
+	_cleanup_close_ int dfd = -1, fd = -1;
 
 	if (mkdirat(s->packages_fd, name, 0755) < 0 && errno != EEXIST)
 		return vf_error_errno(errno, "%s/packages/%s", s->home, name);
+	/* never through a symlink: it would create files outside the store */
+	dfd = openat(s->packages_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return vf_error_errno(errno, "%s/packages/%s", s->home, name);
 	objid_format(id, hex);
-	p = xasprintf("%s/%s", name, hex);
-	fd = openat(s->packages_fd, p, O_WRONLY | O_CREAT | O_CLOEXEC, 0444);
-	if (fd < 0)
-		return vf_error_errno(errno, "%s/packages/%s", s->home, p);
-	close(fd);
+	/* an entry that exists (whoever made it, whatever its mode) is done */
+	fd = openat(dfd, hex, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+	if (fd < 0 && errno != EEXIST)
+		return vf_error_errno(errno, "%s/packages/%s/%s", s->home, name, hex);
 	return 0;
 }

@@ -74,6 +74,9 @@ struct store {
 	int lock_fd;        /* HOME/lock */
 	int lock_held;      /* 0, LOCK_SH or LOCK_EX */
 	store_hash_fn hash; /* store_hash_xxh3 unless a test says otherwise */
+	/* openat2() failed with ENOSYS (or EPERM from a seccomp filter): objects
+	 * are opened one O_NOFOLLOW step at a time (tests set it to check that) */
+	bool no_openat2;
 };
 
 /*
@@ -96,11 +99,34 @@ void store_unlock(struct store *s);
 
 /* Objects ----------------------------------------------------------------- */
 
-/* Open an object for reading; returns an fd or a negative errno. */
+/*
+ * Nothing under objects/ is ever followed through a symbolic link, neither
+ * an object nor its fan-out directory (openat2 RESOLVE_NO_SYMLINKS, else
+ * O_NOFOLLOW at each step). A symlink in the way, or an object that is not
+ * a regular file, is damage: -EIO, with a message in vf_last_error().
+ */
+
+/* Open an object for reading; returns an fd or a negative errno (with a
+ * message). */
 int store_object_open(struct store *s, const struct objid *id);
 
 /* Read a whole object (at most max bytes) into out. */
 int store_object_read(struct store *s, const struct objid *id, size_t max, struct buf *out);
+
+/*
+ * The same, and the bytes read hash to the object's name: -EIO otherwise
+ * (damaged, or changed by someone since it was stored). For what is
+ * rendered or rewritten from an object (templates, bytecode), where no
+ * later check sees the object's own bytes.
+ */
+int store_object_read_checked(struct store *s, const struct objid *id, size_t max, struct buf *out);
+
+/*
+ * Does the file open at fd (readable; a copy of the object just written,
+ * say) hold exactly the content id is named for? 0, or -EIO with a message
+ * naming the object. Checking the copy checks what was really written.
+ */
+int store_object_check_fd(struct store *s, const struct objid *id, int fd);
 
 /* True if the object exists (stat only). */
 bool store_object_exists(struct store *s, const struct objid *id);

@@ -1,7 +1,8 @@
 /*
  * test_store.c - unit tests of the store library (Check).
  *
- * Objects (dedup, forced hash collisions, corruption), tree manifests
+ * Objects (dedup, forced hash collisions, corruption, symlinks and other
+ * files in an object's place), tree manifests
  * (round trip, lookups, damaged input), the Python format parsers
  * (RECORD, pyvenv.cfg, METADATA, pyc, PEP 440), templates (shebangs,
  * trampolines, RECORD rows) and env manifests.
@@ -187,6 +188,181 @@ START_TEST(test_txn_abort_leaves_nothing)
 	_cleanup_free_ char *obj = path_join(s->home, "objects");
 	ck_assert_int_eq(count_files(tmp), 0);
 	ck_assert_int_eq(count_files(obj), 0);
+	store_close(s);
+}
+END_TEST
+
+/* Put one object and return its id and path. */
+static void put_one(struct store *s, const char *content, struct objid *id, char path[OBJID_STR_MAX])
+{
+	struct store_txn *t = store_txn_begin(s);
+	uint64_t added;
+
+	ck_assert_int_eq(store_txn_put(t, content, strlen(content), id, &added), 0);
+	ck_assert_int_eq(store_txn_commit(t), 0);
+	objid_path(id, path);
+}
+
+/*
+ * Nothing under objects/ is followed through a symlink: not an object (a
+ * symlink to a file its planter may not read), not a fan-out directory
+ * (inserts would create files wherever it points). Loop 0 with openat2,
+ * loop 1 with the O_NOFOLLOW-per-step fallback.
+ */
+START_TEST(test_object_symlinks_refused)
+{
+	struct store *s = open_test_store();
+	struct objid a;
+	char path[OBJID_STR_MAX];
+	struct buf got = {0};
+	uint64_t added;
+
+	s->no_openat2 = _i == 1;
+	put_one(s, "the real content", &a, path);
+	_cleanup_free_ char *secret = path_join(tmp_home, "secret");
+	ck_assert_int_eq(write_file_atomic(AT_FDCWD, secret, "root's secret", 13, 0600), 0);
+
+	/* the object itself is a symlink: what it points at is never read */
+	ck_assert_int_eq(unlinkat(s->objects_fd, path, 0), 0);
+	ck_assert_int_eq(symlinkat(secret, s->objects_fd, path), 0);
+	ck_assert_int_lt(store_object_read(s, &a, 100, &got), 0);
+	ck_assert_int_eq(store_object_open(s, &a), -EIO);
+	ck_assert_ptr_nonnull(strstr(vf_last_error(), path));
+	ck_assert_int_eq(store_object_read(s, &a, 100, &got), -EIO);
+	ck_assert_int_eq(store_object_read_checked(s, &a, 100, &got), -EIO);
+	ck_assert(!store_object_exists(s, &a));
+	ck_assert_int_eq(store_object_verify(s, &a, NULL), -EIO);
+	/* an insert of the same content does not take (or follow) it */
+	struct store_txn *t = store_txn_begin(s);
+	struct objid a2;
+	ck_assert_int_lt(store_txn_put(t, "the real content", 16, &a2, &added), 0);
+	store_txn_abort(t);
+
+	/* a FIFO or a directory in an object's place: EIO, and no hang */
+	ck_assert_int_eq(unlinkat(s->objects_fd, path, 0), 0);
+	ck_assert_int_eq(mkfifoat(s->objects_fd, path, 0444), 0);
+	ck_assert_int_eq(store_object_open(s, &a), -EIO);
+	ck_assert_int_eq(store_object_read(s, &a, 100, &got), -EIO);
+	ck_assert(!store_object_exists(s, &a));
+	ck_assert_int_eq(store_object_verify(s, &a, NULL), -EIO);
+	ck_assert_int_eq(unlinkat(s->objects_fd, path, 0), 0);
+	ck_assert_int_eq(mkdirat(s->objects_fd, path, 0755), 0);
+	ck_assert_int_eq(store_object_open(s, &a), -EIO);
+	ck_assert_int_eq(unlinkat(s->objects_fd, path, AT_REMOVEDIR), 0);
+	buf_free(&got);
+	store_close(s);
+}
+END_TEST
+
+START_TEST(test_fanout_symlinks_refused)
+{
+	struct store *s = open_test_store();
+	struct objid b;
+	char bpath[OBJID_STR_MAX];
+	struct buf got = {0};
+	uint64_t added;
+
+	s->no_openat2 = _i == 1;
+	put_one(s, "another object", &b, bpath);
+	/* b's fan-out directory is a symlink to a copy of it elsewhere */
+	_cleanup_free_ char *elsewhere = path_join(tmp_home, "elsewhere");
+	_cleanup_free_ char *fan = xasprintf("%s/objects/%.2s", s->home, bpath);
+	_cleanup_free_ char *cmd = xasprintf("cp -a '%s' '%s' && rm -rf '%s' && ln -s '%s' '%s'", fan, elsewhere,
+					     fan, elsewhere, fan);
+	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_int_eq(count_files(elsewhere), 1);
+	ck_assert_int_lt(store_object_open(s, &b), 0);
+	ck_assert_int_eq(store_object_open(s, &b), -EIO);
+	ck_assert_int_eq(store_object_read(s, &b, 100, &got), -EIO);
+	ck_assert(!store_object_exists(s, &b));
+	ck_assert_int_eq(store_object_verify(s, &b, NULL), -EIO);
+	struct store_txn *t = store_txn_begin(s);
+	struct objid b2;
+	ck_assert_int_lt(store_txn_put(t, "another object", 14, &b2, &added), 0);
+	store_txn_abort(t);
+	ck_assert_int_eq(count_files(elsewhere), 1); /* nothing created there */
+	buf_free(&got);
+	store_close(s);
+}
+END_TEST
+
+/* Reads that render or rewrite an object check it against its name. */
+START_TEST(test_object_read_checked)
+{
+	struct store *s = open_test_store();
+	struct objid a;
+	char path[OBJID_STR_MAX];
+	struct buf got = {0};
+
+	put_one(s, "#!/env/bin/python\nprint('hi')\n", &a, path);
+	ck_assert_int_eq(store_object_read_checked(s, &a, 100, &got), 0);
+	ck_assert_str_eq(got.data, "#!/env/bin/python\nprint('hi')\n");
+
+	/* a copy is checked as the object is */
+	_cleanup_free_ char *copy = path_join(tmp_home, "copy");
+	_cleanup_close_ int fd = open(copy, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write_full(fd, got.data, got.len), 0);
+	ck_assert_int_eq(store_object_check_fd(s, &a, fd), 0);
+	ck_assert_int_eq(pwrite(fd, "X", 1, 3), 1);
+	ck_assert_int_eq(store_object_check_fd(s, &a, fd), -EIO);
+	ck_assert_ptr_nonnull(strstr(vf_last_error(), path));
+
+	/* one byte changed behind the store's back */
+	ck_assert_int_eq(fchmodat(s->objects_fd, path, 0644, 0), 0);
+	int ofd = openat(s->objects_fd, path, O_WRONLY);
+	ck_assert_int_ge(ofd, 0);
+	ck_assert_int_eq(pwrite(ofd, "X", 1, 3), 1);
+	close(ofd);
+	ck_assert_int_eq(store_object_read(s, &a, 100, &got), 0); /* unchecked: as it is */
+	ck_assert_int_eq(store_object_read_checked(s, &a, 100, &got), -EIO);
+	ck_assert_uint_eq(got.len, 0);
+	ck_assert_ptr_nonnull(strstr(vf_last_error(), path));
+	ck_assert_ptr_nonnull(strstr(vf_last_error(), "store verify"));
+	buf_free(&got);
+	store_close(s);
+}
+END_TEST
+
+/* HOME's own entries are never followed through a symlink either. */
+START_TEST(test_store_open_refuses_symlinks)
+{
+	struct store *s = open_test_store();
+	_cleanup_free_ char *home = xstrdup(s->home);
+	_cleanup_free_ char *elsewhere = path_join(tmp_home, "elsewhere");
+	store_close(s);
+	ck_assert_int_eq(mkdir(elsewhere, 0755), 0);
+
+	const char *subdirs[] = {"objects", "packages", "envs", "tmp"};
+	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
+		_cleanup_free_ char *p = path_join(home, subdirs[i]);
+		_cleanup_free_ char *aside = xasprintf("%s.aside", p);
+		ck_assert_int_eq(rename(p, aside), 0);
+		ck_assert_int_eq(symlink(elsewhere, p), 0);
+		ck_assert_int_eq(store_open(home, false, &s), -EIO);
+		ck_assert_ptr_nonnull(strstr(vf_last_error(), subdirs[i]));
+		ck_assert_int_eq(unlink(p), 0);
+		ck_assert_int_eq(rename(aside, p), 0);
+	}
+	/* the lock: not created through a dangling symlink, not taken */
+	_cleanup_free_ char *lock = path_join(home, "lock");
+	_cleanup_free_ char *target = path_join(elsewhere, "lock");
+	unlink(lock);
+	ck_assert_int_eq(symlink(target, lock), 0);
+	ck_assert_int_eq(store_open(home, false, &s), -EIO);
+	ck_assert_int_eq(access(target, F_OK), -1);
+
+	/* a package index directory that is a symlink gets nothing */
+	ck_assert_int_eq(unlink(lock), 0);
+	ck_assert_int_eq(store_open(home, false, &s), 0);
+	_cleanup_free_ char *pkg = path_join(home, "packages/six");
+	ck_assert_int_eq(symlink(elsewhere, pkg), 0);
+	struct objid id = {.hash = {1, 2, 3}};
+	ck_assert_int_lt(store_package_register(s, "six", &id), 0);
+	ck_assert_int_eq(count_files(elsewhere), 0);
+	/* an entry that is there already is fine, whatever its mode */
+	ck_assert_int_eq(store_package_register(s, "seven", &id), 0);
+	ck_assert_int_eq(store_package_register(s, "seven", &id), 0);
 	store_close(s);
 }
 END_TEST
@@ -849,6 +1025,10 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, test_object_forced_collision);
 	tcase_add_test(tc, test_object_corruption_detected);
 	tcase_add_test(tc, test_txn_abort_leaves_nothing);
+	tcase_add_loop_test(tc, test_object_symlinks_refused, 0, 2);
+	tcase_add_loop_test(tc, test_fanout_symlinks_refused, 0, 2);
+	tcase_add_test(tc, test_object_read_checked);
+	tcase_add_test(tc, test_store_open_refuses_symlinks);
 	tcase_add_test(tc, test_objid_format_parse);
 	suite_add_tcase(s, tc);
 
