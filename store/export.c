@@ -8,6 +8,23 @@
  * they had in the venv they were imported from, and normalised bytecode
  * gets back the header that matches them, so exporting to the path an env
  * was imported from reproduces it file for file.
+ *
+ * Hostile content. An export is often run by another user than the ones
+ * who imported the env or can write the store (root, a CI account), so it
+ * grants nothing the files did not have for them and writes nothing it has
+ * not checked:
+ * - every byte copied from an object is checked against the object's name
+ *   (the copy is hashed, so what is checked is what was written); a
+ *   mismatch fails the export with EIO, naming the object and the file;
+ * - setuid and setgid bits are dropped: the store does not record who owned
+ *   a file (tree nodes have no owner; a writable layer's files all belong
+ *   to whoever ran the daemon), so it cannot tell that the exporting user
+ *   owned the original, and an export as root would otherwise turn a user's
+ *   setuid file into a setuid-root one. A directory keeps setgid: there it
+ *   only gives new entries the directory's group, the exporter's own;
+ * - device nodes (block, character) are not created: each is named on
+ *   stderr instead. FIFOs and sockets are, as `cp -a` by an ordinary user
+ *   does (creating them needs no privilege and they hold no data).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -31,6 +48,7 @@
 struct exporter {
 	struct store *s;
 	struct view *v;
+	const char *name;      /* the env */
 	const char *dest;      /* final absolute path */
 	char *dest_real;       /* its realpath-to-be */
 	char **views;          /* paths the env was shown at (envs/NAME/views) */
@@ -52,6 +70,20 @@ static void node_time(struct exporter *x, struct view_src src, struct timespec *
 	}
 }
 
+/* The mode an exported file gets: no setuid, no setgid but on directories. */
+static mode_t export_mode(uint32_t mode)
+{
+	mode_t m = mode & 07777 & ~(mode_t)S_ISUID;
+
+	return S_ISDIR(mode) ? m : m & ~(mode_t)S_ISGID;
+}
+
+/*
+ * Copy an object to out (opened for reading too), then check what was
+ * written against the object's name: a damaged or planted object is never
+ * exported silently. The copy is hashed, not the object, so the check
+ * holds even if the object changes meanwhile, and reflinks still work.
+ */
 static int copy_object(struct exporter *x, const struct objid *id, int out, const char *path)
 {
 	_cleanup_close_ int in = store_object_open(x->s, id);
@@ -60,13 +92,23 @@ static int copy_object(struct exporter *x, const struct objid *id, int out, cons
 
 	objid_path(id, hex);
 	if (in < 0)
-		return vf_error_errno(-in, "%s: store object %s", path, hex);
+		return vf_error_prefix(-in, "env %s, %s: ", x->name, path);
 	if (fstat(in, &st) < 0)
 		return vf_error_errno(errno, "objects/%s", hex);
 	int r = copy_file(in, out, (uint64_t)st.st_size);
 	if (r < 0)
 		return vf_error_errno(-r, "%s: copying objects/%s", path, hex);
+	r = store_object_check_fd(x->s, id, out);
+	if (r < 0)
+		return vf_error_prefix(-r, "env %s, %s: ", x->name, path);
 	return 0;
+}
+
+/* A block or character device of the env: named, not created. */
+static void skip_device(struct exporter *x, const char *path, uint32_t mode, unsigned major, unsigned minor)
+{
+	fprintf(stderr, "venvfs export: %s/%s: %s device %u,%u not created (export never creates device nodes)\n",
+		x->dest, path, S_ISBLK(mode) ? "block" : "character", major, minor);
 }
 
 /*
@@ -80,10 +122,10 @@ static int write_pyc(struct exporter *x, struct view_src src, const struct objid
 {
 	struct tree *t = x->v->layers[src.layer].tree;
 	_cleanup_buf_ struct buf obj = {0}, a = {0}, b = {0}, p = {0};
-	int r = store_object_read(x->s, id, 1u << 30, &obj);
+	int r = store_object_read_checked(x->s, id, 1u << 30, &obj);
 
 	if (r < 0)
-		return vf_error_prefix(-r, "%s: ", path);
+		return vf_error_prefix(-r, "env %s, %s: ", x->name, path);
 	uint32_t root = tree_path(t, src.node, &p);
 	_cleanup_free_ char *source = pyc_source_path(p.data, p.len);
 	uint32_t sn = source ? tree_lookup_path(t, root, source, strlen(source)) : TREE_NONE;
@@ -130,12 +172,12 @@ static int export_entry(struct exporter *x, int dfd, const struct layer_dir *ld,
 		view_dir_free(&child);
 		if (r < 0)
 			return r;
-		if (fchmod(cfd, n->mode & 07777) < 0 || futimens(cfd, ts) < 0)
+		if (fchmod(cfd, export_mode(n->mode)) < 0 || futimens(cfd, ts) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		return 0;
 	}
 	case S_IFREG: {
-		_cleanup_close_ int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		_cleanup_close_ int fd = openat(dfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		struct objid id;
 		if (fd < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
@@ -143,7 +185,7 @@ static int export_entry(struct exporter *x, int dfd, const struct layer_dir *ld,
 			_cleanup_buf_ struct buf out = {0};
 			r = view_render(x->v, ent->top, x->dest, x->dest_real, &out);
 			if (r < 0)
-				return vf_error_prefix(-r, "%s/%s: ", x->dest, path->data);
+				return vf_error_prefix(-r, "env %s, %s: ", x->name, path->data);
 			r = write_full(fd, out.data, out.len);
 			if (r < 0)
 				return vf_error_errno(-r, "%s/%s", x->dest, path->data);
@@ -156,7 +198,7 @@ static int export_entry(struct exporter *x, int dfd, const struct layer_dir *ld,
 			if (r < 0)
 				return r;
 		}
-		if (fchmod(fd, n->mode & 07777) < 0 || futimens(fd, ts) < 0)
+		if (fchmod(fd, export_mode(n->mode)) < 0 || futimens(fd, ts) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		x->files++;
 		x->bytes += n->size;
@@ -170,18 +212,17 @@ static int export_entry(struct exporter *x, int dfd, const struct layer_dir *ld,
 		break;
 	}
 	case S_IFIFO:
-		if (mkfifoat(dfd, name, n->mode & 07777) < 0)
+		if (mkfifoat(dfd, name, export_mode(n->mode)) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		break;
 	case S_IFSOCK:
-		if (mknodat(dfd, name, S_IFSOCK | (n->mode & 07777), 0) < 0)
+		if (mknodat(dfd, name, S_IFSOCK | export_mode(n->mode), 0) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		break;
 	case S_IFCHR:
 	case S_IFBLK:
-		if (mknodat(dfd, name, n->mode, makedev(n->u.dev.major, n->u.dev.minor)) < 0)
-			return vf_error_errno(errno, "%s/%s: device node", x->dest, path->data);
-		break;
+		skip_device(x, path->data, n->mode, n->u.dev.major, n->u.dev.minor);
+		return 0;
 	}
 	if (utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0)
 		return vf_error_errno(errno, "%s/%s", x->dest, path->data);
@@ -243,18 +284,18 @@ static int export_upper(struct exporter *x, int dfd, const struct layer_dir *ld,
 			r = export_dir(x, cfd, &cld, &child, path);
 		layer_dir_close(&cld);
 		view_dir_free(&child);
-		if (r == 0 && (fchmod(cfd, mode & 07777) < 0 || futimens(cfd, ts) < 0))
+		if (r == 0 && (fchmod(cfd, export_mode(mode)) < 0 || futimens(cfd, ts) < 0))
 			r = vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		return r;
 	}
 	if (e->kind == L_META) {
-		_cleanup_close_ int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		_cleanup_close_ int fd = openat(dfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		struct timespec mt[2] = {e->mtime, e->mtime};
 		if (fd < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		if ((r = copy_object(x, &e->obj, fd, path->data)) < 0)
 			return r;
-		if (fchmod(fd, e->mode & 07777) < 0 || futimens(fd, mt) < 0)
+		if (fchmod(fd, export_mode(e->mode)) < 0 || futimens(fd, mt) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		return 0;
 	}
@@ -265,7 +306,7 @@ static int export_upper(struct exporter *x, int dfd, const struct layer_dir *ld,
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		if ((r = export_upper_content(x, in, &e->st, out, path->data)) < 0)
 			return r;
-		if (fchmod(out, mode & 07777) < 0 || futimens(out, ts) < 0)
+		if (fchmod(out, export_mode(mode)) < 0 || futimens(out, ts) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		return 0;
 	}
@@ -277,7 +318,10 @@ static int export_upper(struct exporter *x, int dfd, const struct layer_dir *ld,
 		target[n] = '\0';
 		if (symlinkat(target, dfd, name) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
-	} else if (mknodat(dfd, name, mode, e->st.st_rdev) < 0) {
+	} else if (S_ISCHR(mode) || S_ISBLK(mode)) {
+		skip_device(x, path->data, mode, major(e->st.st_rdev), minor(e->st.st_rdev));
+		return 0;
+	} else if (mknodat(dfd, name, (mode & S_IFMT) | export_mode(mode), 0) < 0) {
 		return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 	}
 	if (utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0)
@@ -335,14 +379,13 @@ static void load_views(struct exporter *x, const char *name)
 
 int venv_export(struct store *s, const char *name, const char *dir, const struct export_opts *o)
 {
-	struct exporter x = {.s = s};
+	struct exporter x = {.s = s, .name = name};
 	struct env *env = NULL;
 	_cleanup_free_ char *dest = path_absolute(dir);
 	_cleanup_free_ char *parent = NULL, *parent_real = NULL, *tmp = NULL;
 	_cleanup_close_ int tfd = -1;
 	struct view_dir root;
 	struct stat st;
-	bool replace_empty = false;
 	int r;
 
 	if (!dest)
@@ -361,7 +404,6 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 		}
 		if (!empty)
 			return vf_error(EEXIST, "%s: already exists and is not an empty directory", dest);
-		replace_empty = true;
 	}
 	const char *slash = strrchr(dest, '/');
 	parent = slash == dest ? xstrdup("/") : xstrndup(dest, (size_t)(slash - dest));
@@ -420,10 +462,8 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 			goto out;
 		}
 	}
-	if (replace_empty && rmdir(dest) < 0) {
-		r = vf_error_errno(errno, "%s", dest);
-		goto out;
-	}
+	/* one step: rename(2) replaces an empty directory, and a failure
+	 * leaves it as it was */
 	if (rename(tmp, dest) < 0) {
 		r = vf_error_errno(errno, "%s", dest);
 		goto out;
