@@ -81,6 +81,14 @@ struct tpl_ctx {
 };
 
 bool tpl_is_template(const void *blob, size_t len);
+
+/*
+ * Render a template. The blob must have been checked against its object's
+ * name (store_object_read_checked(), as store/view.c loads it): what a
+ * template renders is run (console scripts, activate) or vouches for other
+ * files (RECORD rows), and nothing after rendering sees the object's bytes.
+ * A malformed blob fails with EIO, never reads past len.
+ */
 int tpl_render(const void *blob, size_t len, const struct tpl_ctx *c, struct buf *out);
 
 #endif

@@ -281,7 +281,9 @@ static int render_node(struct render_cb *cb, uint32_t node, struct buf *out)
 	int r;
 
 	tree_node_objid(tn, &id);
-	r = store_object_read(v->s, &id, 1 << 26, &blob);
+	/* checked against its name: what a template renders is run (scripts,
+	 * activate), and nothing after this sees the object's own bytes */
+	r = store_object_read_checked(v->s, &id, 1 << 26, &blob);
 	if (r < 0)
 		return r;
 	if (!(tn->flags & TREE_F_TEMPLATE)) {
