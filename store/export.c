@@ -457,7 +457,7 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 	{
 		const struct tree_node *rn = tree_node(x.v->layers[0].tree, 0);
 		struct timespec ts[2] = {{rn->mtime_sec, rn->mtime_nsec}, {rn->mtime_sec, rn->mtime_nsec}};
-		if (fchmod(tfd, rn->mode & 07777) < 0 || futimens(tfd, ts) < 0) {
+		if (fchmod(tfd, export_mode(rn->mode)) < 0 || futimens(tfd, ts) < 0) {
 			r = vf_error_errno(errno, "%s", tmp);
 			goto out;
 		}
