@@ -236,19 +236,30 @@ void store_close(struct store *s)
 
 int store_lock(struct store *s, int how, bool wait)
 {
+	/* nested: the outer lock covers an inner one of its mode or weaker
+	 * (gc's EX covers the SH of an env_remove it calls); a flock of
+	 * another mode on the same descriptor would convert it instead */
+	if (s->lock_depth) {
+		if (how == LOCK_EX && s->lock_held != LOCK_EX)
+			return vf_error(EDEADLK, "%s/lock: exclusive lock asked under a shared one", s->home);
+		s->lock_depth++;
+		return 0;
+	}
 	if (flock(s->lock_fd, how | (wait ? 0 : LOCK_NB)) < 0) {
 		if (errno == EWOULDBLOCK)
 			return -EWOULDBLOCK;
 		return vf_error_errno(errno, "%s/lock", s->home);
 	}
 	s->lock_held = how;
+	s->lock_depth = 1;
 	return 0;
 }
 
 void store_unlock(struct store *s)
 {
-	if (s->lock_held)
-		flock(s->lock_fd, LOCK_UN);
+	if (!s->lock_depth || --s->lock_depth)
+		return;
+	flock(s->lock_fd, LOCK_UN);
 	s->lock_held = 0;
 }
 

@@ -73,6 +73,7 @@ struct store {
 	int tmp_fd;         /* HOME/tmp */
 	int lock_fd;        /* HOME/lock */
 	int lock_held;      /* 0, LOCK_SH or LOCK_EX */
+	unsigned lock_depth; /* store_lock() calls not yet unlocked (one thread) */
 	store_hash_fn hash; /* store_hash_xxh3 unless a test says otherwise */
 	/* openat2() failed with ENOSYS (or EPERM from a seccomp filter): objects
 	 * are opened one O_NOFOLLOW step at a time (tests set it to check that) */
@@ -90,9 +91,12 @@ int store_open(const char *home, bool create, struct store **out);
 void store_close(struct store *s);
 
 /*
- * Take the store lock: LOCK_SH for anything that adds content (import,
- * create, absorb), LOCK_EX for gc. With wait, blocks (printing nothing);
- * without, fails with -EWOULDBLOCK.
+ * Take the store lock: LOCK_SH for anything that adds content or changes
+ * which envs exist (import, create, clone, absorb, rm), LOCK_EX for gc
+ * (docs/design.md, "Locks"). With wait, blocks (printing nothing);
+ * without, fails with -EWOULDBLOCK. Calls nest: an inner lock the outer
+ * one covers is counted, and only the last store_unlock() releases it.
+ * Not for concurrent use by several threads of one struct store.
  */
 int store_lock(struct store *s, int how, bool wait);
 void store_unlock(struct store *s);
