@@ -1597,17 +1597,21 @@ int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *
 	if (r < 0)
 		goto fail;
 	a->locked = true;
-	r = env_load(s, name, &a->env);
+	/* the directory first, and everything from it: the env we prepare
+	 * from is the env we commit to (env_save_at), whatever happens to
+	 * its name meanwhile */
+	a->env_fd = openat(s->envs_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (a->env_fd < 0) {
+		r = errno == ENOENT ? vf_error(ENOENT, "no env named %s in %s", name, s->home)
+				    : vf_error_errno(errno, "%s/envs/%s", s->home, name);
+		goto fail;
+	}
+	r = env_load_at(s, a->env_fd, name, &a->env);
 	if (r < 0)
 		goto fail;
 	r = view_open(s, a->env, true, NULL, &a->v);
 	if (r < 0)
 		goto fail;
-	a->env_fd = openat(s->envs_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (a->env_fd < 0) {
-		r = vf_error_errno(errno, "%s/envs/%s", s->home, name);
-		goto fail;
-	}
 	if (!(o && o->keep_old_layer))
 		env_sweep_layers(s, name);
 	a->upper_fd = openat(a->env_fd, env_upper(a->env), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1785,7 +1789,7 @@ int absorb_commit(struct absorb *a)
 			return r;
 	}
 	/* the switch */
-	r = env_save(a->s, a->env2);
+	r = env_save_at(a->env_fd, a->env2);
 	if (r < 0)
 		return r;
 	a->committed = true;

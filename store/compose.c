@@ -375,8 +375,13 @@ int venv_create(struct store *s, const struct create_opts *o, struct create_stat
 		return vf_error(EINVAL, "%s: not a valid env name (letters, digits, '.', '_', '-', '+')", o->name);
 	if (env_exists(s, o->name) && !env_torn(s, o->name))
 		return vf_error(EEXIST, "an env named %s already exists", o->name);
-	if (o->from && (r = env_load(s, o->from, &from)) < 0)
+	/* from the first package read to the env in place: gc cannot take
+	 * away what we read (nor the skeleton we make in HOME/tmp) */
+	r = store_lock(s, LOCK_SH, true);
+	if (r < 0)
 		return r;
+	if (o->from && (r = env_load(s, o->from, &from)) < 0)
+		goto out;
 	const char *python = o->python ? o->python : from ? from->python_executable : NULL;
 	if (!python) {
 		r = vf_error(EINVAL, "which Python? give --python PYTHON (or --from ENV)");
@@ -442,11 +447,8 @@ int venv_create(struct store *s, const struct create_opts *o, struct create_stat
 	if (r < 0)
 		goto out;
 
-	/* referenced packages exist: take the store lock so gc cannot take
-	 * them away between our check and the env becoming visible */
-	r = store_lock(s, LOCK_SH, true);
-	if (r < 0)
-		goto out;
+	/* what the index lists is whole (gc unlists before it deletes);
+	 * a package manifest gone is damage, not a race */
 	for (size_t k = 0; k < e->n_pkgs; k++) {
 		if (!store_object_exists(s, &e->pkgs[k].id)) {
 			r = vf_error(ENOENT, "package %s %s vanished from the store", e->pkgs[k].name, e->pkgs[k].version);
@@ -467,48 +469,98 @@ out:
 	return r;
 }
 
+/*
+ * Copy the writable layer of env src into dir/<its layer name>, and load
+ * the manifest that names it. The daemon serving src may absorb it
+ * meanwhile (a new layer, the old one deleted soon after): the copy
+ * counts only if src's manifest is the same before and after it, else it
+ * starts again.
+ */
+#define CLONE_TRIES 5
+static int copy_env_layer(struct store *s, const char *src, int dirfd, struct env **out)
+{
+	for (int attempt = 0; attempt < CLONE_TRIES; attempt++) {
+		_cleanup_buf_ struct buf before = {0}, after = {0};
+		struct env *e;
+		int r;
+
+		if (attempt)
+			usleep(20000u << attempt);
+		r = env_load(s, src, &e);
+		if (r < 0)
+			return r;
+		_cleanup_close_ int efd = openat(s->envs_fd, src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (efd < 0 || read_file_at(efd, "env", 1 << 24, &before) < 0) {
+			env_free(e);
+			return vf_error(ENOENT, "env %s was removed while it was cloned", src);
+		}
+		rm_rf_at(dirfd, env_upper(e));
+		if (mkdirat(dirfd, env_upper(e), 0755) < 0) {
+			r = vf_error_errno(errno, "making the clone's writable layer");
+			env_free(e);
+			return r;
+		}
+		_cleanup_close_ int dfd = openat(dirfd, env_upper(e), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		_cleanup_close_ int sfd = openat(efd, env_upper(e), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (dfd < 0)
+			r = -errno;
+		else if (sfd < 0)
+			r = errno == ENOENT ? 0 : -errno; /* none: the manifest check below tells why */
+		else
+			r = copy_tree(sfd, dfd);
+		/* the copy counts if the directory's manifest did not change */
+		bool same = read_file_at(efd, "env", 1 << 24, &after) == 0 && before.len == after.len &&
+			    !memcmp(before.data, after.data, before.len);
+		if (same && r == 0) {
+			*out = e;
+			return 0;
+		}
+		env_free(e);
+		if (same && r != -ENOENT)
+			return vf_error_errno(-r, "copying the writable layer of %s", src);
+		/* absorbed (or a file gone mid-copy): again */
+	}
+	return vf_error(EAGAIN, "env %s kept changing while it was cloned; try again", src);
+}
+
 int venv_clone(struct store *s, const char *src, const char *dst)
 {
 	struct env *e = NULL;
-	_cleanup_free_ char *tmp = NULL, *upper = NULL, *srcup = NULL;
+	_cleanup_free_ char *tmp = NULL, *upper = NULL;
+	_cleanup_close_ int tfd = -1;
 	int r;
 
 	if (!env_valid_name(dst))
 		return vf_error(EINVAL, "%s: not a valid env name (letters, digits, '.', '_', '-', '+')", dst);
 	if (env_exists(s, dst) && !env_torn(s, dst))
 		return vf_error(EEXIST, "an env named %s already exists", dst);
-	r = env_load(s, src, &e);
+	/* gc waits until the clone is in place: what src's manifest names is
+	 * named by the clone's before gc may look again */
+	r = store_lock(s, LOCK_SH, true);
 	if (r < 0)
 		return r;
+	/* the writable layer is copied (reflinked where possible) into a
+	 * directory gc removes if we are killed (it waits for our lock) */
+	tmp = xasprintf(".clone-%s-%016llx", dst, (unsigned long long)random_u64());
+	if (mkdirat(s->envs_fd, tmp, 0700) < 0 ||
+	    (tfd = openat(s->envs_fd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
+		r = vf_error_errno(errno, "%s/envs/%s", s->home, tmp);
+		goto out;
+	}
+	r = copy_env_layer(s, src, tfd, &e);
+	if (r < 0)
+		goto out;
 	free(e->name);
 	e->name = xstrdup(dst);
 	e->uid = 0;
 	while (!e->uid)
 		e->uid = random_u64();
 	e->created = (int64_t)time(NULL);
-
-	/* the writable layer is copied (reflinked where possible) */
-	tmp = xasprintf("%s/envs/.clone-%s-%016llx", s->home, dst, (unsigned long long)random_u64());
-	upper = path_join(tmp, env_upper(e));
-	srcup = xasprintf("%s/envs/%s/%s", s->home, src, env_upper(e));
-	if (mkdir(tmp, 0700) < 0 || mkdir(upper, 0755) < 0) {
-		r = vf_error_errno(errno, "%s", tmp);
-		goto out;
-	}
-	{
-		_cleanup_close_ int sfd = open(srcup, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		_cleanup_close_ int dfd = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (sfd >= 0 && dfd >= 0 && (r = copy_tree(sfd, dfd)) < 0) {
-			r = vf_error_errno(-r, "copying the writable layer of %s", src);
-			goto out;
-		}
-	}
-	r = store_lock(s, LOCK_SH, true);
-	if (r == 0)
-		r = env_install(s, e, false, upper);
-	store_unlock(s);
+	upper = xasprintf("%s/envs/%s/%s", s->home, tmp, env_upper(e));
+	r = env_install(s, e, false, upper);
 out:
-	rm_rf_at(AT_FDCWD, tmp);
+	store_unlock(s);
+	rm_rf_at(s->envs_fd, tmp);
 	env_free(e);
 	return r;
 }

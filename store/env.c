@@ -243,6 +243,10 @@ int env_parse(const char *text, size_t len, const char *what, struct env **out)
 		r = vf_error(EIO, "%s: incomplete env manifest", what);
 		goto fail;
 	}
+	if (!env_valid_name(e->name)) {
+		r = vf_error(EIO, "%s: damaged env manifest: its name is not a valid env name", what);
+		goto fail;
+	}
 	*out = e;
 	return 0;
 fail:
@@ -250,22 +254,59 @@ fail:
 	return r;
 }
 
-int env_load(struct store *s, const char *name, struct env **out)
+/* envs/NAME/env read from at/path: parsed, and named after its directory */
+static int load_from(struct store *s, int at, const char *path, const char *name, struct env **out)
 {
 	_cleanup_buf_ struct buf text = {0};
-	_cleanup_free_ char *path = NULL;
 	int r;
 
 	if (!env_valid_name(name))
 		return vf_error(EINVAL, "%s: not a valid env name", name);
-	path = xasprintf("%s/env", name);
-	r = read_file_at(s->envs_fd, path, 1 << 24, &text);
+	r = read_file_at(at, path, 1 << 24, &text);
 	if (r == -ENOENT)
 		return vf_error(ENOENT, "no env named %s in %s", name, s->home);
 	if (r < 0)
 		return vf_error_prefix(-r, "env %s: ", name);
 	_cleanup_free_ char *what = xasprintf("%s/envs/%s/env", s->home, name);
-	return env_parse(text.data, text.len, what, out);
+	r = env_parse(text.data, text.len, what, out);
+	if (r == 0 && strcmp((*out)->name, name)) {
+		/* moved by hand: the directory is the env, whatever its
+		 * manifest says (every write goes to the directory it was
+		 * read from; `store verify` reports the mismatch) */
+		free((*out)->name);
+		(*out)->name = xstrdup(name);
+	}
+	return r;
+}
+
+int env_load(struct store *s, const char *name, struct env **out)
+{
+	_cleanup_free_ char *path = xasprintf("%s/env", name);
+
+	return load_from(s, s->envs_fd, path, name, out);
+}
+
+int env_load_at(struct store *s, int env_fd, const char *name, struct env **out)
+{
+	return load_from(s, env_fd, "env", name, out);
+}
+
+int env_manifest_name(struct store *s, const char *name, char **out)
+{
+	_cleanup_buf_ struct buf text = {0};
+	_cleanup_free_ char *path = xasprintf("%s/env", name);
+	_cleanup_free_ char *what = xasprintf("%s/envs/%s/env", s->home, name);
+	struct env *e;
+	int r = read_file_at(s->envs_fd, path, 1 << 24, &text);
+
+	if (r < 0)
+		return vf_error_errno(-r, "%s", what);
+	r = env_parse(text.data, text.len, what, &e);
+	if (r < 0)
+		return r;
+	*out = steal_pointer(&e->name);
+	env_free(e);
+	return 0;
 }
 
 /* Whether envs/PATH holds an entry but except (NULL: none); -1 if it cannot be read. */
@@ -395,13 +436,12 @@ void env_list_free(char **names, size_t n)
 	free(names);
 }
 
-int env_save(struct store *s, const struct env *e)
+int env_save_at(int env_fd, const struct env *e)
 {
 	_cleanup_buf_ struct buf text = {0};
-	_cleanup_free_ char *path = xasprintf("%s/env", e->name);
 
 	env_format(e, &text);
-	return write_file_atomic(s->envs_fd, path, text.data, text.len, 0644);
+	return write_file_atomic(env_fd, "env", text.data, text.len, 0644);
 }
 
 int env_install(struct store *s, const struct env *e, bool replace, const char *upper_from)
@@ -485,14 +525,24 @@ fail:
 int env_remove(struct store *s, const char *name)
 {
 	_cleanup_free_ char *trash = NULL;
+	int r;
 
 	if (!env_exists(s, name))
 		return vf_error(ENOENT, "no env named %s in %s", name, s->home);
+	/* gc's list of envs holds still while it marks */
+	r = store_lock(s, LOCK_SH, true);
+	if (r < 0)
+		return r;
 	trash = xasprintf(".trash-%s-%016llx", name, (unsigned long long)random_u64());
-	if (renameat(s->envs_fd, name, s->envs_fd, trash) < 0)
-		return vf_error_errno(errno, "removing %s/envs/%s", s->home, name);
+	if (renameat(s->envs_fd, name, s->envs_fd, trash) < 0) {
+		r = errno == ENOENT ? vf_error(ENOENT, "no env named %s in %s", name, s->home)
+				    : vf_error_errno(errno, "removing %s/envs/%s", s->home, name);
+		store_unlock(s);
+		return r;
+	}
 	fsync_dir_at(s->envs_fd, ".");
-	int r = rm_rf_at(s->envs_fd, trash);
+	r = rm_rf_at(s->envs_fd, trash); /* before gc may sweep it too */
+	store_unlock(s);
 	if (r < 0)
 		return vf_error_errno(-r, "deleting %s/envs/%s", s->home, trash);
 	return 0;

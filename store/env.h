@@ -75,6 +75,8 @@ struct env {
 bool env_valid_name(const char *name);
 
 int env_load(struct store *s, const char *name, struct env **out);
+/* The same from the env's directory env_fd (name: what it is called). */
+int env_load_at(struct store *s, int env_fd, const char *name, struct env **out);
 int env_parse(const char *text, size_t len, const char *what, struct env **out);
 void env_format(const struct env *e, struct buf *out);
 void env_free(struct env *e);
@@ -117,8 +119,16 @@ bool env_torn(struct store *s, const char *name);
 /* Does the env's writable layer hold anything (but a uv .lock)? */
 bool env_has_layer_content(struct store *s, const struct env *e);
 
-/* Rewrite the manifest of an existing env (atomically). */
-int env_save(struct store *s, const struct env *e);
+/*
+ * Rewrite the manifest of the env whose directory env_fd is (atomically).
+ * By descriptor, never by name: an env removed and created again under
+ * the same name while an absorb prepared is not the env it prepared.
+ */
+int env_save_at(int env_fd, const struct env *e);
+
+/* The name the manifest of envs/NAME gives itself (malloc'd): `store
+ * verify` tells an env directory renamed by hand. */
+int env_manifest_name(struct store *s, const char *name, char **out);
 
 int env_remove(struct store *s, const char *name);
 

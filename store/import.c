@@ -1181,6 +1181,8 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	struct imp im;
 	struct env *env = xcalloc(1, sizeof(*env));
 	struct stat rst;
+	_cleanup_close_ int env_lock_fd = -1;
+	_cleanup_buf_ struct buf mt = {0};
 	int r;
 
 	memset(&im, 0, sizeof(im));
@@ -1242,18 +1244,34 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 		/* Importing the same venv again updates its env; another venv
 		 * must not silently take over the name. */
 		bool same = old->origin && !strcmp(old->origin, im.abs);
-		_cleanup_free_ char *from = old->origin ? xstrdup(old->origin) : xstrdup("(created, not imported)");
+		char *from = old->origin ? xstrdup(old->origin) : xstrdup("(created, not imported)");
 		bool layer = env_has_layer_content(s, old);
 		env->uid = old->uid;
 		env_free(old);
 		if (!same) {
 			r = vf_error(EEXIST, "an env named %s already exists (from %s); choose another with --name",
 				     env->name, from);
+			free(from);
 			goto out;
 		}
+		free(from);
+		/* Replacing it: what was changed through a mount would be lost.
+		 * Checked again under the env lock, which keeps anyone (a daemon
+		 * serving it) from writing until the new env is in place. */
+		if (!layer) {
+			env_lock_fd = env_lock(s, env->name);
+			if (env_lock_fd == -EWOULDBLOCK)
+				r = vf_error(EBUSY, "env %s is in use (a venvfs daemon serves it, or an absorb runs) "
+						    "and may be written meanwhile; `venvfs umount` its mount first, or "
+						    "import under another --name", env->name);
+			else if ((r = env_lock_fd) >= 0 && (r = env_load(s, env->name, &old)) == 0) {
+				layer = env_has_layer_content(s, old);
+				env_free(old);
+			}
+			if (r < 0)
+				goto out;
+		}
 		if (layer) {
-			/* importing replaces the env: what was changed through a
-			 * mount would be lost */
 			r = vf_error(EEXIST, "env %s was changed through a mount (its writable layer holds files); "
 					     "`venvfs export` or `venvfs rm` it first, or import under another --name",
 				     env->name);
@@ -1268,9 +1286,9 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 		goto out;
 	phase("records");
 
-	/* Writers share the store lock; gc waits for us, and we for it. */
-	r = store_lock(s, LOCK_SH, true);
-	if (r < 0)
+	/* Writers share the store lock; gc waits for us, and we for it
+	 * (a skeleton's caller holds it already). */
+	if (!o->built && (r = store_lock(s, LOCK_SH, true)) < 0)
 		goto out;
 	im.txn = store_txn_begin_background(s, FLUSH_BYTES);
 
@@ -1296,7 +1314,6 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 		env->uid = random_u64();
 	env->origin = xstrdup(im.abs);
 	env->created = (int64_t)time(NULL);
-	_cleanup_buf_ struct buf mt = {0};
 	uint32_t n_pkgs = 0;
 	for (size_t k = 0; k < im.nd; k++)
 		n_pkgs += !im.d[k].why.any;
@@ -1352,7 +1369,8 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 out:
 	if (im.txn)
 		store_txn_abort(im.txn);
-	store_unlock(s);
+	if (!o->built)
+		store_unlock(s);
 	env_free(env);
 	imp_free(&im);
 	return r;

@@ -203,10 +203,24 @@ int store_mark_env(struct store *s, const char *name, struct strmap *objects, st
 	int problems = 0, r;
 
 	r = env_load(s, name, &e);
+	if (r == -ENOENT && !env_exists(s, name)) {
+		/* removed since it was listed: it holds nothing to keep */
+		vf_clear_error();
+		return 0;
+	}
 	if (r < 0) {
 		report(fn, ctx, "%s", vf_last_error());
 		*unreadable = true;
 		return 1;
+	}
+	if (fn) {
+		_cleanup_free_ char *said = NULL;
+		if (env_manifest_name(s, name, &said) == 0 && strcmp(said, name)) {
+			report(fn, ctx, "env %s: its manifest calls it %s (its directory was renamed by hand?): "
+				   "`venvfs absorb %s` or `venvfs mv` puts its own name in it", name, said, name);
+			problems++;
+		}
+		vf_clear_error();
 	}
 	if (objects) {
 		mark(objects, &e->tree);
@@ -631,7 +645,8 @@ static int sweep_env_leftover(void *p, int dfd, const char *name, const struct s
 {
 	struct sweeper *w = p;
 
-	if (S_ISDIR(st->st_mode) && (str_has_prefix(name, ".new-") || str_has_prefix(name, ".trash-")) &&
+	if (S_ISDIR(st->st_mode) &&
+	    (str_has_prefix(name, ".new-") || str_has_prefix(name, ".trash-") || str_has_prefix(name, ".clone-")) &&
 	    rm_rf_at(dfd, name) == 0)
 		w->st->leftover_envs++;
 	return 0;
@@ -701,8 +716,17 @@ int store_gc(struct store *s, bool progress, struct gc_stats *st)
 		}
 	}
 	env_list_free(names, ne);
-	each_entry(s->objects_fd, ".", sweep_fanout, &w);
+	/*
+	 * The index first, durably, then the objects: `create` composes
+	 * from indexed packages, so a gc killed mid-sweep must never leave
+	 * an index entry whose package has lost objects.
+	 */
 	each_entry(s->packages_fd, ".", sweep_package_dir, &w);
+	if (syncfs(s->fd) < 0) {
+		r = vf_error_errno(errno, "syncfs %s", s->home);
+		goto out;
+	}
+	each_entry(s->objects_fd, ".", sweep_fanout, &w);
 	each_entry(s->tmp_fd, ".", sweep_tmp, &w);
 	each_entry(s->envs_fd, ".", sweep_env_leftover, &w);
 	syncfs(s->fd);

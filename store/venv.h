@@ -26,7 +26,7 @@ struct import_opts {
 	void (*warn)(void *ctx, const char *msg);
 	void *warn_ctx;
 	/* internal: build the env but do not install it; it is returned here
-	 * (compose.c makes env skeletons this way) */
+	 * (compose.c makes env skeletons this way, holding the store lock) */
 	struct env **built;
 };
 
