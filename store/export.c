@@ -22,9 +22,10 @@
  *   owned the original, and an export as root would otherwise turn a user's
  *   setuid file into a setuid-root one. A directory keeps setgid: there it
  *   only gives new entries the directory's group, the exporter's own;
- * - device nodes (block, character) are not created: each is named on
- *   stderr instead. FIFOs and sockets are, as `cp -a` by an ordinary user
- *   does (creating them needs no privilege and they hold no data).
+ * - device nodes (block, character) are not created unless asked for
+ *   (--devices): each is named on stderr instead. FIFOs and sockets are, as
+ *   `cp -a` by an ordinary user does (creating them needs no privilege and
+ *   they hold no data).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -49,6 +50,7 @@ struct exporter {
 	struct store *s;
 	struct view *v;
 	const char *name;      /* the env */
+	bool devices;          /* create device nodes (export_opts.devices) */
 	const char *dest;      /* final absolute path */
 	char *dest_real;       /* its realpath-to-be */
 	char **views;          /* paths the env was shown at (envs/NAME/views) */
@@ -104,11 +106,18 @@ static int copy_object(struct exporter *x, const struct objid *id, int out, cons
 	return 0;
 }
 
-/* A block or character device of the env: named, not created. */
-static void skip_device(struct exporter *x, const char *path, uint32_t mode, unsigned major, unsigned minor)
+/* A block or character device of the env: created only with --devices,
+ * else named on stderr. */
+static int export_device(struct exporter *x, int dfd, const char *name, const char *path, uint32_t mode, dev_t dev)
 {
-	fprintf(stderr, "venvfs export: %s/%s: %s device %u,%u not created (export never creates device nodes)\n",
-		x->dest, path, S_ISBLK(mode) ? "block" : "character", major, minor);
+	if (!x->devices) {
+		fprintf(stderr, "venvfs export: %s/%s: %s device %u,%u not created (--devices creates it)\n", x->dest,
+			path, S_ISBLK(mode) ? "block" : "character", major(dev), minor(dev));
+		return 1;
+	}
+	if (mknodat(dfd, name, (mode & S_IFMT) | export_mode(mode), dev) < 0)
+		return vf_error_errno(errno, "%s/%s: device node", x->dest, path);
+	return 0;
 }
 
 /*
@@ -221,8 +230,10 @@ static int export_entry(struct exporter *x, int dfd, const struct layer_dir *ld,
 		break;
 	case S_IFCHR:
 	case S_IFBLK:
-		skip_device(x, path->data, n->mode, n->u.dev.major, n->u.dev.minor);
-		return 0;
+		r = export_device(x, dfd, name, path->data, n->mode, makedev(n->u.dev.major, n->u.dev.minor));
+		if (r != 0)
+			return r < 0 ? r : 0;
+		break;
 	}
 	if (utimensat(dfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0)
 		return vf_error_errno(errno, "%s/%s", x->dest, path->data);
@@ -319,8 +330,9 @@ static int export_upper(struct exporter *x, int dfd, const struct layer_dir *ld,
 		if (symlinkat(target, dfd, name) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 	} else if (S_ISCHR(mode) || S_ISBLK(mode)) {
-		skip_device(x, path->data, mode, major(e->st.st_rdev), minor(e->st.st_rdev));
-		return 0;
+		r = export_device(x, dfd, name, path->data, mode, e->st.st_rdev);
+		if (r != 0)
+			return r < 0 ? r : 0;
 	} else if (mknodat(dfd, name, (mode & S_IFMT) | export_mode(mode), 0) < 0) {
 		return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 	}
@@ -379,7 +391,7 @@ static void load_views(struct exporter *x, const char *name)
 
 int venv_export(struct store *s, const char *name, const char *dir, const struct export_opts *o)
 {
-	struct exporter x = {.s = s, .name = name};
+	struct exporter x = {.s = s, .name = name, .devices = o && o->devices};
 	struct env *env = NULL;
 	_cleanup_free_ char *dest = path_absolute(dir);
 	_cleanup_free_ char *parent = NULL, *parent_real = NULL, *tmp = NULL;

@@ -45,6 +45,7 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 
 struct export_opts {
 	bool progress;
+	bool devices;  /* create block and character devices (--devices) */
 };
 
 /* Write env name as a real venv at dir (which must not exist, or be empty). */

@@ -115,11 +115,26 @@ const struct command cmd_import = {
 
 /* ---- export -------------------------------------------------------------------- */
 
+static int export_opt(int opt, const char *arg, void *ctx)
+{
+	struct export_opts *o = ctx;
+
+	(void)arg;
+	if (opt != 1001)
+		return -1;
+	o->devices = true;
+	return 0;
+}
+
 static int run_export(const struct command *c, int argc, char **argv)
 {
+	static const struct option opts[] = {
+		{"devices", no_argument, NULL, 1001},
+		{0},
+	};
 	struct export_opts o = {.progress = true};
 	struct store *s;
-	int i = parse_opts(c, argc, argv, NULL, NULL, NULL, NULL);
+	int i = parse_opts(c, argc, argv, opts, "", export_opt, &o);
 
 	if (i < 0)
 		return i == -1 ? 0 : 2;
@@ -138,10 +153,15 @@ static int run_export(const struct command *c, int argc, char **argv)
 const struct command cmd_export = {
 	.name = "export",
 	.summary = "write an env out as a real, standalone venv",
-	.usage = "export NAME DIR",
+	.usage = "export NAME DIR [--devices]",
 	.help = "Writes env NAME as an ordinary venv directory at DIR (which must not exist, or\n"
 		"be empty). Paths inside scripts and activate files name DIR. Exporting to the\n"
-		"path an env was imported from reproduces that venv file for file.",
+		"path an env was imported from reproduces that venv file for file. Every byte\n"
+		"copied from the store is checked against its object's name; setuid and setgid\n"
+		"bits are dropped (the store does not record owners), and device nodes are\n"
+		"named on stderr, not created (unless --devices).\n\n"
+		"Options:\n"
+		"  --devices   create the env's block and character devices too",
 	.run = run_export,
 };
 

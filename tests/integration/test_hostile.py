@@ -109,6 +109,16 @@ def test_export_drops_setuid_and_creates_no_devices(tmp_path, venvfs, six_venv):
     assert stat.S_ISSOCK(mode("sock"))
     run([dest / "bin" / "python", "-c", "import six"])
 
+    # only when asked for
+    dest2 = tmp_path / "out2"
+    p = venvfs("export", "v", dest2, "--devices")
+    assert "device" not in p.stderr, p.stderr
+    assert os.stat(dest2 / "null", follow_symlinks=False).st_rdev == os.makedev(1, 3)
+    assert stat.S_ISCHR(os.lstat(dest2 / "null").st_mode)
+    assert stat.S_ISBLK(os.lstat(dest2 / "loop").st_mode)
+    assert os.lstat(dest2 / "loop").st_rdev == os.makedev(7, 0)
+    assert stat.S_IMODE(os.lstat(dest2 / "bin" / "suid").st_mode) == 0o755
+
 
 @needs_fuse
 def test_export_drops_setuid_of_writable_layer(tmp_path, venvfs, mnt, six_venv):
