@@ -412,8 +412,11 @@ static int find_dists(struct absorb *a)
 		_cleanup_free_ char *dir = xasprintf("%s/%s", a->site, names[i].name);
 		_cleanup_free_ char *rp = xasprintf("%s/RECORD", dir);
 		struct adist d = {0};
-		/* no RECORD (yet): an install in progress, or not pip's */
-		if (read_small(a, rp, 1 << 26, &d.record_text) < 0) {
+		r = read_small(a, rp, RECORD_MAX_BYTES, &d.record_text);
+		if (r == -EFBIG) {
+			dist_why(&d.why, "its RECORD is larger than %u MiB", RECORD_MAX_BYTES >> 20);
+		} else if (r < 0) {
+			/* no RECORD (yet): an install in progress, or not pip's */
 			buf_free(&d.record_text);
 			continue;
 		}

@@ -341,6 +341,10 @@ static int read_records(struct imp *im)
 		struct stat st;
 		if (fstat(fd, &st) < 0)
 			return vf_error_errno(errno, "%s", d->record_what);
+		if ((uint64_t)st.st_size > RECORD_MAX_BYTES) {
+			dist_why(&d->why, "its RECORD is larger than %u MiB", RECORD_MAX_BYTES >> 20);
+			st.st_size = 0; /* no rows: nothing of it is read as a list */
+		}
 		buf_grow(&d->record_text, (size_t)st.st_size);
 		ssize_t n = read_full(fd, d->record_text.data, (size_t)st.st_size);
 		if (n < 0)

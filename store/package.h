@@ -58,6 +58,10 @@ struct dist_why {
 };
 
 void dist_why(struct dist_why *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The largest RECORD import and absorb read (torch's is 2 MB): a larger
+ * one keeps its distribution the env's own, and costs no memory. */
+#define RECORD_MAX_BYTES (64u << 20)
 /* "reason; reason" and " (and more)" if some were left out */
 const char *dist_why_more(const struct dist_why *w);
 

@@ -224,6 +224,30 @@ def test_bad_record_rejected(tmp_path, venvfs, six_venv, case):
     assert_store_untouched(venvfs.home)
 
 
+def test_huge_record_costs_no_memory(tmp_path, venvfs, six_venv):
+    """A RECORD past 64 MiB is not read as a list: its distribution stays
+    the env's own, and the import's memory stays near the file's size
+    (before: the whole text, then every row parsed, five times its size)."""
+    venv = tmp_path / "huge"
+    shutil.copytree(six_venv, venv, symlinks=True)
+    rec = record_of(venv)
+    row = "six_extra/module_%08d.py,sha256=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA,1234\n"
+    with open(rec, "a") as f:
+        for chunk in range(100):
+            f.write("".join(row % (chunk * 20000 + i) for i in range(20000)))
+    assert rec.stat().st_size > 96 << 20
+    # the import alone, in a process of its own: its peak resident memory
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    p = run([sys.executable, "-c", measure, BIN, "import", venv], check=False,
+            env=dict(os.environ, VENVFS_HOME=str(venvfs.home)))
+    assert p.returncode == 0, p.stderr
+    assert "larger than 64 MiB" in p.stderr, p.stderr
+    rss_kb = int(p.stdout.split()[-1])
+    assert rss_kb < 300 * 1024, f"the import peaked at {rss_kb} kB for a {rec.stat().st_size >> 20} MiB RECORD"
+    venvfs("store", "verify")
+
+
 @pytest.mark.parametrize("how", ["file", "dir"])
 def test_symlink_pointing_outside_rejected(tmp_path, venvfs, six_venv, how):
     venv = tmp_path / "bad"
