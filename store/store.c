@@ -553,8 +553,19 @@ struct store_txn {
 	uint64_t flush_every;
 	char prefix[40];  /* unique temp-name prefix of this transaction */
 	int error;        /* first asynchronous error */
+	char error_msg[512]; /* its message, from the thread that met it */
 	unsigned waiters; /* threads waiting on cond */
 };
+
+/* Record the first error of any thread (under t->lock), with its message:
+ * vf_last_error() is per thread, and the flusher's would be lost. */
+static void txn_fail(struct store_txn *t, int r)
+{
+	if (t->error)
+		return;
+	t->error = r;
+	snprintf(t->error_msg, sizeof(t->error_msg), "%s", vf_last_error());
+}
 
 struct store_txn *store_txn_begin(struct store *s)
 {
@@ -711,8 +722,7 @@ static int txn_insert(struct store_txn *t, const void *data, size_t len, struct 
 			p = pend_find(t, &cand);
 			if (r < 0) {
 				p->state = PEND_FAILED;
-				if (!t->error)
-					t->error = r;
+				txn_fail(t, r);
 			} else {
 				p->state = PEND_WRITTEN;
 				if (t->flush_every && t->pending_bytes < t->flush_every &&
@@ -862,7 +872,7 @@ static int txn_flush(struct store_txn *t, bool names_durable)
 		t->waiters--;
 	}
 	if (t->error) {
-		r = t->error;
+		r = vf_error(-t->error, "%s", t->error_msg);
 		pthread_mutex_unlock(&t->lock);
 		return r;
 	}
@@ -902,8 +912,8 @@ static int txn_flush(struct store_txn *t, bool names_durable)
 
 	pthread_mutex_lock(&t->lock);
 	t->flushing = false;
-	if (r < 0 && !t->error)
-		t->error = r;
+	if (r < 0)
+		txn_fail(t, r);
 	pthread_cond_broadcast(&t->cond);
 	pthread_mutex_unlock(&t->lock);
 	return r;
