@@ -574,13 +574,11 @@ static int load_env(const char *name, struct env **mp, struct view **vp)
 		fs_log("env %s: %s", name, vf_last_error());
 		return -EIO;
 	}
-	if (view_open(fsd.s, *mp, false, &shared_trees, vp) < 0) {
+	if (view_open(fsd.s, *mp, &shared_trees, vp) < 0) {
 		fs_log("env %s: %s", name, vf_last_error());
 		env_free(*mp);
 		return -EIO;
 	}
-	if ((*vp)->broken)
-		fs_log("env %s: %s; its files are missing from the view (venvfs store verify)", name, (*vp)->broken);
 	return 0;
 }
 
@@ -1114,6 +1112,7 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 			if (r < 0) {
 				fs_log("%s/%.*s: %s", e->name, (int)len, name, vf_last_error());
 				n->state = -EIO;
+				fsd.st.damaged_objects++;
 			}
 			n->size = n->rendered.len;
 		}

@@ -1216,7 +1216,7 @@ static int new_env(struct absorb *a)
 	n->upper = xstrdup(a->new_upper);
 	a->env2 = n;
 	struct view_trees trees = {v2_get, v2_put, a};
-	return view_open(a->s, n, true, &trees, &a->v2);
+	return view_open(a->s, n, &trees, &a->v2);
 }
 
 /* ---- 5. diff -------------------------------------------------------------------------- */
@@ -1612,7 +1612,7 @@ int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *
 	r = env_load_at(s, a->env_fd, name, &a->env);
 	if (r < 0)
 		goto fail;
-	r = view_open(s, a->env, true, NULL, &a->v);
+	r = view_open(s, a->env, NULL, &a->v);
 	if (r < 0)
 		goto fail;
 	if (!(o && o->keep_old_layer))

@@ -428,7 +428,7 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 	r = env_load(s, name, &env);
 	if (r < 0)
 		goto out;
-	r = view_open(s, env, true, NULL, &x.v);
+	r = view_open(s, env, NULL, &x.v);
 	if (r < 0)
 		goto out;
 	r = view_load_orig_mtimes(x.v);

@@ -32,7 +32,7 @@ static void free_tree(void *ctx, struct tree *t)
 	tree_free(t);
 }
 
-int view_open(struct store *s, struct env *env, bool strict, const struct view_trees *trees, struct view **out)
+int view_open(struct store *s, struct env *env, const struct view_trees *trees, struct view **out)
 {
 	struct view *v = xcalloc(1, sizeof(*v));
 	int r;
@@ -71,14 +71,10 @@ int view_open(struct store *s, struct env *env, bool strict, const struct view_t
 		if (r == 0 && l->tree->hdr->kind != TREE_PACKAGE)
 			r = vf_error(EIO, "%s: not a package manifest", what);
 		if (r < 0) {
-			if (strict)
-				goto fail;
 			if (l->tree)
 				v->trees.put(v->trees.ctx, l->tree);
 			l->tree = NULL;
-			if (!v->broken)
-				v->broken = xstrdup(vf_last_error());
-			continue;
+			goto fail;
 		}
 		l->pkg = p;
 		l->what = steal_pointer(&what);
@@ -110,7 +106,6 @@ void view_free(struct view *v)
 	free(v->site_dir);
 	for (int i = 0; i < 3; i++)
 		free(v->site_part[i]);
-	free(v->broken);
 	free(v);
 }
 

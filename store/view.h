@@ -57,7 +57,6 @@ struct view {
 	char *site_part[3];   /* its components */
 	struct view_layer *layers;
 	uint16_t n_layers;
-	char *broken;         /* first layer that failed to load, or NULL */
 	struct view_trees trees;
 };
 
@@ -81,11 +80,12 @@ struct view_ent {
 };
 
 /*
- * Load the env's trees (trees NULL: map them). With strict, a missing or
- * damaged package manifest is an error; without (the daemon), the package
- * is left out, v->broken names it and the rest of the env works.
+ * Load the env's trees (trees NULL: map them). A missing or damaged
+ * package manifest is an error (EIO, naming it): leaving the package out
+ * would make its files vanish, and tools take a vanished package for one
+ * not installed.
  */
-int view_open(struct store *s, struct env *env, bool strict, const struct view_trees *trees, struct view **out);
+int view_open(struct store *s, struct env *env, const struct view_trees *trees, struct view **out);
 void view_free(struct view *v);
 
 static inline const struct tree_node *view_node(const struct view *v, struct view_src s)

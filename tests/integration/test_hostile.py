@@ -251,6 +251,7 @@ def test_damaged_template_is_eio(tmp_path, venvfs, mnt, six_venv):
     assert bad >= 1
     assert str(tpl.relative_to(venvfs.home / "objects")) in mnt.log(), mnt.log()[-2000:]
     assert "does not match" in mnt.log()
+    assert int(mnt.stats()["damaged_objects"]) >= 1
     mnt.umount()
 
     dest = tmp_path / "out"
@@ -258,3 +259,50 @@ def test_damaged_template_is_eio(tmp_path, venvfs, mnt, six_venv):
     assert p.returncode == 1 and "does not match" in p.stderr and "store verify" in p.stderr, p.stderr
     assert "bin/pip" in p.stderr, p.stderr
     assert no_trace_of_export(dest)
+
+
+def package_manifest(home, env, pkg):
+    """The object of env's package manifest for pkg."""
+    for line in (home / "envs" / env / "env").read_text().splitlines():
+        f = line.split(" ")
+        if f[0] == "package" and f[2] == pkg:
+            oid = f[1]
+            return home / "objects" / oid[:2] / oid[2:]
+    raise AssertionError(f"env {env} has no package {pkg}")
+
+
+@needs_fuse
+def test_missing_package_manifest_is_eio_not_absent(tmp_path, venvfs, mnt, six_venv):
+    """Files of a package whose manifest is gone read as damaged: a tool
+    that saw them vanish would take the package for one not installed."""
+    venvfs("import", six_venv, "--name", "v")
+    package_manifest(venvfs.home, "v", "six").unlink()
+    mnt.mount()
+    six_py = mnt.path / "v" / (site_packages(six_venv) / "six.py").relative_to(six_venv)
+    with pytest.raises(OSError) as e:
+        six_py.read_bytes()
+    assert e.value.errno == 5, e.value  # EIO, not ENOENT
+    assert "six" in mnt.log()
+    r = venvfs("store", "verify", check=False)
+    assert r.returncode != 0 and "six" in (r.stdout + r.stderr)
+
+
+def test_verify_reports_what_the_layout_never_makes(tmp_path, venvfs, six_venv):
+    """A fan-out directory or an object replaced by a symlink: named by verify."""
+    venvfs("import", six_venv, "--name", "v")
+    venvfs("store", "verify")
+    six_py = site_packages(six_venv) / "six.py"
+    obj = object_holding(venvfs.home, six_py.read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(obj.parent, elsewhere)
+    shutil.rmtree(obj.parent)
+    obj.parent.symlink_to(elsewhere)
+    r = venvfs("store", "verify", check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and f"objects/{obj.parent.name} is not a directory" in out, out
+    obj.parent.unlink()
+    shutil.copytree(elsewhere, obj.parent)
+    (obj.parent / "ffffffffffffffffffffffffffffff").symlink_to("/etc/passwd")
+    r = venvfs("store", "verify", check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and f"objects/{obj.parent.name}/ffffffffffffffffffffffffffffff is not a regular file" in out, out
