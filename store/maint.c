@@ -405,14 +405,23 @@ struct verifier {
 	uint64_t done, problems;
 	pthread_mutex_t lock;
 	struct progress prog;
+	const char *dir; /* fan-out directory being collected, "ab" */
 };
 
 static int collect_object(void *p, int dfd, const char *name, const struct stat *st)
 {
 	struct verifier *v = p;
 	(void)dfd;
-	if (!S_ISREG(st->st_mode) || name[0] == '.')
+	if (name[0] == '.')
 		return 0; /* ".tmp.*": an interrupted insert, not an object (gc removes it) */
+	if (!S_ISREG(st->st_mode)) {
+		/* never followed nor served (store.c opens objects without
+		 * following anything): planted, or damage */
+		report(v->fn, v->ctx, "objects/%s/%s is not a regular file (a symlink?), which the layout never makes",
+		       v->dir, name);
+		v->problems++;
+		return 0;
+	}
 	if (v->n == v->cap) {
 		v->cap = v->cap ? v->cap * 2 : 4096;
 		v->names = xrealloc(v->names, v->cap * sizeof(*v->names));
@@ -426,8 +435,12 @@ static int collect_fanout(void *p, int dfd, const char *name, const struct stat 
 	struct verifier *v = p;
 	size_t before = v->n;
 
-	if (!S_ISDIR(st->st_mode))
+	if (!S_ISDIR(st->st_mode)) {
+		report(v->fn, v->ctx, "objects/%s is not a directory (a symlink?), which the layout never makes", name);
+		v->problems++;
 		return 0;
+	}
+	v->dir = name;
 	int r = each_entry(dfd, name, collect_object, v);
 	for (size_t i = before; i < v->n; i++) {
 		char tmp[OBJID_STR_MAX];
