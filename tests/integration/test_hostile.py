@@ -192,16 +192,23 @@ def test_export_refuses_a_symlinked_template(tmp_path, venvfs, six_venv):
     assert no_trace_of_export(dest)
 
 
-def test_export_refuses_a_symlinked_fanout_directory(tmp_path, venvfs, six_venv):
-    """A fan-out directory replaced by a symlink to planted objects is not followed."""
+def fanout_moved_away(venvfs, six_venv, tmp_path):
+    """Env v; the fan-out directory of six.py's object moved out of the
+    store, a symlink to it in its place. Returns six.py, the object, where
+    the fan-out directory went."""
     venvfs("import", six_venv, "--name", "v")
     six_py = site_packages(six_venv) / "six.py"
     obj = object_holding(venvfs.home, six_py.read_bytes())
-    fan = obj.parent
     elsewhere = tmp_path / "elsewhere"
-    shutil.copytree(fan, elsewhere)
-    shutil.rmtree(fan)
-    fan.symlink_to(elsewhere)
+    shutil.copytree(obj.parent, elsewhere)
+    shutil.rmtree(obj.parent)
+    obj.parent.symlink_to(elsewhere)
+    return six_py, obj, elsewhere
+
+
+def test_export_refuses_a_symlinked_fanout_directory(tmp_path, venvfs, six_venv):
+    """A fan-out directory replaced by a symlink to planted objects is not followed."""
+    six_py, obj, elsewhere = fanout_moved_away(venvfs, six_venv, tmp_path)
     planted = elsewhere / obj.name
     planted.chmod(0o644)
     planted.write_bytes(six_py.read_bytes().replace(b"import functools", b"import functoolZ"))
@@ -214,14 +221,7 @@ def test_export_refuses_a_symlinked_fanout_directory(tmp_path, venvfs, six_venv)
 @needs_fuse
 def test_mount_refuses_a_symlinked_fanout_directory(tmp_path, venvfs, mnt, six_venv):
     """Even to the very same bytes: the daemon never leaves the store."""
-    venvfs("import", six_venv, "--name", "v")
-    six_py = site_packages(six_venv) / "six.py"
-    obj = object_holding(venvfs.home, six_py.read_bytes())
-    fan = obj.parent
-    elsewhere = tmp_path / "elsewhere"
-    shutil.copytree(fan, elsewhere)
-    shutil.rmtree(fan)
-    fan.symlink_to(elsewhere)
+    six_py, obj, elsewhere = fanout_moved_away(venvfs, six_venv, tmp_path)
     mnt.mount()
     with pytest.raises(OSError) as e:
         (mnt.path / "v" / six_py.relative_to(six_venv)).read_bytes()
@@ -289,14 +289,7 @@ def test_missing_package_manifest_is_eio_not_absent(tmp_path, venvfs, mnt, six_v
 
 def test_verify_reports_what_the_layout_never_makes(tmp_path, venvfs, six_venv):
     """A fan-out directory or an object replaced by a symlink: named by verify."""
-    venvfs("import", six_venv, "--name", "v")
-    venvfs("store", "verify")
-    six_py = site_packages(six_venv) / "six.py"
-    obj = object_holding(venvfs.home, six_py.read_bytes())
-    elsewhere = tmp_path / "elsewhere"
-    shutil.copytree(obj.parent, elsewhere)
-    shutil.rmtree(obj.parent)
-    obj.parent.symlink_to(elsewhere)
+    six_py, obj, elsewhere = fanout_moved_away(venvfs, six_venv, tmp_path)
     r = venvfs("store", "verify", check=False)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and f"objects/{obj.parent.name} is not a directory" in out, out
