@@ -973,11 +973,35 @@ static int place_new(struct node *dir, const char *tmp, const char *name, bool i
 	return 0;
 }
 
+/* Does the read-only side of dir have name (showing through)? */
+static bool lower_has(struct node *dir, const char *name)
+{
+	struct view_src s;
+
+	return !dir->up.opaque && dir->dir.n && view_lookup(dir->env->view, &dir->dir, name, strlen(name), &s);
+}
+
+/*
+ * A new entry made, but its answer failed (out of descriptors for its
+ * node): take it back, so a failed create leaves nothing behind, and what
+ * it had replaced (a whiteout) is whiteout again.
+ */
+static void undo_new(struct node *dir, const char *name)
+{
+	struct stat st;
+	bool is_dir = fstatat(dir->up.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+
+	if (unlinkat(dir->up.fd, name, is_dir ? AT_REMOVEDIR : 0) == 0 && lower_has(dir, name))
+		layer_whiteout(dir->up.fd, name, dir->env->workfd);
+	node_list_drop(dir);
+}
+
 static void reply_new(fuse_req_t req, enum fs_op op, struct node *dir, const char *name, int r,
 		      struct fuse_file_info *fi)
 {
 	struct fuse_entry_param e;
 	struct node *n = NULL;
+	bool made = r == 0;
 
 	if (r == 0) {
 		node_list_drop(dir);
@@ -991,6 +1015,8 @@ static void reply_new(fuse_req_t req, enum fs_op op, struct node *dir, const cha
 			want_passthrough(n, fi);
 		}
 	}
+	if (r < 0 && made && !n) /* no node was made for it: nothing names it */
+		undo_new(dir, name);
 	unlock();
 	if (r < 0) {
 		if (fi && fi->fh)
@@ -1120,14 +1146,6 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		}
 	}
 	reply_new(req, OP_CREATE, dir, name, r, fi);
-}
-
-/* Does the read-only side of dir have name (showing through)? */
-static bool lower_has(struct node *dir, const char *name)
-{
-	struct view_src s;
-
-	return !dir->up.opaque && dir->dir.n && view_lookup(dir->env->view, &dir->dir, name, strlen(name), &s);
 }
 
 /* Forget what names dir/name stood for (the name now means something else). */

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CACHE, kernel_has_passthrough, make_venv, run, tree_listing
+from conftest import BIN, CACHE, kernel_has_passthrough, make_venv, run, tree_listing
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
@@ -726,3 +726,46 @@ def test_more_files_than_descriptors(tmp_path, venvfs, mnt):
     assert "asked the kernel to forget" in mnt.log()
     assert "out of file descriptors" not in mnt.log(), mnt.log()[-3000:]
     assert int(mnt.stats()["nodes"]) < 4096
+
+
+def test_creates_out_of_descriptors_leave_nothing(tmp_path, venvfs, mnt):
+    """A create the daemon cannot answer (no descriptor left for the new
+    file's node) fails, and leaves no empty file behind: nothing a caller
+    was told failed may appear anyway."""
+    base = make_venv(tmp_path / "base", with_pip=False)
+    venvfs("import", base, "--name", "e")
+    # a daemon whose hard limit is low: a create's file descriptor is had,
+    # the one for its node is not
+    mnt.path.mkdir(parents=True, exist_ok=True)
+    run(["prlimit", "--nofile=150:150", BIN, "mount", mnt.path,
+         *os.environ.get("VENVFS_TEST_MOUNT_ARGS", "").split()],
+        env=dict(os.environ, VENVFS_HOME=str(venvfs.home)))
+    mnt.mounted = True
+    d = mnt.path / "e" / "data"
+    d.mkdir()
+    held, failed = [], []
+
+    def create(name):
+        try:
+            held.append(open(d / name, "w"))
+        except OSError as e:
+            assert e.errno in (24, 23), e  # EMFILE, ENFILE
+            failed.append(name)
+
+    try:
+        for i in range(2000):  # every open file holds a descriptor in the daemon
+            create(f"held{i}")
+            if failed:
+                break
+        assert failed, "the daemon never ran out of descriptors"
+        # at the limit, one descriptor freed at a time: a create then
+        # fails either at its file or at its node, whichever comes short
+        for i in range(30):
+            held.pop(0).close()
+            create(f"more{i}")
+            create(f"again{i}")
+    finally:
+        for f in held:
+            f.close()
+    names = set(os.listdir(upper(venvfs, "e") / "data"))
+    assert not names & set(failed), sorted(names & set(failed))[:5]
