@@ -65,6 +65,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -81,6 +82,8 @@
 
 #define NONE UINT32_MAX
 #define SMALL_FILE (1u << 20)
+/* directories kept open while absorbing: at most this, and at most an
+ * eighth of the descriptor limit (the daemon's nodes use the rest) */
 #define MAX_OPEN_DIRS 256
 
 /* A directory of the view V (writable part and read-only sources). */
@@ -165,7 +168,7 @@ struct absorb {
 	struct strmap dirs;    /* env path -> struct vdir * */
 	struct vdir **dirv;
 	size_t n_dirv;
-	unsigned open_dirs;
+	unsigned open_dirs, max_open_dirs;
 	struct strmap owner;   /* env path -> (dist index + 1) << 32 | file index */
 	struct adist *d;
 	size_t nd;
@@ -214,22 +217,31 @@ static void say(struct absorb *a, const char *fmt, ...)
  * more closes the others, so a descriptor from here is good until the next
  * call only; dup() it to keep it longer).
  */
+static void close_open_dirs(struct absorb *a)
+{
+	for (size_t i = 0; i < a->n_dirv; i++)
+		if (a->dirv[i]->up.fd >= 0) {
+			close(a->dirv[i]->up.fd);
+			a->dirv[i]->up.fd = -1;
+		}
+	a->open_dirs = 0;
+}
+
 static int up_fd(struct absorb *a, struct vdir *d)
 {
 	if (!d->has_up)
 		return -1;
 	if (d->up.fd >= 0)
 		return d->up.fd;
-	if (a->open_dirs >= MAX_OPEN_DIRS) {
-		for (size_t i = 0; i < a->n_dirv; i++)
-			if (a->dirv[i]->up.fd >= 0) {
-				close(a->dirv[i]->up.fd);
-				a->dirv[i]->up.fd = -1;
-			}
-		a->open_dirs = 0;
+	if (a->open_dirs >= a->max_open_dirs)
+		close_open_dirs(a);
+	for (int again = 0; again < 2; again++) {
+		d->up.fd = d->path[0] ? openat(a->upper_fd, d->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+				      : dup(a->upper_fd);
+		if (d->up.fd >= 0 || (errno != EMFILE && errno != ENFILE) || !a->open_dirs)
+			break;
+		close_open_dirs(a); /* out of descriptors: ours go first */
 	}
-	d->up.fd = d->path[0] ? openat(a->upper_fd, d->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-			      : dup(a->upper_fd);
 	if (d->up.fd >= 0)
 		a->open_dirs++;
 	return d->up.fd;
@@ -1285,6 +1297,22 @@ static bool same_entry(struct absorb *a, int odfd, const char *name, const char 
 	return n1->u.dev.major == n2->u.dev.major && n1->u.dev.minor == n2->u.dev.minor;
 }
 
+/*
+ * A file of the writable layer that stays the env's own is also a name
+ * (hard link) of a file being absorbed: linking it into the new layer
+ * changed that inode's ctime. Ours, not a writer's: the daemon's check
+ * before the switch (absorb_changed()) takes the new one.
+ */
+static void took_relinked(struct absorb *a, const struct stat *st)
+{
+	for (size_t k = 0; k < a->nd; k++)
+		for (size_t i = 0; i < a->d[k].nf; i++) {
+			struct afile *f = &a->d[k].f[i];
+			if (f->src == A_UPPER && f->ino == st->st_ino && f->dev == st->st_dev)
+				f->ctime = st->st_ctim;
+		}
+}
+
 /* Put V's entry m at outfd/name in the new writable layer. */
 static int put_entry(struct absorb *a, int odfd, const char *name, const char *path, const struct merged *m, int outfd)
 {
@@ -1303,8 +1331,12 @@ static int put_entry(struct absorb *a, int odfd, const char *name, const char *p
 	}
 	if (m->upper == L_FILE || m->upper == L_META) {
 		/* the same inode: an open file stays the env's file */
+		struct stat st;
 		if (linkat(odfd, name, outfd, name, 0) < 0)
 			return vf_error_errno(errno, "%s/envs/%s/%s/%s", a->s->home, a->name, a->new_upper, path);
+		if (fstatat(outfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_nlink > 2 &&
+		    absorb_took(a, st.st_dev, st.st_ino))
+			took_relinked(a, &st);
 		return 0;
 	}
 	const struct tree_node *n = view_node(a->v, m->src);
@@ -1595,6 +1627,10 @@ int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *
 	a->env_fd = a->upper_fd = a->work_fd = -1;
 	pthread_mutex_init(&a->lock, NULL);
 	*out = NULL;
+	struct rlimit nofile;
+	a->max_open_dirs = MAX_OPEN_DIRS;
+	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur / 8 < MAX_OPEN_DIRS)
+		a->max_open_dirs = (unsigned)MAX(nofile.rlim_cur / 8, 8);
 
 	r = store_lock(s, LOCK_SH, true);
 	if (r < 0)

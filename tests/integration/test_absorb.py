@@ -492,3 +492,35 @@ def test_clone_shares_what_was_installed(venvfs, mnt, env_a, wheelhouse):
         if script.is_file() and not script.name.startswith(("activate", "Activate", "python")):
             head = script.read_bytes()[:300]
             assert str(mnt.path / "a") + "/" not in head.decode(errors="replace"), script
+
+
+def test_daemon_absorbs_under_a_small_descriptor_limit(venvfs, mnt, base_venv, wheelhouse):
+    """The daemon's absorb kept up to 256 directories open on top of the
+    descriptors its nodes hold: under --max-fds 400 it failed with EMFILE.
+    It now keeps at most an eighth of the limit, and gives its own back
+    first when the system runs short."""
+    venvfs("import", base_venv, "--name", "a")
+    mnt.mount("--max-fds", "400", "--absorb-idle", "0")
+    env = mnt.path / "a"
+    install(env, wheelhouse, "numpy", "requests", "flask")
+    before = view(env)
+    out = venvfs("absorb", "a").stdout
+    assert "absorbed numpy" in out and "absorbed flask" in out and " 0 left" in out, out
+    assert_same_view(before, view(env))
+    venvfs("store", "verify")
+
+
+def test_daemon_absorbs_a_distribution_with_a_hard_linked_file(venvfs, env_a, wheelhouse):
+    """A file of a distribution hard-linked to a name that stays the env's
+    own: the daemon's own link of that name into the new layer changed the
+    file's ctime, which its check took for a writer ("kept changing")."""
+    install(env_a, wheelhouse, "six")
+    sp = next(env_a.glob("lib/python3.*/site-packages"))
+    os.link(sp / "six.py", sp / "six_alias.py")
+    out = venvfs("absorb", "a").stdout
+    assert "absorbed six" in out, out
+    # the alias is still the env's own file: writing it changes no object
+    with open(sp / "six_alias.py", "a") as f:
+        f.write("# mine\n")
+    assert not (sp / "six.py").read_text().endswith("# mine\n")
+    venvfs("store", "verify")
