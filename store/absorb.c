@@ -180,6 +180,10 @@ struct absorb {
 	bool nothing;          /* nothing to absorb or drop */
 	bool *drop;            /* per package of env: dropped */
 	struct strmap took;    /* "dev:ino" of writable-layer files absorbed */
+	bool leftovers_found;  /* find_leftovers() ran */
+	struct strmap leftovers; /* "dev:ino" -> links a killed absorb left */
+	struct leftover *leftover;
+	size_t n_leftover;
 	/* phase 3 */
 	pthread_mutex_t lock;
 	size_t next_job;
@@ -695,6 +699,78 @@ static void set_error(struct absorb *a, int r)
 	pthread_mutex_unlock(&a->lock);
 }
 
+static size_t took_key(dev_t dev, ino_t ino, char out[48])
+{
+	return (size_t)snprintf(out, 48, "%llx:%llx", (unsigned long long)dev, (unsigned long long)ino);
+}
+
+/*
+ * Hard links a killed absorb of this env left in objects/ (".tmp.*" names
+ * of files of its writable layer), so that the next absorb links those
+ * files again rather than copying them (a file with other names is
+ * copied: it could change through them). Only absorb links a layer's
+ * files into objects/, and the env lock keeps any other absorb of this
+ * env from running, so such a link is a leftover. Found once, when a file
+ * to store first has more than one link.
+ */
+struct leftover {
+	char key[48]; /* took_key() of its inode */
+	char name[2 * 256 + 2]; /* "ab/.tmp...." in objects/ */
+};
+
+static void find_leftovers(struct absorb *a)
+{
+	DIR *top = opendir_at(a->s->objects_fd, ".");
+	struct dirent *fan;
+
+	if (!top)
+		return;
+	while ((fan = readdir(top))) {
+		DIR *d = fan->d_name[0] == '.' ? NULL : opendir_at(a->s->objects_fd, fan->d_name);
+		struct dirent *de;
+		while (d && (de = readdir(d))) {
+			struct stat st;
+			if (!str_has_prefix(de->d_name, ".tmp.") ||
+			    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+			    st.st_nlink < 2)
+				continue;
+			a->leftover = xrealloc(a->leftover, (a->n_leftover + 1) * sizeof(*a->leftover));
+			struct leftover *l = &a->leftover[a->n_leftover++];
+			size_t n = took_key(st.st_dev, st.st_ino, l->key);
+			snprintf(l->name, sizeof(l->name), "%s/%s", fan->d_name, de->d_name);
+			(*strmap_put(&a->leftovers, l->key, n, NULL))++;
+		}
+		if (d)
+			closedir(d);
+	}
+	closedir(top);
+}
+
+/* Remove what killed absorbs left linked to st's file: whether it has one link now. */
+static bool drop_leftover_links(struct absorb *a, const struct stat *st)
+{
+	char key[48];
+	size_t n = took_key(st->st_dev, st->st_ino, key);
+	bool alone = false;
+
+	pthread_mutex_lock(&a->lock);
+	if (!a->leftovers_found) {
+		find_leftovers(a); /* unreadable: none found, the file is copied */
+		a->leftovers_found = true;
+	}
+	uint64_t *count = strmap_get(&a->leftovers, key, n);
+	if (count && *count == st->st_nlink - 1) { /* its other names are all leftovers */
+		alone = true;
+		for (size_t i = 0; i < a->n_leftover; i++)
+			if (!strcmp(a->leftover[i].key, key) && unlinkat(a->s->objects_fd, a->leftover[i].name, 0) < 0 &&
+			    errno != ENOENT)
+				alone = false;
+		*count = 0;
+	}
+	pthread_mutex_unlock(&a->lock);
+	return alone;
+}
+
 /* What the daemon checks before the switch: an A_UPPER file unchanged since it was read. */
 static int note_identity(struct absorb *a, struct afile *f, int fd, const struct stat *st0)
 {
@@ -807,7 +883,7 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 		__atomic_add_fetch(&a->st->dedup_bytes, len, __ATOMIC_RELAXED);
 		goto out;
 	}
-	if (put == data && st0.st_nlink == 1) {
+	if (put == data && (st0.st_nlink == 1 || drop_leftover_links(a, &st0))) {
 		_cleanup_free_ char *name = xstrdup(f->name);
 		r = store_txn_link(a->txn, dfd, name, data, len, &f->obj, &added, &f->linked);
 	} else {
@@ -1570,6 +1646,8 @@ void absorb_free(struct absorb *a)
 	strmap_free(&a->dirs);
 	strmap_free(&a->owner);
 	strmap_free(&a->took);
+	strmap_free(&a->leftovers);
+	free(a->leftover);
 	for (size_t k = 0; k < a->nd; k++) {
 		struct adist *d = &a->d[k];
 		for (size_t i = 0; i < d->nf; i++) {
@@ -1760,11 +1838,6 @@ const char *absorb_changed(const struct absorb *a, bool (*in_use)(void *ctx, dev
 		}
 	}
 	return NULL;
-}
-
-static size_t took_key(dev_t dev, ino_t ino, char out[48])
-{
-	return (size_t)snprintf(out, 48, "%llx:%llx", (unsigned long long)dev, (unsigned long long)ino);
 }
 
 bool absorb_took(struct absorb *a, dev_t dev, ino_t ino)

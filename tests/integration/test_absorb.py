@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BASE_PYTHON, Mount, make_venv, run
+from conftest import BASE_PYTHON, BIN, Mount, make_venv, run
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
@@ -523,4 +523,36 @@ def test_daemon_absorbs_a_distribution_with_a_hard_linked_file(venvfs, env_a, wh
     with open(sp / "six_alias.py", "a") as f:
         f.write("# mine\n")
     assert not (sp / "six.py").read_text().endswith("# mine\n")
+    venvfs("store", "verify")
+
+
+def test_absorb_after_a_killed_absorb_links_again(venvfs, mnt, base_venv, wheelhouse):
+    """An absorb killed while it linked files into the store leaves temp
+    links there; the next absorb took those files for files with other
+    names and copied them (the whole install written again)."""
+    venvfs("import", base_venv, "--name", "a")
+    mnt.mount("--absorb-idle", "0", "--no-absorb-on-unmount")
+    install(mnt.path / "a", wheelhouse, "numpy")
+    mnt.umount()
+    env = dict(os.environ, VENVFS_HOME=str(venvfs.home))
+    objects = venvfs.home / "objects"
+
+    def linked_leftovers():
+        return [p for p in objects.glob("*/.tmp.*") if p.stat().st_nlink > 1]
+
+    for delay in (0.15, 0.3, 0.5, 0.8, 1.2, 0.1, 0.05):
+        p = subprocess.Popen([BIN, "absorb", "a"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        p.kill()
+        p.wait()
+        if linked_leftovers():
+            break
+    else:
+        pytest.skip("no kill landed while the absorb linked files")
+    out = venvfs("absorb", "a").stdout
+    moved, written = absorb_bytes(out)
+    assert "absorbed numpy" in out, out
+    assert written < moved / 10, out
+    assert not linked_leftovers()
+    venvfs("gc")
     venvfs("store", "verify")
