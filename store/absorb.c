@@ -885,9 +885,9 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 	}
 	if (put == data && (st0.st_nlink == 1 || drop_leftover_links(a, &st0))) {
 		_cleanup_free_ char *name = xstrdup(f->name);
-		r = store_txn_link(a->txn, dfd, name, data, len, &f->obj, &added, &f->linked);
+		r = store_txn_link(a->txn, dfd, name, data, len, f->mode, &f->obj, &added, &f->linked);
 	} else {
-		r = store_txn_put(a->txn, put, put_len, &f->obj, &added);
+		r = store_txn_put_file(a->txn, put, put_len, f->mode, &f->obj, &added);
 	}
 	if (r < 0) {
 		r = vf_error_prefix(-r, "%s/%s: ", a->name, f->path);
@@ -1003,7 +1003,7 @@ static int store_record(struct absorb *a, struct adist *d)
 			tpl[d->f[i].row] = true;
 	if (package_record_template(d->record_text.data, d->record_text.len, &d->rec, tpl, d->row_root, d->row_rel,
 				    &blob)) {
-		int r = store_txn_put(a->txn, blob.data, blob.len, &rf->obj, &added);
+		int r = store_txn_put_file(a->txn, blob.data, blob.len, rf->mode, &rf->obj, &added);
 		if (r < 0)
 			return vf_error_prefix(-r, "%s/RECORD: ", d->dir);
 		rf->tflags = TREE_F_TEMPLATE;
@@ -1871,7 +1871,7 @@ static void seal_objects(struct absorb *a)
 			if (!d->f[i].linked)
 				continue;
 			objid_path(&d->f[i].obj, p);
-			fchmodat(a->s->objects_fd, p, 0444, 0);
+			fchmodat(a->s->objects_fd, p, store_object_perm(d->f[i].mode), 0);
 			if (own)
 				fchownat(a->s->objects_fd, p, home.st_uid, home.st_gid, AT_SYMLINK_NOFOLLOW);
 		}

@@ -647,7 +647,7 @@ static int read_one(struct imp *im, uint32_t i, struct buf *scratch, bool allow_
 			e->tflags |= TREE_F_PYC_NORM;
 		}
 	}
-	r = store_txn_put(im->txn, put, put_len, &e->obj, &added);
+	r = store_txn_put_file(im->txn, put, put_len, e->st.st_mode, &e->obj, &added);
 	e->stored_size = put_len;
 	if (mapped)
 		munmap(data, len);
@@ -876,7 +876,7 @@ static int store_records(struct imp *im)
 			put = &blob;
 			e->tflags = TREE_F_TEMPLATE;
 		}
-		int r = store_txn_put(im->txn, put->data, put->len, &e->obj, &added);
+		int r = store_txn_put_file(im->txn, put->data, put->len, e->st.st_mode, &e->obj, &added);
 		if (r < 0)
 			return vf_error_prefix(-r, "%s: ", d->record_what);
 		e->stored_size = put->len;

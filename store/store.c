@@ -635,13 +635,14 @@ static void tmp_name(struct store_txn *t, const struct objid *id, uint64_t no, c
 	snprintf(out, 96, "%.2s/.tmp.%s.%llu", path, t->prefix, (unsigned long long)no);
 }
 
-static int write_tmp(struct store_txn *t, const struct objid *id, uint64_t no, const void *data, size_t len)
+static int write_tmp(struct store_txn *t, const struct objid *id, uint64_t no, const void *data, size_t len,
+		     mode_t perm)
 {
 	char name[96];
 	int fd, r;
 
 	tmp_name(t, id, no, name);
-	fd = objects_openat(t->s, name, O_WRONLY | O_CREAT | O_EXCL, 0444);
+	fd = objects_openat(t->s, name, O_WRONLY | O_CREAT | O_EXCL, perm);
 	if (fd < 0)
 		return errno_is_in_the_way(-fd) ? object_error(name, fd)
 						: vf_error_errno(-fd, "%s/objects/%s", t->s->home, name);
@@ -655,18 +656,35 @@ static int write_tmp(struct store_txn *t, const struct objid *id, uint64_t no, c
 	return 0;
 }
 
-/* A file that already holds the content, to link rather than copy. */
-struct link_src {
+/* Where content comes from: the read bits its object may have, and a file
+ * that already holds it, to link rather than copy (name NULL: none). */
+struct insert_src {
+	mode_t perm;
 	int dirfd;
 	const char *name;
 	bool linked;
 };
 
+mode_t store_object_perm(mode_t file_mode)
+{
+	return 0400 | (file_mode & 0044);
+}
+
+/* The same content from a file others may read: they may read the object. */
+static void widen_object(struct store *s, const char *path, mode_t perm)
+{
+	struct stat st;
+	_cleanup_close_ int fd = objects_openat(s, path, O_RDONLY | O_NONBLOCK, 0);
+
+	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & perm) != perm)
+		fchmod(fd, (st.st_mode | perm) & 0444); /* not ours to change: stays as it is */
+}
+
 /* Make the temp file of a new object: a link to src if possible, else a copy. */
 static int make_tmp(struct store_txn *t, const struct objid *id, uint64_t no, const void *data, size_t len,
-		    struct link_src *src)
+		    struct insert_src *src)
 {
-	if (src) {
+	if (src->name) {
 		char name[96];
 		tmp_name(t, id, no, name);
 		_cleanup_close_ int dfd = fanout_open(t->s, name);
@@ -677,11 +695,11 @@ static int make_tmp(struct store_txn *t, const struct objid *id, uint64_t no, co
 		/* another file system, a hard-link limit...: copy (and a
 		 * fan-out directory that cannot be opened fails there) */
 	}
-	return write_tmp(t, id, no, data, len);
+	return write_tmp(t, id, no, data, len, src->perm);
 }
 
 static int txn_insert(struct store_txn *t, const void *data, size_t len, struct objid *id, uint64_t *added,
-		      struct link_src *src)
+		      struct insert_src *src)
 {
 	struct objid cand = {0};
 	int r;
@@ -694,8 +712,10 @@ static int txn_insert(struct store_txn *t, const void *data, size_t len, struct 
 		/* Already in the store under this name? Same bytes: done. */
 		objid_path(&cand, path);
 		r = file_equals(t->s, path, data, len);
-		if (r == 1)
+		if (r == 1) {
+			widen_object(t->s, path, src->perm);
 			break;
+		}
 		if (r < 0 && r != -ENOENT)
 			return object_error(path, r);
 		if (r == 0)
@@ -769,13 +789,23 @@ static int txn_insert(struct store_txn *t, const void *data, size_t len, struct 
 
 int store_txn_put(struct store_txn *t, const void *data, size_t len, struct objid *id, uint64_t *added)
 {
-	return txn_insert(t, data, len, id, added, NULL);
+	struct insert_src src = {.perm = 0444};
+
+	return txn_insert(t, data, len, id, added, &src);
 }
 
-int store_txn_link(struct store_txn *t, int dirfd, const char *name, const void *data, size_t len, struct objid *id,
-		   uint64_t *added, bool *linked)
+int store_txn_put_file(struct store_txn *t, const void *data, size_t len, mode_t mode, struct objid *id,
+		       uint64_t *added)
 {
-	struct link_src src = {dirfd, name, false};
+	struct insert_src src = {.perm = store_object_perm(mode)};
+
+	return txn_insert(t, data, len, id, added, &src);
+}
+
+int store_txn_link(struct store_txn *t, int dirfd, const char *name, const void *data, size_t len, mode_t mode,
+		   struct objid *id, uint64_t *added, bool *linked)
+{
+	struct insert_src src = {store_object_perm(mode), dirfd, name, false};
 	int r = txn_insert(t, data, len, id, added, &src);
 
 	*linked = src.linked;

@@ -132,6 +132,13 @@ int store_object_read_checked(struct store *s, const struct objid *id, size_t ma
  */
 int store_object_check_fd(struct store *s, const struct objid *id, int fd);
 
+/*
+ * The mode of the object of a file of mode file_mode: readable by no one
+ * the file was not readable by (a venv's 0600 .env must not become
+ * readable by every user from objects/), never writable.
+ */
+mode_t store_object_perm(mode_t file_mode);
+
 /* True if the object exists (stat only). */
 bool store_object_exists(struct store *s, const struct objid *id);
 
@@ -165,14 +172,22 @@ void store_txn_flush_background(struct store_txn *t);
 int store_txn_put(struct store_txn *t, const void *data, size_t len, struct objid *id, uint64_t *added);
 
 /*
+ * The same for the content of a file of mode `mode`: the object is
+ * readable by no one the file was not (0400, plus group and other read
+ * where the file had them); an object already there is widened to that.
+ */
+int store_txn_put_file(struct store_txn *t, const void *data, size_t len, mode_t mode, struct objid *id,
+		       uint64_t *added);
+
+/*
  * The same for content that is already a file on the store's file system
  * (dirfd/name, holding exactly data): a new object is made by hard-linking
  * that file rather than writing a copy (*linked then says so). The file
  * becomes the object: it must never change again. Falls back to a copy
  * where a link cannot be made (another file system).
  */
-int store_txn_link(struct store_txn *t, int dirfd, const char *name, const void *data, size_t len, struct objid *id,
-		   uint64_t *added, bool *linked);
+int store_txn_link(struct store_txn *t, int dirfd, const char *name, const void *data, size_t len, mode_t mode,
+		   struct objid *id, uint64_t *added, bool *linked);
 
 /*
  * Make what was inserted so far durable and visible under its name (other

@@ -439,3 +439,34 @@ def test_verify_names_damage(tmp_path, venvfs, six_venv):
     rel = str(victim.relative_to(venvfs.home))
     assert rel in p.stdout and "corrupt" in p.stdout, p.stdout
     assert str(missing.relative_to(venvfs.home / "objects")) in p.stdout
+
+
+def test_objects_are_no_more_readable_than_their_files(tmp_path, venvfs):
+    """A venv's 0600 .env imported into a store: its object is readable by
+    its owner alone (before: 0444, readable by every user from objects/).
+    The same bytes from a file others may read make the object readable."""
+    venv = make_venv(tmp_path / "p", with_pip=False)
+    secret = b"API_TOKEN=" + os.urandom(16).hex().encode() + b"\n"
+    (venv / ".env").write_bytes(secret)
+    (venv / ".env").chmod(0o600)
+    (venv / "group.txt").write_bytes(b"for the group\n" + secret)
+    (venv / "group.txt").chmod(0o640)
+    venvfs("import", venv, "--name", "p")
+
+    def obj_mode(data):
+        for p in (venvfs.home / "objects").rglob("*"):
+            if p.is_file() and not p.name.startswith(".") and p.read_bytes() == data:
+                return p.stat().st_mode & 0o7777
+        raise AssertionError("no object holds these bytes")
+
+    assert obj_mode(secret) == 0o400
+    assert obj_mode(b"for the group\n" + secret) == 0o440
+    out = tmp_path / "out"
+    venvfs("export", "p", out)
+    assert (out / ".env").read_bytes() == secret and (out / ".env").stat().st_mode & 0o777 == 0o600
+    pub = make_venv(tmp_path / "q", with_pip=False)
+    (pub / "public.txt").write_bytes(secret)
+    (pub / "public.txt").chmod(0o644)
+    venvfs("import", pub, "--name", "q")
+    assert obj_mode(secret) == 0o444
+    venvfs("store", "verify")
