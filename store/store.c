@@ -305,30 +305,12 @@ static int fanout_open(struct store *s, const char *path)
 	return fd < 0 ? -errno : fd;
 }
 
-/* open(objects/<path>) following no symlink; an fd or -errno. */
+/* open(objects/<path>) following no symlink (util.c); an fd or -errno. */
 static int objects_openat(struct store *s, const char *path, int flags, mode_t mode)
 {
-	flags |= O_NOFOLLOW | O_CLOEXEC;
-#ifdef SYS_openat2
-	if (!__atomic_load_n(&s->no_openat2, __ATOMIC_RELAXED)) {
-		struct open_how how = {
-			.flags = (uint64_t)flags,
-			.mode = (flags & O_CREAT) ? mode : 0,
-			.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-		};
-		int fd = (int)syscall(SYS_openat2, s->objects_fd, path, &how, sizeof(how));
-		if (fd >= 0)
-			return fd;
-		if (errno != ENOSYS && errno != EPERM)
-			return -errno;
-		__atomic_store_n(&s->no_openat2, true, __ATOMIC_RELAXED);
-	}
-#endif
-	_cleanup_close_ int dfd = fanout_open(s, path);
-	if (dfd < 0)
-		return dfd;
-	int fd = openat(dfd, path + 3, flags, mode);
-	return fd < 0 ? -errno : fd;
+	if (__atomic_load_n(&s->no_openat2, __ATOMIC_RELAXED))
+		return openat_nofollow_steps(s->objects_fd, path, flags, mode);
+	return openat_beneath(s->objects_fd, path, flags, mode);
 }
 
 /* unlink(objects/<path>) through its fan-out directory. */

@@ -15,7 +15,10 @@
 #include <sys/random.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <xxhash.h>
@@ -23,6 +26,8 @@
 /* ---- errors ------------------------------------------------------------- */
 
 static __thread char last_error[2048];
+
+static void error_vset(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 
 static void error_vset(const char *fmt, va_list ap)
 {
@@ -541,15 +546,12 @@ int write_full(int fd, const void *buf, size_t n)
 	return 0;
 }
 
-int read_file_at(int dirfd, const char *path, size_t max, struct buf *out)
+/* The rest of read_file_at() once path is open (fd), or failed (-errno). */
+static int read_file_fd(int fd, const char *path, size_t max, struct buf *out)
 {
-	_cleanup_close_ int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	struct stat st;
 	ssize_t r;
 
-	buf_reset(out);
-	if (fd < 0)
-		return vf_error_errno(errno, "%s", path);
 	if (fstat(fd, &st) < 0)
 		return vf_error_errno(errno, "%s", path);
 	if (!S_ISREG(st.st_mode))
@@ -565,9 +567,18 @@ int read_file_at(int dirfd, const char *path, size_t max, struct buf *out)
 	return 0;
 }
 
-DIR *opendir_at(int dirfd, const char *path)
+int read_file_at(int dirfd, const char *path, size_t max, struct buf *out)
 {
-	int fd = openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_close_ int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+
+	buf_reset(out);
+	if (fd < 0)
+		return vf_error_errno(errno, "%s", path);
+	return read_file_fd(fd, path, max, out);
+}
+
+static DIR *opendir_fd(int fd)
+{
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 
 	if (!d && fd >= 0) {
@@ -576,6 +587,179 @@ DIR *opendir_at(int dirfd, const char *path)
 		errno = e;
 	}
 	return d;
+}
+
+DIR *opendir_at(int dirfd, const char *path)
+{
+	return opendir_fd(openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+}
+
+int vf_error_read_only_store(const char *home)
+{
+	return vf_error(EROFS, "the store %s is on a read-only file system; it can be listed, verified, "
+			       "exported and mounted read-only, not changed",
+			home);
+}
+
+/* ---- never leaving a directory ------------------------------------------ */
+
+/* set once openat2() is found missing (ENOSYS) or filtered (EPERM) */
+static bool no_openat2;
+
+int openat_nofollow_steps(int dirfd, const char *path, int flags, mode_t mode)
+{
+	_cleanup_free_ char *p = xstrdup(path);
+	_cleanup_close_ int cur = -1;
+	char *name = p, *slash;
+	int at = dirfd, fd;
+
+	flags |= O_NOFOLLOW | O_CLOEXEC;
+	while ((slash = strchr(name, '/'))) {
+		*slash = '\0';
+		if (!strcmp(name, ".."))
+			return -EXDEV;
+		if (*name && strcmp(name, ".")) {
+			int next = openat(at, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (next < 0)
+				return -errno;
+			closep(&cur);
+			at = cur = next;
+		}
+		name = slash + 1;
+	}
+	if (!strcmp(name, ".."))
+		return -EXDEV;
+	fd = openat(at, *name ? name : ".", flags, mode);
+	if (fd < 0)
+		return -errno;
+	/* O_PATH | O_NOFOLLOW opens a symlink itself: refused like openat2 does */
+	struct stat st;
+	if ((flags & O_PATH) && (fstat(fd, &st) < 0 || S_ISLNK(st.st_mode))) {
+		close(fd);
+		return -ELOOP;
+	}
+	return fd;
+}
+
+int openat_beneath(int dirfd, const char *path, int flags, mode_t mode)
+{
+	flags |= O_NOFOLLOW | O_CLOEXEC;
+#ifdef SYS_openat2
+	if (!__atomic_load_n(&no_openat2, __ATOMIC_RELAXED)) {
+		struct open_how how = {
+			.flags = (uint64_t)flags,
+			.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
+			.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+		};
+		int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+		if (fd >= 0)
+			return fd;
+		if (errno != ENOSYS && errno != EPERM)
+			return -errno;
+		__atomic_store_n(&no_openat2, true, __ATOMIC_RELAXED);
+	}
+#endif
+	return openat_nofollow_steps(dirfd, path, flags, mode);
+}
+
+int beneath_error(int dirfd, const char *where, const char *path, int neg)
+{
+	const char *sep = where ? "/" : "";
+
+	if (!where)
+		where = "";
+	if (neg == -ELOOP || neg == -ENOTDIR || neg == -EXDEV) {
+		/* which component is the link: the first one that is */
+		_cleanup_free_ char *p = xstrdup(path);
+		for (char *s = p;; s++) {
+			bool end = !*s;
+			struct stat st;
+			if (*s && *s != '/')
+				continue;
+			*s = '\0';
+			if (*p && fstatat(dirfd, p, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+				return vf_error(EIO, "%s%s%s is a symbolic link, which the store layout never makes "
+						     "(run venvfs store verify)",
+						where, sep, p);
+			if (end)
+				break;
+			*s = '/';
+		}
+		if (neg == -EXDEV)
+			return vf_error(EIO, "%s%s%s: leads out of its directory", where, sep, path);
+	}
+	return vf_error_errno(-neg, "%s%s%s", where, sep, path);
+}
+
+int read_file_beneath(int dirfd, const char *where, const char *path, size_t max, struct buf *out)
+{
+	_cleanup_close_ int fd = openat_beneath(dirfd, path, O_RDONLY | O_NOCTTY | O_NONBLOCK, 0);
+
+	buf_reset(out);
+	if (fd < 0)
+		return beneath_error(dirfd, where, path, fd);
+	return read_file_fd(fd, path, max, out);
+}
+
+DIR *opendir_beneath(int dirfd, const char *path)
+{
+	int fd = openat_beneath(dirfd, path, O_RDONLY | O_DIRECTORY, 0);
+
+	if (fd < 0) {
+		errno = -fd;
+		return NULL;
+	}
+	return opendir_fd(fd);
+}
+
+bool fd_on_read_only_fs(int fd)
+{
+	struct statvfs sv;
+
+	return fstatvfs(fd, &sv) == 0 && (sv.f_flag & ST_RDONLY);
+}
+
+/* mkdir name in at (0700) and open it: a directory of ours nobody else may write */
+static int private_dir(int at, const char *name, const char *path)
+{
+	struct stat st;
+
+	if (mkdirat(at, name, 0700) < 0 && errno != EEXIST)
+		return vf_error_errno(errno, "%s", path);
+	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return vf_error_errno(errno, "%s", path);
+	if (fstat(fd, &st) < 0 || st.st_uid != geteuid() || (st.st_mode & 022)) {
+		close(fd);
+		return vf_error(EPERM, "%s: not a directory of this user's that only it may write", path);
+	}
+	return fd;
+}
+
+int user_runtime_dir_open(const char *sub, char **path)
+{
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	_cleanup_free_ char *base = NULL, *top = NULL;
+	_cleanup_close_ int bfd = -1, tfd = -1;
+
+	if (xdg && xdg[0] == '/') {
+		base = xstrdup(xdg);
+		top = path_join(base, "venvfs");
+	} else {
+		base = xstrdup("/tmp");
+		top = xasprintf("/tmp/venvfs-%u", (unsigned)geteuid());
+	}
+	bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (bfd < 0)
+		return vf_error_errno(errno, "%s", base);
+	tfd = private_dir(bfd, top + strlen(base) + 1, top);
+	if (tfd < 0)
+		return tfd;
+	_cleanup_free_ char *full = path_join(top, sub);
+	int fd = private_dir(tfd, sub, full);
+	if (fd >= 0 && path)
+		*path = steal_pointer(&full);
+	return fd;
 }
 
 int fsync_dir_at(int dirfd, const char *path)

@@ -72,6 +72,10 @@ int vf_error_errno(int err, const char *fmt, ...) __attribute__((format(printf, 
 /* Prepend context ("importing X: ") to the current message; returns -err. */
 int vf_error_prefix(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* "the store HOME is on a read-only file system; ..." (EROFS): what every
+ * command that would write a store that cannot be written says. */
+int vf_error_read_only_store(const char *home);
+
 /* The last error message of this thread ("" if none). */
 const char *vf_last_error(void);
 void vf_clear_error(void);
@@ -185,6 +189,50 @@ int fsync_dir_at(int dirfd, const char *path);
 
 /* opendir() of path relative to dirfd; NULL with errno set on failure. */
 DIR *opendir_at(int dirfd, const char *path);
+
+/*
+ * Opening what is under a directory without ever leaving it (the store:
+ * nothing under HOME is followed through a symbolic link; HOME itself may
+ * be one, the user named it).
+ *
+ * openat_beneath() opens dirfd/path with openat2(RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS) where the kernel has it (Linux 5.6), else one
+ * O_NOFOLLOW step at a time (openat_nofollow_steps(), which the first
+ * ENOSYS or seccomp EPERM switches every later call to). A symbolic link
+ * anywhere on the way, the last component included (O_PATH too), fails
+ * with -ELOOP, a ".." with -EXDEV. O_NOFOLLOW and O_CLOEXEC are added.
+ * Returns an fd or a negative errno (no message: see beneath_error()).
+ */
+int openat_beneath(int dirfd, const char *path, int flags, mode_t mode);
+int openat_nofollow_steps(int dirfd, const char *path, int flags, mode_t mode);
+
+/*
+ * The error of an openat_beneath(dirfd, path) that returned neg, where
+ * names dirfd in the message ("/home/me/store", NULL: nothing): a symbolic
+ * link on the way is named and is damage, -EIO ("HOME/envs/web is a
+ * symbolic link, which the store layout never makes; run venvfs store
+ * verify"); anything else is vf_error_errno().
+ */
+int beneath_error(int dirfd, const char *where, const char *path, int neg);
+
+/* read_file_at() and opendir_at(), opened with openat_beneath() (a FIFO in
+ * the way is opened non-blocking, so it cannot hang the reader). */
+int read_file_beneath(int dirfd, const char *where, const char *path, size_t max, struct buf *out);
+DIR *opendir_beneath(int dirfd, const char *path);
+
+/* Is the file system of fd mounted read-only (or is fd's mount)? */
+bool fd_on_read_only_fs(int fd);
+
+/*
+ * A directory of this user's for files a process must write outside a
+ * store that cannot be written (a read-only store's daemon: pid file,
+ * control socket, log): $XDG_RUNTIME_DIR/venvfs/SUB, else
+ * /tmp/venvfs-UID/SUB, made 0700 if missing. Each level must be a
+ * directory (no symlink) that this user owns and nobody else may write.
+ * Returns an fd (and, with path, its path) or a negative errno with a
+ * message.
+ */
+int user_runtime_dir_open(const char *sub, char **path);
 
 /* mkdir -p relative to dirfd (existing directories are fine). */
 int mkdir_p_at(int dirfd, const char *path, mode_t mode);
