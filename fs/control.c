@@ -4,7 +4,9 @@
  *
  * An env served writable is the daemon's to change (it holds the env's
  * lock, env.h), so the daemon absorbs it (store/absorb.c): when asked on
- * its control socket (HOME/run/mount-<hash>.sock), when it has been idle
+ * its control socket (HOME/run/mount-<hash>.sock, env.h store_run_open();
+ * bound and reached through the run directory's descriptor, so a symlink
+ * in place of HOME/run is never followed), when it has been idle
  * for --absorb-idle seconds, and after unmounting. The expensive part,
  * absorb_prepare(), runs while requests are served; then, under fsd.lock,
  * the daemon checks nothing changed meanwhile (the env's change counter,
@@ -40,7 +42,9 @@ static int ctl_listen = -1;
 static int ctl_stop[2] = {-1, -1};
 static pthread_t ctl_thread;
 static bool ctl_running;
-static char *ctl_path;
+static char *ctl_path;   /* for messages */
+static int ctl_run = -1; /* the run directory the socket is in */
+static char *ctl_name;   /* its name there */
 
 struct report {
 	int fd;          /* client socket, or -1 (log only) */
@@ -266,7 +270,23 @@ static void *control_main(void *arg)
 
 char *control_socket_path(struct store *s, const char *mountpoint)
 {
-	return xasprintf("%s/run/mount-%016" PRIx64 ".sock", s->home, XXH3_64bits(mountpoint, strlen(mountpoint)));
+	_cleanup_free_ char *run = NULL;
+	_cleanup_close_ int fd = store_run_open(s, &run);
+
+	if (fd < 0)
+		run = path_join(s->home, "run");
+	return xasprintf("%s/mount-%016" PRIx64 ".sock", run, XXH3_64bits(mountpoint, strlen(mountpoint)));
+}
+
+/* The address of name in the directory open at dirfd: its path through
+ * /proc/self/fd, short whatever HOME is, and never through a symlink in
+ * place of the directory. False if it does not fit. */
+static bool socket_address(int dirfd, const char *name, struct sockaddr_un *sa)
+{
+	int n = snprintf(sa->sun_path, sizeof(sa->sun_path), "/proc/self/fd/%d/%s", dirfd, name);
+
+	sa->sun_family = AF_UNIX;
+	return n > 0 && (size_t)n < sizeof(sa->sun_path);
 }
 
 void control_start(void)
@@ -274,12 +294,15 @@ void control_start(void)
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 
 	ctl_path = control_socket_path(fsd.s, fsd.mountpoint);
+	ctl_name = xstrdup(strrchr(ctl_path, '/') + 1);
+	ctl_run = store_run_open(fsd.s, NULL);
 	fsd.last_request_ns = now_ns();
-	if (strlen(ctl_path) >= sizeof(sa.sun_path)) {
+	if (ctl_run < 0) {
+		fs_log("control socket: %s: `venvfs absorb` cannot reach this daemon", vf_last_error());
+	} else if (!socket_address(ctl_run, ctl_name, &sa)) {
 		fs_log("control socket path %s is too long: `venvfs absorb` cannot reach this daemon", ctl_path);
 	} else {
-		strcpy(sa.sun_path, ctl_path);
-		unlink(ctl_path);
+		unlinkat(ctl_run, ctl_name, 0);
 		ctl_listen = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (ctl_listen < 0 || bind(ctl_listen, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
 		    listen(ctl_listen, 8) < 0) {
@@ -300,9 +323,14 @@ void control_stop(void)
 	ctl_running = false;
 	if (ctl_listen >= 0) {
 		close(ctl_listen);
-		unlink(ctl_path);
+		unlinkat(ctl_run, ctl_name, 0);
 		ctl_listen = -1;
 	}
+	if (ctl_run >= 0)
+		close(ctl_run);
+	ctl_run = -1;
+	free(ctl_name);
+	ctl_name = NULL;
 	for (int i = 0; i < 2; i++)
 		if (ctl_stop[i] >= 0) {
 			close(ctl_stop[i]);
@@ -314,17 +342,18 @@ void control_stop(void)
 
 /* ---- the client side (`venvfs absorb` while an env is mounted) ---------------------- */
 
-static int ask_daemon(const char *sock, const char *name, void (*say)(void *, const char *), void *ctx,
-		      struct absorb_stats *st)
+/* Ask the daemon whose socket is sock_name in the run directory run (its
+ * path: sock) to absorb env name. */
+static int ask_daemon(int run, const char *sock, const char *sock_name, const char *name,
+		      void (*say)(void *, const char *), void *ctx, struct absorb_stats *st)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct sockaddr_un sa;
 	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	_cleanup_free_ char *req = xasprintf("absorb %s\n", name);
 	_cleanup_buf_ struct buf in = {0};
 
-	if (fd < 0 || strlen(sock) >= sizeof(sa.sun_path))
+	if (fd < 0 || !socket_address(run, sock_name, &sa))
 		return -ENOENT;
-	strcpy(sa.sun_path, sock);
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || write_full(fd, req, strlen(req)) < 0)
 		return -ENOENT; /* a dead daemon's socket */
 	for (;;) {
@@ -366,16 +395,19 @@ int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char 
 	      struct absorb_stats *st)
 {
 	struct absorb_opts o = {.say = say, .say_ctx = ctx, .progress = true};
-	_cleanup_free_ char *run = path_join(s->home, "run");
-	DIR *d = opendir(run);
+	_cleanup_free_ char *run = NULL;
+	_cleanup_close_ int run_fd = store_run_open(s, &run);
+	DIR *d = run_fd >= 0 ? opendir_at(run_fd, ".") : NULL;
 	struct dirent *de;
 	int r = -ENOENT;
 
+	if (run_fd < 0)
+		return run_fd;
 	while (d && r == -ENOENT && (de = readdir(d))) {
 		if (!str_has_prefix(de->d_name, "mount-") || !str_has_suffix(de->d_name, ".sock"))
 			continue;
 		_cleanup_free_ char *sock = path_join(run, de->d_name);
-		r = ask_daemon(sock, name, say, ctx, st);
+		r = ask_daemon(run_fd, sock, de->d_name, name, say, ctx, st);
 	}
 	if (d)
 		closedir(d);

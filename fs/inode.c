@@ -454,6 +454,37 @@ static void tree_put(void *ctx, struct tree *t)
 static const struct view_trees shared_trees = {tree_get, tree_put, NULL};
 
 /*
+ * What the daemon opens under HOME/envs (an env's directory, manifest,
+ * views, work and layer directories) is opened with openat_beneath()
+ * (util.h): a symlink in their place is never followed (it would have
+ * the daemon serve, create and append to files outside the store), the
+ * env reads as damaged (EIO) and the log names the link.
+ *
+ * A store on a read-only file system is mounted read-only (main.c): no
+ * env lock, no views, no work directory; layers are shown as they are.
+ */
+static bool store_read_only(void)
+{
+	static int ro = -1;
+
+	if (ro < 0)
+		ro = fd_on_read_only_fs(fsd.s->fd);
+	return ro;
+}
+
+/* envs/NAME, a directory never reached through a symlink; an fd or -errno (logged). */
+static int env_dir_open(const char *name)
+{
+	int fd = openat_beneath(fsd.s->envs_fd, name, O_RDONLY | O_DIRECTORY, 0);
+
+	if (fd < 0 && fd != -ENOENT) {
+		_cleanup_free_ char *where = path_join(fsd.s->home, "envs");
+		fs_log("env %s: %s", name, (beneath_error(fsd.s->envs_fd, where, name, fd), vf_last_error()));
+	}
+	return fd;
+}
+
+/*
  * Remember that env name was shown at path: pip and uv write that path into
  * the scripts they install through the mount, and export and absorb turn
  * it back into a template (envs/NAME/views, one path a line).
@@ -462,27 +493,53 @@ static void record_view_path(const char *name, const char *path)
 {
 	_cleanup_buf_ struct buf text = {0};
 	_cleanup_free_ char *p = xasprintf("%s/views", name);
+	_cleanup_free_ char *where = path_join(fsd.s->home, "envs");
 
-	if (read_file_at(fsd.s->envs_fd, p, 1 << 20, &text) == 0) {
+	if (store_read_only())
+		return;
+	int r = read_file_beneath(fsd.s->envs_fd, where, p, 1 << 20, &text);
+	if (r == 0) {
 		for (char *save, *l = strtok_r(text.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
 			if (!strcmp(l, path))
 				return;
-	}
-	int fd = openat(fsd.s->envs_fd, p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	if (fd < 0)
+	} else if (r != -ENOENT) {
+		fs_log("env %s: %s", name, vf_last_error());
 		return;
+	}
+	/* O_NONBLOCK: a FIFO in its place must not hang the daemon */
+	int fd = openat_beneath(fsd.s->envs_fd, p, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, 0644);
+	struct stat st;
+	if (fd < 0) {
+		fs_log("env %s: %s", name, (beneath_error(fsd.s->envs_fd, where, p, fd), vf_last_error()));
+		return;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		fs_log("env %s: %s/%s is not a regular file, which the store layout never makes", name, where, p);
+		close(fd);
+		return;
+	}
 	_cleanup_free_ char *line = xasprintf("%s\n", path);
 	if (write_full(fd, line, strlen(line)) < 0)
 		fs_log("env %s: cannot record %s in %s", name, path, p);
 	close(fd);
 }
 
-/* The identity of envs/NAME/env now, to notice replacement. */
-static bool env_file_stat(const char *name, struct stat *st)
+/* The identity of envs/NAME/env now, to notice replacement: 0, -ENOENT,
+ * or -EIO (a symlink in the way, logged). */
+static int env_file_stat(const char *name, struct stat *st)
 {
-	_cleanup_free_ char *p = xasprintf("%s/env", name);
+	_cleanup_close_ int dfd = env_dir_open(name);
+	_cleanup_close_ int fd = dfd >= 0 ? openat_beneath(dfd, "env", O_PATH, 0) : dfd;
 
-	return fstatat(fsd.s->envs_fd, p, st, 0) == 0;
+	if (fd == -ENOENT)
+		return -ENOENT;
+	if (fd < 0 && dfd >= 0) {
+		_cleanup_free_ char *where = xasprintf("%s/envs/%s", fsd.s->home, name);
+		fs_log("env %s: %s", name, (beneath_error(dfd, where, "env", fd), vf_last_error()));
+	}
+	if (fd < 0 || fstat(fd, st) < 0)
+		return -EIO;
+	return 0;
 }
 
 static void env_make_root(struct fsenv *e)
@@ -496,8 +553,10 @@ static void env_make_root(struct fsenv *e)
 	r->mode = tn->mode;
 	view_dir_mtime(e->view, &r->dir, &r->mtime.tv_sec, (uint32_t *)&r->mtime.tv_nsec);
 	_cleanup_free_ char *up = xasprintf("%s/%s", e->name, env_upper(e->env));
-	if (layer_dir_open(fsd.s->envs_fd, up, &r->up) < 0 || r->up.fd < 0)
-		fs_log("env %s: its writable layer %s/envs/%s cannot be opened", e->name, fsd.s->home, up);
+	_cleanup_close_ int efd = env_dir_open(e->name);
+	if (layer_dir_open(efd, env_upper(e->env), &r->up) < 0 || r->up.fd < 0)
+		fs_log("env %s: its writable layer %s/envs/%s cannot be opened (a symbolic link, or missing)", e->name,
+		       fsd.s->home, up);
 	r->ino = env_root_ino(e->name, strlen(e->name));
 	r->hash = key_named(e, NULL, "", 0);
 	r->name = xstrdup(e->name);
@@ -684,8 +743,8 @@ int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx,
 		struct merged mm;
 		w->up = (struct layer_dir){.fd = -1};
 		if (!d->parent) {
-			_cleanup_free_ char *un = xasprintf("%s/%s", e->name, env_upper(m));
-			r = layer_dir_open(fsd.s->envs_fd, un, &w->up);
+			_cleanup_close_ int efd = env_dir_open(e->name);
+			r = efd < 0 ? efd : layer_dir_open(efd, env_upper(m), &w->up);
 			view_root(v, &w->lo);
 		} else if (d->gone || !pw || pw->gone || layer_merge_lookup(v, &pw->up, &pw->lo, d->name, &mm) < 0 ||
 			   !(mm.upper == L_DIR || (mm.upper == L_NONE && mm.lower && S_ISDIR(view_node(v, mm.src)->mode)))) {
@@ -714,8 +773,7 @@ int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx,
 	env_free(e->env);
 	e->env = m;
 	e->view = v;
-	_cleanup_free_ char *ef = xasprintf("%s/env", e->name);
-	if (fstatat(fsd.s->envs_fd, ef, &st, 0) == 0) {
+	if (env_file_stat(e->name, &st) == 0) {
 		e->loaded_ino = st.st_ino;
 		e->loaded_mtime = st.st_mtim;
 	}
@@ -764,8 +822,13 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 	struct fsenv *e;
 
 	*err = ENOENT;
-	if (!env_valid_name(n) || !env_file_stat(n, &st))
+	if (!env_valid_name(n))
 		return NULL;
+	int r = env_file_stat(n, &st);
+	if (r < 0) {
+		*err = -r;
+		return NULL;
+	}
 	for (e = fsd.envs; e; e = e->next) {
 		if (e->stale || strcmp(e->name, n))
 			continue;
@@ -789,13 +852,21 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 		e->env = m;
 		e->view = v;
 		e->path = xasprintf("%s/%s", fsd.mountpoint, n);
-		e->readonly = !env_lock_once(n);
+		e->readonly = store_read_only() || !env_lock_once(n);
 		e->loaded_ino = st.st_ino;
 		e->loaded_mtime = st.st_mtim;
-		_cleanup_free_ char *work = xasprintf("%s/work", n);
-		if (mkdirat(fsd.s->envs_fd, work, 0700) < 0 && errno != EEXIST)
-			fs_log("env %s: %s/envs/%s: %s", n, fsd.s->home, work, strerror(errno));
-		e->workfd = openat(fsd.s->envs_fd, work, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		e->workfd = -1;
+		_cleanup_close_ int efd = store_read_only() ? -1 : env_dir_open(n);
+		if (efd >= 0 && mkdirat(efd, "work", 0700) < 0 && errno != EEXIST)
+			fs_log("env %s: %s/envs/%s/work: %s", n, fsd.s->home, n, strerror(errno));
+		if (efd >= 0) {
+			e->workfd = openat_beneath(efd, "work", O_RDONLY | O_DIRECTORY, 0);
+			if (e->workfd < 0) {
+				_cleanup_free_ char *where = xasprintf("%s/envs/%s", fsd.s->home, n);
+				fs_log("env %s: %s", n, (beneath_error(efd, where, "work", e->workfd), vf_last_error()));
+				e->workfd = -1;
+			}
+		}
 		record_view_path(n, e->path);
 		e->next = fsd.envs;
 		fsd.envs = e;

@@ -11,7 +11,17 @@
  * cloned, replaced or removed while mounted appear and disappear at once
  * (the kernel is told to drop what it cached about the root), and answers
  * SIGUSR1 by writing the daemon's counters to HOME/run/mount-*.stats.
- * Files in HOME/run: mount-<hash of the mount point>.pid, .stats.
+ * Files in HOME/run: mount-<hash of the mount point>.pid, .stats; the
+ * default log is HOME/log/mount.log. Both are opened without following a
+ * symlink under HOME (a symlink there would have the daemon append to,
+ * and create, files anywhere).
+ *
+ * A store on a read-only file system (an image, a shared cache) is mounted
+ * read-only ("ro": the kernel answers EROFS to every change): its daemon
+ * takes no env lock, writes nothing to the store, absorbs nothing, and
+ * keeps its pid file, counters, control socket and default log in a
+ * directory of the user's instead of HOME/run and HOME/log (env.h
+ * store_run_open()), where umount and stats look for them.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -64,12 +74,69 @@ void fs_log(const char *fmt, ...)
 
 char *fs_default_log(struct store *s)
 {
+	_cleanup_free_ char *run = NULL;
+
+	if (fd_on_read_only_fs(s->fd)) {
+		_cleanup_close_ int fd = store_run_open(s, &run);
+		if (fd >= 0)
+			return path_join(run, "mount.log");
+	}
 	return path_join(s->home, "log/mount.log");
 }
 
-static char *run_file(struct store *s, const char *mountpoint, const char *ext)
+/* The daemon's log: --log FILE as given, else the default one, opened
+ * without following a symlink under HOME. */
+static FILE *open_log(struct store *s, const char *explicit_path, char **path)
 {
-	return xasprintf("%s/run/mount-%016" PRIx64 ".%s", s->home, XXH3_64bits(mountpoint, strlen(mountpoint)), ext);
+	int fd;
+
+	if (explicit_path) {
+		*path = xstrdup(explicit_path);
+		FILE *f = fopen(explicit_path, "ae");
+		if (!f)
+			vf_error_errno(errno, "log file %s", explicit_path);
+		return f;
+	}
+	if (fd_on_read_only_fs(s->fd)) {
+		_cleanup_free_ char *run = NULL;
+		_cleanup_close_ int rfd = store_run_open(s, &run);
+		if (rfd < 0)
+			return NULL;
+		*path = path_join(run, "mount.log");
+		fd = openat_beneath(rfd, "mount.log", O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK, 0644);
+		if (fd < 0)
+			beneath_error(rfd, run, "mount.log", fd);
+	} else {
+		*path = path_join(s->home, "log/mount.log");
+		mkdirat(s->fd, "log", 0755);
+		fd = openat_beneath(s->fd, "log/mount.log", O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK, 0644);
+		if (fd < 0)
+			beneath_error(s->fd, s->home, "log/mount.log", fd);
+	}
+	struct stat st;
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+		vf_error(EIO, "%s: not a regular file, which the store layout never makes (run venvfs store verify)",
+			 *path);
+		close(fd);
+		return NULL;
+	}
+	FILE *f = fd >= 0 ? fdopen(fd, "a") : NULL;
+	if (fd >= 0 && !f) {
+		vf_error_errno(errno, "%s", *path);
+		close(fd);
+	}
+	if (f)
+		fcntl(fd, F_SETFL, O_APPEND);
+	return f;
+}
+
+/* The daemon's own run directory (store_run_open()), open while it runs. */
+static int daemon_run_fd = -1;
+
+/* "mount-<hash of the mount point>.EXT", in the store's run directory. */
+static char *run_name(const char *mountpoint, const char *ext)
+{
+	return xasprintf("mount-%016" PRIx64 ".%s", XXH3_64bits(mountpoint, strlen(mountpoint)), ext);
 }
 
 /* ---- counters ------------------------------------------------------------------- */
@@ -115,16 +182,17 @@ static void format_stats(struct buf *b)
 static void write_stats(void)
 {
 	_cleanup_buf_ struct buf b = {0};
-	_cleanup_free_ char *p = run_file(fsd.s, fsd.mountpoint, "stats");
+	_cleanup_free_ char *p = run_name(fsd.mountpoint, "stats");
 	_cleanup_free_ char *tmp = xasprintf("%s.tmp", p);
 
 	format_stats(&b);
-	FILE *f = fopen(tmp, "w");
-	if (!f)
+	unlinkat(daemon_run_fd, tmp, 0);
+	int fd = openat(daemon_run_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
 		return;
-	fwrite(b.data, 1, b.len, f);
-	fclose(f);
-	rename(tmp, p);
+	int r = write_full(fd, b.data, b.len);
+	if (close(fd) < 0 || r < 0 || renameat(daemon_run_fd, tmp, daemon_run_fd, p) < 0)
+		unlinkat(daemon_run_fd, tmp, 0);
 }
 
 /*
@@ -319,22 +387,26 @@ int fs_stats(struct store *s, const char *mountpoint, char **out)
 	_cleanup_free_ char *mp = realpath(mountpoint, NULL);
 	if (!mp)
 		return vf_error_errno(errno, "%s", mountpoint);
-	_cleanup_free_ char *pidf = run_file(s, mp, "pid"), *statf = run_file(s, mp, "stats");
+	_cleanup_free_ char *pidf = run_name(mp, "pid"), *statf = run_name(mp, "stats");
 	_cleanup_buf_ struct buf b = {0};
-	if (read_file_at(AT_FDCWD, pidf, 4096, &b) < 0)
+	_cleanup_close_ int run = store_run_open(s, NULL);
+	if (run < 0)
+		return run;
+	if (read_file_beneath(run, NULL, pidf, 4096, &b) < 0)
 		return vf_error(ENOENT, "%s: no venvfs daemon of store %s serves it", mp, s->home);
 	pid_t pid = (pid_t)atoi(b.data);
 	struct stat before = {0}, after;
-	stat(statf, &before);
+	fstatat(run, statf, &before, AT_SYMLINK_NOFOLLOW);
 	if (pid <= 0 || kill(pid, SIGUSR1) < 0)
 		return vf_error(ESRCH, "%s: its daemon (pid %d) is gone", mp, (int)pid);
 	for (int i = 0; i < 300; i++) {
-		if (stat(statf, &after) == 0 && (after.st_mtim.tv_sec != before.st_mtim.tv_sec ||
-						   after.st_mtim.tv_nsec != before.st_mtim.tv_nsec || after.st_ino != before.st_ino))
+		if (fstatat(run, statf, &after, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    (after.st_mtim.tv_sec != before.st_mtim.tv_sec || after.st_mtim.tv_nsec != before.st_mtim.tv_nsec ||
+		     after.st_ino != before.st_ino))
 			break;
 		usleep(10000);
 	}
-	if (read_file_at(AT_FDCWD, statf, 1 << 20, &b) < 0)
+	if (read_file_beneath(run, NULL, statf, 1 << 20, &b) < 0)
 		return vf_error(EIO, "%s: the daemon did not answer", mp);
 	*out = steal_pointer(&b.data);
 	return 0;
@@ -599,12 +671,16 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	node_init_root();
 	envs_changed();
 
-	log_path = o->log_path ? xstrdup(o->log_path) : fs_default_log(s);
-	mkdirat(s->fd, "log", 0755);
-	mkdirat(s->fd, "run", 0755);
-	fsd.log = fopen(log_path, "ae");
+	bool ro = fd_on_read_only_fs(s->fd);
+	fsd.log = open_log(s, o->log_path, &log_path);
 	if (!fsd.log)
-		return vf_error_errno(errno, "log file %s", log_path);
+		return vf_error_prefix(EIO, "log file: ");
+	daemon_run_fd = store_run_open(s, NULL);
+	if (daemon_run_fd < 0) {
+		fclose(fsd.log);
+		fsd.log = NULL;
+		return daemon_run_fd;
+	}
 
 	/*
 	 * Permissions. With allow_other, or a daemon that is not root, the
@@ -618,8 +694,8 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	 * 9,400 of the 119,000 requests of a pip install.
 	 */
 	bool perms = o->allow_other || fsd.uid != 0;
-	opts = xasprintf("fsname=venvfs,subtype=venvfs,%snoatime%s", perms ? "default_permissions," : "",
-			 o->allow_other ? ",allow_other" : "");
+	opts = xasprintf("fsname=venvfs,subtype=venvfs,%snoatime%s%s", perms ? "default_permissions," : "",
+			 o->allow_other ? ",allow_other" : "", ro ? ",ro" : "");
 	if (fuse_opt_add_arg(&args, "venvfs") || fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, opts) ||
 	    (o->debug && fuse_opt_add_arg(&args, "-d")))
 		return vf_error(ENOMEM, "fuse arguments");
@@ -639,15 +715,17 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		return vf_error(EIO, "cannot mount at %s (see %s)", mp, log_path);
 	}
 	passthrough_setup(fsd.se);
-	fs_log("mounted store %s at %s%s", s->home, mp, o->allow_other ? " (allow_other)" : "");
+	fs_log("mounted store %s at %s%s%s", s->home, mp, o->allow_other ? " (allow_other)" : "",
+	       ro ? " read-only (the store is on a read-only file system)" : "");
 	r = daemonize(o->foreground);
 	if (r < 0)
 		goto out;
 
-	pidf = run_file(s, mp, "pid");
+	pidf = run_name(mp, "pid");
 	{
 		_cleanup_free_ char *pid = xasprintf("%d\n%s\n", (int)getpid(), mp);
-		write_file_atomic(AT_FDCWD, pidf, pid, strlen(pid), 0644);
+		if (write_file_atomic(daemon_run_fd, pidf, pid, strlen(pid), 0644) < 0)
+			fs_log("pid file: %s (venvfs umount and stats cannot find this daemon)", vf_last_error());
 	}
 	daemon_ready();
 	/* SIGUSR1 is the housekeeping thread's (signalfd); block it everywhere */
@@ -659,8 +737,8 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		hk_wake[0] = hk_wake[1] = -1;
 	if (pipe2(hk_stop, O_CLOEXEC) == 0)
 		fs_thread_create(&hk_thread, housekeeping, NULL);
-	fsd.absorb_idle_s = o->absorb_idle_s;
-	fsd.absorb_on_unmount = !o->no_absorb_on_unmount;
+	fsd.absorb_idle_s = ro ? 0 : o->absorb_idle_s;
+	fsd.absorb_on_unmount = !ro && !o->no_absorb_on_unmount;
 	control_start();
 
 	if (o->libfuse_mt) {
@@ -699,19 +777,23 @@ out:
 	fuse_remove_signal_handlers(fsd.se);
 	fuse_session_destroy(fsd.se);
 	if (pidf)
-		unlink(pidf);
+		unlinkat(daemon_run_fd, pidf, 0);
 	fs_log("exited");
 	fclose(fsd.log);
 	fsd.log = NULL;
+	close(daemon_run_fd);
+	daemon_run_fd = -1;
 	return r;
 }
 
 int fs_unmount_and_wait(struct store *s, const char *mountpoint)
 {
 	_cleanup_free_ char *mp = path_absolute(mountpoint);
-	_cleanup_free_ char *pidf = run_file(s, mp, "pid");
+	_cleanup_free_ char *pidf = run_name(mp, "pid");
 	_cleanup_buf_ struct buf b = {0};
-	pid_t pid = read_file_at(AT_FDCWD, pidf, 4096, &b) == 0 ? (pid_t)atoi(b.data) : 0;
+	_cleanup_close_ int run = store_run_open(s, NULL);
+	pid_t pid = run >= 0 && read_file_beneath(run, NULL, pidf, 4096, &b) == 0 ? (pid_t)atoi(b.data) : 0;
+	vf_clear_error();
 	int r = fs_unmount(mp);
 
 	if (r == 0 && pid > 0)

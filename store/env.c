@@ -254,15 +254,17 @@ fail:
 	return r;
 }
 
-/* envs/NAME/env read from at/path: parsed, and named after its directory */
-static int load_from(struct store *s, int at, const char *path, const char *name, struct env **out)
+/* envs/NAME/env read from at/path (where: at's name in messages), never
+ * through a symlink: parsed, and named after its directory */
+static int load_from(struct store *s, int at, const char *where, const char *path, const char *name,
+		     struct env **out)
 {
 	_cleanup_buf_ struct buf text = {0};
 	int r;
 
 	if (!env_valid_name(name))
 		return vf_error(EINVAL, "%s: not a valid env name", name);
-	r = read_file_at(at, path, 1 << 24, &text);
+	r = read_file_beneath(at, where, path, 1 << 24, &text);
 	if (r == -ENOENT)
 		return vf_error(ENOENT, "no env named %s in %s", name, s->home);
 	if (r < 0)
@@ -282,13 +284,16 @@ static int load_from(struct store *s, int at, const char *path, const char *name
 int env_load(struct store *s, const char *name, struct env **out)
 {
 	_cleanup_free_ char *path = xasprintf("%s/env", name);
+	_cleanup_free_ char *where = path_join(s->home, "envs");
 
-	return load_from(s, s->envs_fd, path, name, out);
+	return load_from(s, s->envs_fd, where, path, name, out);
 }
 
 int env_load_at(struct store *s, int env_fd, const char *name, struct env **out)
 {
-	return load_from(s, env_fd, "env", name, out);
+	_cleanup_free_ char *where = xasprintf("%s/envs/%s", s->home, name);
+
+	return load_from(s, env_fd, where, "env", name, out);
 }
 
 int env_manifest_name(struct store *s, const char *name, char **out)
@@ -296,11 +301,12 @@ int env_manifest_name(struct store *s, const char *name, char **out)
 	_cleanup_buf_ struct buf text = {0};
 	_cleanup_free_ char *path = xasprintf("%s/env", name);
 	_cleanup_free_ char *what = xasprintf("%s/envs/%s/env", s->home, name);
+	_cleanup_free_ char *where = path_join(s->home, "envs");
 	struct env *e;
-	int r = read_file_at(s->envs_fd, path, 1 << 24, &text);
+	int r = read_file_beneath(s->envs_fd, where, path, 1 << 24, &text);
 
 	if (r < 0)
-		return vf_error_errno(-r, "%s", what);
+		return r;
 	r = env_parse(text.data, text.len, what, &e);
 	if (r < 0)
 		return r;
@@ -312,7 +318,7 @@ int env_manifest_name(struct store *s, const char *name, char **out)
 /* Whether envs/PATH holds an entry but except (NULL: none); -1 if it cannot be read. */
 static int holds_entries(struct store *s, const char *path, const char *except)
 {
-	DIR *d = opendir_at(s->envs_fd, path);
+	DIR *d = opendir_beneath(s->envs_fd, path);
 	struct dirent *de;
 	int any = 0;
 
@@ -327,7 +333,7 @@ static int holds_entries(struct store *s, const char *path, const char *except)
 /* Nothing in envs/NAME but its manifest and empty layer and work directories. */
 static bool holds_nothing_of_its_own(struct store *s, const char *name)
 {
-	DIR *d = opendir_at(s->envs_fd, name);
+	DIR *d = opendir_beneath(s->envs_fd, name);
 	struct dirent *de;
 	bool empty = d != NULL;
 
@@ -349,18 +355,22 @@ bool env_torn(struct store *s, const char *name)
 	_cleanup_free_ char *path = xasprintf("%s/env", name);
 	size_t body;
 
-	if (!env_valid_name(name) || read_file_at(s->envs_fd, path, 1 << 24, &text) < 0)
+	if (!env_valid_name(name) || read_file_beneath(s->envs_fd, NULL, path, 1 << 24, &text) < 0) {
+		vf_clear_error();
 		return false;
+	}
 	return !version_1(text.data, text.len) && manifest_end(text.data, text.len, &body) == 0 &&
 	       holds_nothing_of_its_own(s, name);
 }
 
 int env_make_durable(struct store *s, const char *name)
 {
-	_cleanup_free_ char *path = xasprintf("%s/env", name);
-	_cleanup_close_ int fd = openat(s->envs_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	_cleanup_close_ int dfd = openat_beneath(s->envs_fd, name, O_RDONLY | O_DIRECTORY, 0);
+	_cleanup_close_ int fd = dfd >= 0 ? openat_beneath(dfd, "env", O_RDONLY, 0) : dfd;
 
-	if (fd < 0 || fsync(fd) < 0 || fsync_dir_at(s->envs_fd, name) < 0 || fsync(s->envs_fd) < 0)
+	if (fd < 0)
+		return fd;
+	if (fsync(fd) < 0 || fsync(dfd) < 0 || fsync(s->envs_fd) < 0)
 		return -errno;
 	return 0;
 }
@@ -368,9 +378,10 @@ int env_make_durable(struct store *s, const char *name)
 bool env_exists(struct store *s, const char *name)
 {
 	_cleanup_free_ char *path = xasprintf("%s/env", name);
+	_cleanup_close_ int fd = env_valid_name(name) ? openat_beneath(s->envs_fd, path, O_PATH, 0) : -EINVAL;
 	struct stat st;
 
-	return env_valid_name(name) && fstatat(s->envs_fd, path, &st, 0) == 0;
+	return fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 const char *env_upper(const struct env *e)
@@ -412,8 +423,14 @@ int env_list(struct store *s, char ***names, size_t *n)
 		/* envs appear and go by renames (env_install(), env_remove()):
 		 * a directory not hidden is a whole env, no need to stat its
 		 * manifest (a cold listing of 1,000 envs: 1,000 disk reads) */
+		/* a symlink in an env's place is listed: it is there, and
+		 * reading it fails, naming it (gc then refuses to run) */
+		unsigned char type = de->d_type;
+		struct stat st;
+		if (type == DT_UNKNOWN && fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			type = S_ISLNK(st.st_mode) ? DT_LNK : S_ISDIR(st.st_mode) ? DT_DIR : DT_REG;
 		if (de->d_name[0] == '.' || !env_valid_name(de->d_name) ||
-		    (de->d_type != DT_DIR && !env_exists(s, de->d_name)))
+		    (type != DT_DIR && type != DT_LNK && !env_exists(s, de->d_name)))
 			continue;
 		if (cnt == cap) {
 			cap = cap ? cap * 2 : 16;
@@ -525,9 +542,13 @@ fail:
 int env_remove(struct store *s, const char *name)
 {
 	_cleanup_free_ char *trash = NULL;
+	struct stat st;
 	int r;
 
-	if (!env_exists(s, name))
+	/* a symlink in an env's place (never followed) may be removed too */
+	bool link = env_valid_name(name) && fstatat(s->envs_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISLNK(st.st_mode);
+	if (!link && !env_exists(s, name))
 		return vf_error(ENOENT, "no env named %s in %s", name, s->home);
 	/* gc's list of envs holds still while it marks */
 	r = store_lock(s, LOCK_SH, true);
@@ -548,21 +569,51 @@ int env_remove(struct store *s, const char *name)
 	return 0;
 }
 
+int store_run_open(struct store *s, char **path)
+{
+	if (fd_on_read_only_fs(s->fd)) {
+		char sub[32];
+		snprintf(sub, sizeof(sub), "store-%016" PRIx64, XXH3_64bits(s->home, strlen(s->home)));
+		return user_runtime_dir_open(sub, path);
+	}
+	if (mkdirat(s->fd, "run", 0755) < 0 && errno != EEXIST)
+		return vf_error_errno(errno, "%s/run", s->home);
+	int fd = openat_beneath(s->fd, "run", O_RDONLY | O_DIRECTORY, 0);
+	if (fd < 0)
+		return beneath_error(s->fd, s->home, "run", fd);
+	if (path)
+		*path = path_join(s->home, "run");
+	return fd;
+}
+
 int env_lock(struct store *s, const char *name)
 {
-	_cleanup_free_ char *p = xasprintf("run/env-%s.lock", name);
+	_cleanup_free_ char *p = xasprintf("env-%s.lock", name);
+	_cleanup_free_ char *where = path_join(s->home, "run");
+	struct stat st;
 	int fd;
 
 	if (!env_valid_name(name))
 		return vf_error(EINVAL, "%s: not a valid env name", name);
-	mkdirat(s->fd, "run", 0755);
-	fd = openat(s->fd, p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd_on_read_only_fs(s->fd))
+		return vf_error_read_only_store(s->home);
+	_cleanup_close_ int run = store_run_open(s, NULL);
+	if (run < 0)
+		return run;
+	/* O_NONBLOCK: a FIFO in its place must not hang us */
+	fd = openat_beneath(run, p, O_RDWR | O_CREAT | O_NONBLOCK, 0644);
 	if (fd < 0)
-		return vf_error_errno(errno, "%s/%s", s->home, p);
+		return beneath_error(run, where, p, fd);
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return vf_error(EIO, "%s/%s: not a regular file, which the store layout never makes "
+				     "(run venvfs store verify)",
+				where, p);
+	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		int e = errno;
 		close(fd);
-		return e == EWOULDBLOCK ? -EWOULDBLOCK : vf_error_errno(e, "%s/%s", s->home, p);
+		return e == EWOULDBLOCK ? -EWOULDBLOCK : vf_error_errno(e, "%s/%s", where, p);
 	}
 	return fd;
 }
@@ -570,7 +621,7 @@ int env_lock(struct store *s, const char *name)
 void env_sweep_layers(struct store *s, const char *name)
 {
 	struct env *e;
-	_cleanup_close_ int efd = openat(s->envs_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_close_ int efd = openat_beneath(s->envs_fd, name, O_RDONLY | O_DIRECTORY, 0);
 	DIR *dir = efd >= 0 ? opendir_at(efd, ".") : NULL;
 	struct dirent *de;
 

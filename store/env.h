@@ -34,6 +34,11 @@
  * the same path (pip's "last installed wins"); the env tree takes
  * precedence over all packages, the upper layer over everything.
  *
+ * Nothing under HOME/envs is ever followed through a symbolic link (util.h
+ * openat_beneath()): an env directory, its manifest, views, work or
+ * layer directory made a symlink is damage, named in the error, never a
+ * way out of the store.
+ *
  * Env directories appear and disappear atomically: a new env is built as
  * envs/.new-NAME-RANDOM and renamed into place; a removed one is renamed to
  * envs/.trash-NAME-RANDOM before it is deleted. Names starting with "."
@@ -135,9 +140,22 @@ int env_remove(struct store *s, const char *name);
 bool env_exists(struct store *s, const char *name);
 
 /*
+ * The directory of a store's running daemons (pid files, control sockets,
+ * counters) and env locks: HOME/run, made if missing and never followed
+ * through a symlink. A store on a read-only file system has none: its
+ * daemon's files go to a directory of the user's
+ * (util.h user_runtime_dir_open(), "store-<XXH3-64 of HOME>"), where
+ * `venvfs umount` and `stats` find them too. An fd and, with path, its
+ * path (malloc'd); or a negative errno with a message.
+ */
+int store_run_open(struct store *s, char **path);
+
+/*
  * The env's lock (HOME/run/env-NAME.lock), held by whoever may change its
  * writable layer: the daemon serving it, or absorb when no daemon does.
- * Returns a descriptor (close it to release) or -EWOULDBLOCK.
+ * Returns a descriptor (close it to release) or -EWOULDBLOCK; -EROFS on
+ * a read-only store (nobody may change it). The lock is never reached
+ * through a symlink (run/ or the lock file itself one: -EIO, named).
  */
 int env_lock(struct store *s, const char *name);
 

@@ -536,6 +536,65 @@ static int verify_pkg_dir(void *p, int dfd, const char *name, const struct stat 
 	return each_entry(c->v->s->packages_fd, name, verify_pkg, c);
 }
 
+/*
+ * Symbolic links where the layout has a file or a directory of its own:
+ * nothing under HOME is ever followed through one (util.h
+ * openat_beneath()), so an env, its manifest, views, work or layer
+ * directory, or run/, log/, cache/ or what is in them, made a symlink is
+ * refused where it is used; verify names each. (What is inside a
+ * writable layer is the env's own files, symlinks included.)
+ */
+static void verify_link(struct verifier *v, int at, const char *path, const char *shown)
+{
+	struct stat st;
+
+	if (fstatat(at, path, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+		report(v->fn, v->ctx, "%s is a symbolic link, which the store layout never makes", shown);
+		v->problems++;
+	}
+}
+
+/* dir (a directory of HOME) and the entries in it: no symlink. */
+static void verify_dir_links(struct verifier *v, const char *dir)
+{
+	DIR *d = opendir_beneath(v->s->fd, dir);
+	struct dirent *de;
+
+	verify_link(v, v->s->fd, dir, dir);
+	while (d && (de = readdir(d))) {
+		_cleanup_free_ char *shown = xasprintf("%s/%s", dir, de->d_name);
+		verify_link(v, dirfd(d), de->d_name, shown);
+	}
+	if (d)
+		closedir(d);
+}
+
+static void verify_env_links(struct verifier *v)
+{
+	DIR *d = opendir_at(v->s->envs_fd, ".");
+	struct dirent *de;
+
+	while (d && (de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		_cleanup_free_ char *shown = xasprintf("envs/%s", de->d_name);
+		verify_link(v, dirfd(d), de->d_name, shown);
+		DIR *e = opendir_beneath(dirfd(d), de->d_name);
+		struct dirent *ee;
+		while (e && (ee = readdir(e))) {
+			if (strcmp(ee->d_name, "env") && strcmp(ee->d_name, "views") && strcmp(ee->d_name, "work") &&
+			    !str_has_prefix(ee->d_name, "upper"))
+				continue;
+			_cleanup_free_ char *sub = xasprintf("envs/%s/%s", de->d_name, ee->d_name);
+			verify_link(v, dirfd(e), ee->d_name, sub);
+		}
+		if (e)
+			closedir(e);
+	}
+	if (d)
+		closedir(d);
+}
+
 int store_verify(struct store *s, bool progress, maint_report_fn fn, void *ctx, struct verify_stats *st)
 {
 	struct verifier v = {.s = s, .fn = fn, .ctx = ctx};
@@ -561,6 +620,11 @@ int store_verify(struct store *s, bool progress, maint_report_fn fn, void *ctx, 
 
 	struct pkgdir_ctx pc = {.v = &v, .st = st};
 	each_entry(s->packages_fd, ".", verify_pkg_dir, &pc);
+
+	verify_env_links(&v);
+	verify_dir_links(&v, "run");
+	verify_dir_links(&v, "log");
+	verify_dir_links(&v, "cache");
 
 	if (env_list(s, &names, &ne) == 0) {
 		for (size_t i = 0; i < ne; i++) {

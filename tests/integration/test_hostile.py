@@ -299,3 +299,159 @@ def test_verify_reports_what_the_layout_never_makes(tmp_path, venvfs, six_venv):
     r = venvfs("store", "verify", check=False)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and f"objects/{obj.parent.name}/ffffffffffffffffffffffffffffff is not a regular file" in out, out
+
+
+# ---- nothing under HOME is followed through a symlink ------------------------------------
+
+
+def planted_outside(tmp_path, name, content=b""):
+    """A file outside the store, where a symlink in the store points."""
+    out = tmp_path / "outside"
+    out.mkdir(exist_ok=True)
+    p = out / name
+    p.write_bytes(content)
+    return p
+
+
+def assert_names_link(text, path):
+    assert f"{path} is a symbolic link, which the store layout never makes" in text, text
+
+
+@needs_fuse
+def test_mount_follows_no_symlink_under_home(tmp_path, venvfs, mnt, six_venv):
+    """views, run/env-NAME.lock and envs/NAME/work made symlinks: the daemon
+    appends to, creates and writes through none of them (the env is still
+    served; the log names each)."""
+    venvfs("import", six_venv, "--name", "v")
+    venvfs("import", six_venv, "--name", "w")
+    home = venvfs.home
+    views = planted_outside(tmp_path, "views", b"")
+    (home / "envs" / "v" / "views").symlink_to(views)
+    (home / "run").mkdir(exist_ok=True)
+    lock = tmp_path / "outside" / "lock"
+    (home / "run" / "env-v.lock").symlink_to(lock)
+    work = tmp_path / "outside" / "work"
+    work.mkdir()
+    shutil.rmtree(home / "envs" / "w" / "work")
+    (home / "envs" / "w" / "work").symlink_to(work)
+
+    mnt.mount()
+    cfg = mnt.path / "v" / "pyvenv.cfg"
+    assert b"home" in cfg.read_bytes()
+    (mnt.path / "w" / "new.txt").write_text("mine\n")
+    try:  # a copy-up goes through work/: it fails, never through the link
+        with open(mnt.path / "w" / "pyvenv.cfg", "a") as f:
+            f.write("# edited\n")
+    except OSError:
+        pass
+    os.listdir(mnt.path / "w")
+    mnt.umount()
+
+    assert views.read_bytes() == b"", "the daemon appended to a file outside the store"
+    assert not lock.exists(), "the daemon created a lock file outside the store"
+    assert os.listdir(work) == []
+    log = mnt.log()
+    assert_names_link(log, home / "envs" / "v" / "views")
+    assert_names_link(log, home / "run" / "env-v.lock")
+    assert_names_link(log, home / "envs" / "w" / "work")
+
+
+@needs_fuse
+def test_mount_refuses_a_symlinked_log_or_run(tmp_path, venvfs, mnt, six_venv):
+    """log/mount.log or run/ made a symlink: the daemon writes nothing through it."""
+    venvfs("import", six_venv, "--name", "v")
+    home = venvfs.home
+    log = planted_outside(tmp_path, "mount.log", b"")
+    (home / "log" / "mount.log").symlink_to(log)
+    p = venvfs("mount", mnt.path, check=False)
+    mnt.mounted = p.returncode == 0
+    assert p.returncode == 1, p.stderr
+    assert_names_link(p.stderr, home / "log" / "mount.log")
+    assert log.read_bytes() == b""
+
+    (home / "log" / "mount.log").unlink()
+    run = tmp_path / "outside" / "run"
+    run.mkdir()
+    shutil.rmtree(home / "run", ignore_errors=True)
+    (home / "run").symlink_to(run)
+    p = venvfs("mount", mnt.path, check=False)
+    mnt.mounted = p.returncode == 0
+    assert p.returncode == 1, p.stderr
+    assert_names_link(p.stderr, home / "run")
+    assert os.listdir(run) == []
+
+
+def test_symlinked_env_is_never_followed(tmp_path, venvfs, six_venv):
+    """envs/NAME itself a symlink to an env planted elsewhere: listed as
+    unreadable, not exported, not a reason for gc to delete what it names,
+    reported by verify, removable."""
+    venvfs("import", six_venv, "--name", "v")
+    venvfs("import", six_venv, "--name", "x")
+    home = venvfs.home
+    elsewhere = tmp_path / "outside-x"
+    shutil.move(home / "envs" / "x", elsewhere)
+    (elsewhere / "upper" / "planted.py").write_text("print('planted')\n")
+    (home / "envs" / "x").symlink_to(elsewhere)
+
+    p = venvfs("ls")
+    assert "x" in p.stdout and "unreadable" in p.stdout, p.stdout
+    assert_names_link(p.stdout, home / "envs" / "x")
+    dest = tmp_path / "out"
+    p = venvfs("export", "x", dest, check=False)
+    assert p.returncode == 1, p.stderr
+    assert_names_link(p.stderr, home / "envs" / "x")
+    assert not dest.exists()
+    p = venvfs("gc", check=False)
+    assert p.returncode == 1 and "x" in p.stderr, p.stderr
+    p = venvfs("store", "verify", check=False)
+    assert p.returncode != 0
+    assert "envs/x is a symbolic link" in p.stdout + p.stderr, p.stdout + p.stderr
+    venvfs("rm", "x")
+    assert elsewhere.is_dir() and (elsewhere / "upper" / "planted.py").exists()
+    venvfs("store", "verify")
+
+
+@needs_fuse
+def test_mount_does_not_serve_a_symlinked_env(tmp_path, venvfs, mnt, six_venv):
+    venvfs("import", six_venv, "--name", "x")
+    home = venvfs.home
+    elsewhere = tmp_path / "outside-x"
+    shutil.move(home / "envs" / "x", elsewhere)
+    (elsewhere / "upper" / "planted.py").write_text("print('planted')\n")
+    (home / "envs" / "x").symlink_to(elsewhere)
+    mnt.mount()
+    with pytest.raises(OSError) as e:
+        os.listdir(mnt.path / "x")
+    assert e.value.errno == 5  # EIO
+    mnt.umount()
+    assert_names_link(mnt.log(), home / "envs" / "x")
+
+
+def test_verify_reports_symlinks_in_envs_run_and_log(tmp_path, venvfs, six_venv):
+    venvfs("import", six_venv, "--name", "v")
+    home = venvfs.home
+    target = planted_outside(tmp_path, "t")
+    (home / "envs" / "v" / "views").symlink_to(target)
+    shutil.rmtree(home / "envs" / "v" / "work")
+    (home / "envs" / "v" / "work").symlink_to(tmp_path / "outside")
+    (home / "run").mkdir(exist_ok=True)
+    (home / "run" / "env-v.lock").symlink_to(target)
+    (home / "log" / "mount.log").symlink_to(target)
+    p = venvfs("store", "verify", check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0, out
+    for rel in ["envs/v/views", "envs/v/work", "run/env-v.lock", "log/mount.log"]:
+        assert f"{rel} is a symbolic link" in out, out
+
+
+def test_absorb_refuses_a_symlinked_env_lock(tmp_path, venvfs, six_venv):
+    """`venvfs absorb` without a daemon takes run/env-NAME.lock: never through a symlink."""
+    venvfs("import", six_venv, "--name", "v")
+    home = venvfs.home
+    (home / "run").mkdir(exist_ok=True)
+    lock = tmp_path / "outside-lock"
+    (home / "run" / "env-v.lock").symlink_to(lock)
+    p = venvfs("absorb", "v", check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert_names_link(p.stderr, home / "run" / "env-v.lock")
+    assert not lock.exists()
