@@ -204,14 +204,26 @@ int store_open(const char *home, bool create, struct store **out)
 		if (r < 0)
 			goto fail;
 	}
+	/* A store on a read-only file system (an image, a shared cache) is
+	 * read without the lock (readers never take it); its lock file, if
+	 * any, is opened read-only, and store_lock() says why it cannot be
+	 * taken. */
 	s->lock_fd = openat(s->fd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+	if (s->lock_fd < 0 && errno == EROFS) {
+		s->lock_fd = openat(s->fd, "lock", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		if (s->lock_fd < 0 && errno == ENOENT) {
+			*out = s;
+			return 0;
+		}
+	}
 	if (s->lock_fd < 0 && errno != ELOOP) {
 		r = vf_error_errno(errno, "%s/lock", s->home);
 		goto fail;
 	}
 	struct stat lst;
 	if (s->lock_fd < 0 || fstat(s->lock_fd, &lst) < 0 || !S_ISREG(lst.st_mode)) {
-		r = vf_error(EIO, "%s/lock: not a regular file (a symbolic link or another file took its place)",
+		r = vf_error(EIO, "%s/lock is a symbolic link or another file, which the store layout never makes "
+				  "(run venvfs store verify)",
 			     s->home);
 		goto fail;
 	}
@@ -245,6 +257,10 @@ int store_lock(struct store *s, int how, bool wait)
 		s->lock_depth++;
 		return 0;
 	}
+	/* only writers lock: a lock file opened read-only (store_open) is a
+	 * store that cannot be written */
+	if (s->lock_fd < 0 || (fcntl(s->lock_fd, F_GETFL) & O_ACCMODE) == O_RDONLY)
+		return vf_error_read_only_store(s->home);
 	if (flock(s->lock_fd, how | (wait ? 0 : LOCK_NB)) < 0) {
 		if (errno == EWOULDBLOCK)
 			return -EWOULDBLOCK;

@@ -25,6 +25,10 @@ extern const char *opt_home;
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int fail(const char *cmd);
 int open_store(const char *cmd, bool create, struct store **s);
+/* The same for a command that changes the store: a store on a read-only
+ * file system is refused at once, saying so (reading commands, export and
+ * mount use it as it is). */
+int open_store_to_write(const char *cmd, bool create, struct store **s);
 int parse_opts(const struct command *c, int argc, char **argv, const struct option *extra, const char *shortopts,
 	       int (*on_opt)(int opt, const char *arg, void *ctx), void *ctx);
 

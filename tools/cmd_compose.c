@@ -65,7 +65,7 @@ static int run_create(const struct command *c, int argc, char **argv)
 	a.o.name = argv[i];
 	a.o.reqs = (const char **)argv + i + 1;
 	a.o.n_reqs = (size_t)(argc - i - 1);
-	if (open_store(c->name, true, &s))
+	if (open_store_to_write(c->name, true, &s))
 		return 1;
 	int r = venv_create(s, &a.o, &st);
 	store_close(s);
@@ -114,7 +114,7 @@ static int run_clone(const struct command *c, int argc, char **argv)
 		return i == -1 ? 0 : 2;
 	if (argc - i != 2)
 		return usage_error(c->name, "expected SRC and DST");
-	if (open_store(c->name, false, &s))
+	if (open_store_to_write(c->name, false, &s))
 		return 1;
 	/* what pip installed into SRC becomes packages first: shared with the
 	 * clone rather than copied (and its scripts rendered for the clone) */

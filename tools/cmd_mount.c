@@ -194,7 +194,7 @@ static int run_absorb(const struct command *c, int argc, char **argv)
 
 	if (i < 0)
 		return i == -1 ? 0 : 2;
-	if (open_store(c->name, false, &s))
+	if (open_store_to_write(c->name, false, &s))
 		return 1;
 	if (i < argc) {
 		names = argv + i;

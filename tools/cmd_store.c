@@ -73,7 +73,7 @@ static int run_import(const struct command *c, int argc, char **argv)
 		return i == -1 ? 0 : 2;
 	if (argc - i != 1)
 		return usage_error(c->name, "expected one VENV_DIR");
-	if (open_store(c->name, true, &s))
+	if (open_store_to_write(c->name, true, &s))
 		return 1;
 	int r = venv_import(s, argv[i], &a.o, &st);
 	store_close(s);
@@ -219,7 +219,7 @@ static int run_rm(const struct command *c, int argc, char **argv)
 		return i == -1 ? 0 : 2;
 	if (argc == i)
 		return usage_error(c->name, "expected NAME");
-	if (open_store(c->name, false, &s))
+	if (open_store_to_write(c->name, false, &s))
 		return 1;
 	for (; i < argc; i++)
 		if (env_remove(s, argv[i]) < 0)
@@ -369,7 +369,7 @@ static int run_gc(const struct command *c, int argc, char **argv)
 		return i == -1 ? 0 : 2;
 	if (argc != i)
 		return usage_error(c->name, "unexpected argument %s", argv[i]);
-	if (open_store(c->name, true, &s))
+	if (open_store_to_write(c->name, true, &s))
 		return 1;
 	int r = store_gc(s, true, &st);
 	store_close(s);

@@ -43,6 +43,19 @@ int open_store(const char *cmd, bool create, struct store **s)
 	return 0;
 }
 
+int open_store_to_write(const char *cmd, bool create, struct store **s)
+{
+	if (open_store(cmd, create, s))
+		return 1;
+	if (fd_on_read_only_fs((*s)->fd)) {
+		vf_error_read_only_store((*s)->home);
+		store_close(*s);
+		*s = NULL;
+		return fail(cmd);
+	}
+	return 0;
+}
+
 /*
  * Parse the options of a subcommand: every subcommand takes --help and
  * --home; extra holds its own. Returns the getopt index of the first
