@@ -1614,17 +1614,6 @@ static int build_layer(struct absorb *a)
 
 /* ---- the absorb ------------------------------------------------------------------------ */
 
-static void load_views(struct absorb *a)
-{
-	_cleanup_buf_ struct buf text = {0};
-
-	if (read_file_at(a->env_fd, "views", 1 << 20, &text) < 0)
-		return;
-	for (char *save, *l = strtok_r(text.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-		a->views = xrealloc(a->views, (a->n_views + 1) * sizeof(char *));
-		a->views[a->n_views++] = xstrdup(l);
-	}
-}
 
 void absorb_free(struct absorb *a)
 {
@@ -1743,7 +1732,7 @@ int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *
 		goto fail;
 	}
 	a->site = env_site_dir(a->env);
-	load_views(a);
+	env_views(a->env_fd, "views", &a->views, &a->n_views);
 
 	/* 1, 2: find and check */
 	r = find_dists(a);

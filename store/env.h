@@ -95,6 +95,11 @@ char *env_site_dir(const struct env *e);
 /* "3.11" from "3.11.7" */
 char *env_python_xy(const struct env *e);
 
+/* The paths mounts showed an env at (dirfd/path: HOME/envs/NAME/views, one
+ * a line, as the daemon records them): a script rendered for one of them
+ * is a template. Never through a symlink. */
+void env_views(int dirfd, const char *path, char ***views, size_t *n);
+
 /* Sorted names of all envs. */
 int env_list(struct store *s, char ***names, size_t *n);
 void env_list_free(char **names, size_t n);

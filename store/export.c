@@ -375,19 +375,6 @@ static int export_dir(struct exporter *x, int dfd, const struct layer_dir *ld, c
 	return r;
 }
 
-/* The paths an env was shown at by mounts (recorded by the daemon). */
-static void load_views(struct exporter *x, const char *name)
-{
-	_cleanup_buf_ struct buf text = {0};
-	_cleanup_free_ char *p = xasprintf("%s/views", name);
-
-	if (read_file_at(x->s->envs_fd, p, 1 << 20, &text) < 0)
-		return;
-	for (char *save, *l = strtok_r(text.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-		x->views = xrealloc(x->views, (x->n_views + 1) * sizeof(char *));
-		x->views[x->n_views++] = xstrdup(l);
-	}
-}
 
 int venv_export(struct store *s, const char *name, const char *dir, const struct export_opts *o)
 {
@@ -446,7 +433,10 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 		goto out;
 	}
 	progress_init(&x.prog, "exporting", o && o->progress);
-	load_views(&x, name);
+	{
+		_cleanup_free_ char *views = xasprintf("%s/views", name);
+		env_views(s->envs_fd, views, &x.views, &x.n_views);
+	}
 	view_root(x.v, &root);
 	{
 		struct buf path = {0};
