@@ -100,7 +100,7 @@ static int skeleton(struct store *s, const char *python, const char *prompt, boo
 		   st.st_mtim.tv_nsec, prompt ? prompt : "", ssp);
 	_cleanup_free_ char *cache = xasprintf("cache/python-%016" PRIx64, XXH3_64bits(key.data, key.len));
 
-	if (read_file_at(s->fd, cache, 1 << 20, &text) == 0 && env_parse(text.data, text.len, cache, out) == 0) {
+	if (read_file_beneath(s->fd, NULL, cache, 1 << 20, &text) == 0 && env_parse(text.data, text.len, cache, out) == 0) {
 		if (store_object_exists(s, &(*out)->tree))
 			return 0;
 		env_free(*out); /* its tree was collected: make it again */
@@ -142,7 +142,10 @@ static int skeleton(struct store *s, const char *python, const char *prompt, boo
 	free((*out)->origin);
 	(*out)->origin = NULL;
 	env_format(*out, &text);
-	write_file_atomic(s->fd, cache, text.data, text.len, 0644);
+	_cleanup_close_ int cfd = openat_beneath(s->fd, "cache", O_RDONLY | O_DIRECTORY, 0);
+	if (cfd >= 0)
+		write_file_atomic(cfd, cache + strlen("cache/"), text.data, text.len, 0644);
+	vf_clear_error(); /* a cache: none is fine */
 	return 0;
 }
 
@@ -490,7 +493,7 @@ static int copy_env_layer(struct store *s, const char *src, int dirfd, struct en
 		if (r < 0)
 			return r;
 		_cleanup_close_ int efd = openat(s->envs_fd, src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (efd < 0 || read_file_at(efd, "env", 1 << 24, &before) < 0) {
+		if (efd < 0 || read_file_beneath(efd, NULL, "env", 1 << 24, &before) < 0) {
 			env_free(e);
 			return vf_error(ENOENT, "env %s was removed while it was cloned", src);
 		}
@@ -509,7 +512,7 @@ static int copy_env_layer(struct store *s, const char *src, int dirfd, struct en
 		else
 			r = copy_tree(sfd, dfd);
 		/* the copy counts if the directory's manifest did not change */
-		bool same = read_file_at(efd, "env", 1 << 24, &after) == 0 && before.len == after.len &&
+		bool same = read_file_beneath(efd, NULL, "env", 1 << 24, &after) == 0 && before.len == after.len &&
 			    !memcmp(before.data, after.data, before.len);
 		if (same && r == 0) {
 			*out = e;

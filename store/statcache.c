@@ -124,8 +124,11 @@ struct statcache *statcache_load(struct store *s, const char *name, uint64_t key
 	uint64_t k, sum, n, env_len, str_len;
 	struct statcache *c;
 
-	if (read_file_at(s->fd, name, 1u << 30, &b) < 0 || b.len < HDR_SIZE || memcmp(b.data, STATCACHE_MAGIC, 8))
+	if (read_file_beneath(s->fd, NULL, name, 1u << 30, &b) < 0 || b.len < HDR_SIZE ||
+	    memcmp(b.data, STATCACHE_MAGIC, 8)) {
+		vf_clear_error();
 		return NULL;
+	}
 	memcpy(&k, b.data + 8, 8);
 	memcpy(&sum, b.data + 16, 8);
 	memcpy(&n, b.data + 24, 8);
@@ -155,7 +158,11 @@ struct statcache *statcache_load(struct store *s, const char *name, uint64_t key
 void statcache_save(struct store *s, const char *name, const struct statcache *c)
 {
 	_cleanup_buf_ struct buf out = {0};
-	_cleanup_free_ char *tmp = xasprintf("%s.%016llx", name, (unsigned long long)random_u64());
+	/* in HOME/cache, never through a symlink */
+	const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+	_cleanup_free_ char *dir = base > name ? xstrndup(name, (size_t)(base - 1 - name)) : xstrdup(".");
+	_cleanup_close_ int dfd = openat_beneath(s->fd, dir, O_RDONLY | O_DIRECTORY, 0);
+	_cleanup_free_ char *tmp = xasprintf("%s.%016llx", base, (unsigned long long)random_u64());
 	uint64_t n = c->n, env_len = c->env_text ? strlen(c->env_text) : 0, str_len = c->strtab.len, sum = 0;
 
 	buf_add(&out, STATCACHE_MAGIC, 8);
@@ -171,11 +178,13 @@ void statcache_save(struct store *s, const char *name, const struct statcache *c
 	sum = XXH3_64bits(out.data + 24, out.len - 24);
 	memcpy(out.data + 16, &sum, 8);
 
-	int fd = openat(s->fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return;
+	int fd = dfd < 0 ? -1 : openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		vf_clear_error();
+		return; /* a cache: none is fine */
+	}
 	int r = write_full(fd, out.data, out.len);
 	close(fd);
-	if (r < 0 || renameat(s->fd, tmp, s->fd, name) < 0)
-		unlinkat(s->fd, tmp, 0);
+	if (r < 0 || renameat(dfd, tmp, dfd, base) < 0)
+		unlinkat(dfd, tmp, 0);
 }
