@@ -219,10 +219,11 @@ bool intent_take(pid_t pid, struct node *n, bool *trunc);
 char *dir_lower_path(const struct node *dir);
 bool env_claim(struct fsenv *e);
 
-/* Changing env e: 0, or -ESTALE (replaced) / -EROFS (not ours to change). */
+/* Changing env e: 0, or -ESTALE (replaced) / -EROFS (not ours to change) /
+ * -EIO (its work directory could not be opened: logged when it was met). */
 static inline int env_writable(struct fsenv *e)
 {
-	return e->stale ? -ESTALE : e->readonly && !env_claim(e) ? -EROFS : 0;
+	return e->stale ? -ESTALE : e->readonly && !env_claim(e) ? -EROFS : e->workfd < 0 ? -EIO : 0;
 }
 
 /* Changing through node n: also -ESTALE if it names nothing any more. */

@@ -26,7 +26,7 @@ typedef int (*dir_fn)(void *ctx, int dfd, const char *name, const struct stat *s
 /* Call fn for each entry of dirfd/path (not "." and ".."). */
 static int each_entry(int at, const char *path, dir_fn fn, void *ctx)
 {
-	DIR *d = opendir_at(at, path);
+	DIR *d = opendir_beneath(at, path);
 	struct dirent *de;
 	int r = 0;
 
