@@ -415,8 +415,9 @@ static int find_dists(struct absorb *a)
 		return 0;
 	/* its own descriptor: reading each RECORD may evict site's (up_fd()) */
 	struct layer_dir sl = site->up;
-	_cleanup_close_ int sfd = sl.fd = dup(up_fd(a, site));
-	int r = sl.fd < 0 ? -errno : layer_merge_list(a->v, &sl, &site->lo, &names, &n);
+	_cleanup_close_ int sfd = dup(up_fd(a, site));
+	sl.fd = sfd;
+	int r = sfd < 0 ? -errno : layer_merge_list(a->v, &sl, &site->lo, &names, &n);
 	if (r < 0)
 		return vf_error_errno(-r, "%s/envs/%s: listing %s", a->s->home, a->name, a->site);
 	for (size_t i = 0; i < n; i++) {
@@ -804,9 +805,8 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 
 	pthread_mutex_lock(&a->lock);
 	_cleanup_close_ int fd = open_content(a, f);
-	int dfd = f->src == A_UPPER ? dup(up_fd(a, f->dir)) : -1;
+	_cleanup_close_ int dfd = f->src == A_UPPER ? dup(up_fd(a, f->dir)) : -1;
 	pthread_mutex_unlock(&a->lock);
-	_cleanup_close_ int dirfd_ = dfd;
 	if (fd < 0)
 		return vf_error_errno(-fd, "%s/%s", a->name, f->path);
 	if (fstat(fd, &st0) < 0)

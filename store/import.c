@@ -898,6 +898,7 @@ static int build_package(struct imp *im, size_t k)
 	struct dist *d = &im->d[k];
 	struct tree_entry te;
 	uint32_t site_ent = find_ent(im, im->site, strlen(im->site));
+	_cleanup_buf_ struct buf path = {0}, full = {0}; /* (before any goto out) */
 	int r = 0;
 
 	read_metadata(im, d);
@@ -956,7 +957,6 @@ static int build_package(struct imp *im, size_t k)
 	r = tree_load(d->manifest.data, d->manifest.len, false, &t);
 	if (r < 0)
 		goto out;
-	_cleanup_buf_ struct buf path = {0}, full = {0};
 	d->n_nodes = t->n;
 	d->orig_mtimes = xmalloc((t->n + 1) * sizeof(int64_t));
 	for (uint32_t i = 0; i < t->n; i++) {
@@ -1142,7 +1142,6 @@ static int check_venv(struct imp *im, struct env *env)
 	const char *exe = pyvenv_cfg_get(&im->cfg, "executable");
 	if (!exe)
 		exe = pyvenv_cfg_get(&im->cfg, "base-executable");
-	_cleanup_buf_ struct buf t = {0};
 	uint32_t pe = find_ent(im, "bin/python", 10);
 	if (!exe && pe != NO_ENT && S_ISLNK(im->e[pe].st.st_mode)) {
 		char target[PATH_MAX + 1];
