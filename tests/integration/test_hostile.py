@@ -383,6 +383,16 @@ def test_mount_refuses_a_symlinked_log_or_run(tmp_path, venvfs, mnt, six_venv):
     assert os.listdir(run) == []
 
 
+def env_moved_outside(venvfs, tmp_path, name):
+    """envs/NAME moved out of the store, a file planted in its layer, and a
+    symlink to it in its place. Returns where it went."""
+    elsewhere = tmp_path / f"outside-{name}"
+    shutil.move(venvfs.home / "envs" / name, elsewhere)
+    (elsewhere / "upper" / "planted.py").write_text("print('planted')\n")
+    (venvfs.home / "envs" / name).symlink_to(elsewhere)
+    return elsewhere
+
+
 def test_symlinked_env_is_never_followed(tmp_path, venvfs, six_venv):
     """envs/NAME itself a symlink to an env planted elsewhere: listed as
     unreadable, not exported, not a reason for gc to delete what it names,
@@ -390,10 +400,7 @@ def test_symlinked_env_is_never_followed(tmp_path, venvfs, six_venv):
     venvfs("import", six_venv, "--name", "v")
     venvfs("import", six_venv, "--name", "x")
     home = venvfs.home
-    elsewhere = tmp_path / "outside-x"
-    shutil.move(home / "envs" / "x", elsewhere)
-    (elsewhere / "upper" / "planted.py").write_text("print('planted')\n")
-    (home / "envs" / "x").symlink_to(elsewhere)
+    elsewhere = env_moved_outside(venvfs, tmp_path, "x")
 
     p = venvfs("ls")
     assert "x" in p.stdout and "unreadable" in p.stdout, p.stdout
@@ -417,10 +424,7 @@ def test_symlinked_env_is_never_followed(tmp_path, venvfs, six_venv):
 def test_mount_does_not_serve_a_symlinked_env(tmp_path, venvfs, mnt, six_venv):
     venvfs("import", six_venv, "--name", "x")
     home = venvfs.home
-    elsewhere = tmp_path / "outside-x"
-    shutil.move(home / "envs" / "x", elsewhere)
-    (elsewhere / "upper" / "planted.py").write_text("print('planted')\n")
-    (home / "envs" / "x").symlink_to(elsewhere)
+    elsewhere = env_moved_outside(venvfs, tmp_path, "x")
     mnt.mount()
     with pytest.raises(OSError) as e:
         os.listdir(mnt.path / "x")
