@@ -454,7 +454,8 @@ int venv_create(struct store *s, const struct create_opts *o, struct create_stat
 	 * a package manifest gone is damage, not a race */
 	for (size_t k = 0; k < e->n_pkgs; k++) {
 		if (!store_object_exists(s, &e->pkgs[k].id)) {
-			r = vf_error(ENOENT, "package %s %s vanished from the store", e->pkgs[k].name, e->pkgs[k].version);
+			r = vf_error(EIO, "package %s %s: its manifest is missing from the store (damage: venvfs store verify)",
+				     e->pkgs[k].name, e->pkgs[k].version);
 			goto out;
 		}
 	}
@@ -489,11 +490,15 @@ static int copy_env_layer(struct store *s, const char *src, int dirfd, struct en
 
 		if (attempt)
 			usleep(20000u << attempt);
-		r = env_load(s, src, &e);
+		/* the directory first, then its manifest: the one compared below */
+		_cleanup_close_ int efd = openat(s->envs_fd, src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (efd < 0)
+			return errno == ENOENT ? vf_error(ENOENT, "no env named %s in %s", src, s->home)
+					       : vf_error_errno(errno, "%s/envs/%s", s->home, src);
+		r = env_load_at(s, efd, src, &e);
 		if (r < 0)
 			return r;
-		_cleanup_close_ int efd = openat(s->envs_fd, src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (efd < 0 || read_file_beneath(efd, NULL, "env", 1 << 24, &before) < 0) {
+		if (read_file_beneath(efd, NULL, "env", 1 << 24, &before) < 0) {
 			env_free(e);
 			return vf_error(ENOENT, "env %s was removed while it was cloned", src);
 		}
