@@ -355,12 +355,20 @@ static bool behind_symlink(struct absorb *a, const char *path)
 /* Open the content of a regular file of V for reading. */
 static int open_content(struct absorb *a, const struct afile *f)
 {
-	if (f->src == A_UPPER) {
-		int dfd = up_fd(a, f->dir);
-		int fd = dfd >= 0 ? openat(dfd, f->name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC) : -1;
-		return fd >= 0 ? fd : -errno;
+	for (int again = 0;; again++) {
+		int fd;
+		if (f->src == A_UPPER) {
+			int dfd = up_fd(a, f->dir);
+			fd = dfd >= 0 ? openat(dfd, f->name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
+				      : -1;
+			fd = fd >= 0 ? fd : -errno;
+		} else {
+			fd = store_object_open(a->s, &f->obj);
+		}
+		if ((fd != -EMFILE && fd != -ENFILE) || again || !a->open_dirs)
+			return fd;
+		close_open_dirs(a); /* out of descriptors: ours go first (under a->lock) */
 	}
-	return store_object_open(a->s, &f->obj);
 }
 
 /* A whole small file of V (METADATA, RECORD...). */
