@@ -708,6 +708,17 @@ static int sweep_package_dir(void *p, int dfd, const char *name, const struct st
 	return 0;
 }
 
+/* Interpreter skeletons create composes from (compose.c): no env names
+ * their trees, so they go with the index, before any object does. */
+static int sweep_skeleton(void *p, int dfd, const char *name, const struct stat *st)
+{
+	(void)p;
+	(void)st;
+	if (str_has_prefix(name, "python-"))
+		unlinkat(dfd, name, 0);
+	return 0;
+}
+
 static int sweep_tmp(void *p, int dfd, const char *name, const struct stat *st)
 {
 	struct sweeper *w = p;
@@ -794,11 +805,13 @@ int store_gc(struct store *s, bool progress, struct gc_stats *st)
 	}
 	env_list_free(names, ne);
 	/*
-	 * The index first, durably, then the objects: `create` composes
-	 * from indexed packages, so a gc killed mid-sweep must never leave
-	 * an index entry whose package has lost objects.
+	 * The index first, and the skeleton cache, durably, then the
+	 * objects: `create` composes from indexed packages and cached
+	 * skeletons, so a gc killed mid-sweep must never leave one that has
+	 * lost objects.
 	 */
 	each_entry(s->packages_fd, ".", sweep_package_dir, &w);
+	each_entry(s->fd, "cache", sweep_skeleton, &w);
 	if (syncfs(s->fd) < 0) {
 		r = vf_error_errno(errno, "syncfs %s", s->home);
 		goto out;
