@@ -372,11 +372,14 @@ def test_concurrent_installs_and_absorbs(venvfs, mnt, env_a, wheelhouse):
     for t in threads:
         t.join()
     assert not errors, errors
-    absorb(venvfs, "a", "b")
+    r = absorb(venvfs, "a", "b")
     py(mnt.path / "a", "import requests, six")
     py(mnt.path / "b", "import flask, numpy")
     for name in envs:
-        assert not [f for f in files_under(upper(venvfs.home, name)) if f.startswith(SP)]
+        left = [f for f in files_under(upper(venvfs.home, name)) if f.startswith(SP)]
+        if left:
+            print(name, left[:5], r.stdout, r.stderr, mnt.log()[-6000:], sep="\n")
+        assert not left
     assert run([mnt.path / "a" / "bin" / "python", "-c", "import flask"], check=False,
                env=clean_env()).returncode != 0
     venvfs("store", "verify")
