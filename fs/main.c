@@ -81,7 +81,8 @@ char *fs_default_log(struct store *s)
 		if (fd >= 0)
 			return path_join(run, "mount.log");
 	}
-	return path_join(s->home, "log/mount.log");
+	_cleanup_free_ char *name = store_account_file(s, "log/mount.log"); /* one per account in a group store */
+	return path_join(s->home, name);
 }
 
 /* The daemon's log: --log FILE as given, else the default one, opened
@@ -107,11 +108,12 @@ static FILE *open_log(struct store *s, const char *explicit_path, char **path)
 		if (fd < 0)
 			beneath_error(rfd, run, "mount.log", fd);
 	} else {
-		*path = path_join(s->home, "log/mount.log");
-		mkdirat(s->fd, "log", 0755);
-		fd = openat_beneath(s->fd, "log/mount.log", O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK, 0644);
+		_cleanup_free_ char *name = store_account_file(s, "log/mount.log");
+		*path = path_join(s->home, name);
+		store_mkdir_shared(s, s->fd, "log");
+		fd = openat_beneath(s->fd, name, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK, 0644);
 		if (fd < 0)
-			beneath_error(s->fd, s->home, "log/mount.log", fd);
+			beneath_error(s->fd, s->home, name, fd);
 	}
 	struct stat st;
 	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {

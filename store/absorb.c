@@ -1868,7 +1868,7 @@ static void seal_objects(struct absorb *a)
 			if (!d->f[i].linked)
 				continue;
 			objid_path(&d->f[i].obj, p);
-			fchmodat(a->s->objects_fd, p, store_object_perm(d->f[i].mode), 0);
+			fchmodat(a->s->objects_fd, p, store_object_perm(a->s, d->f[i].mode), 0);
 			if (own)
 				fchownat(a->s->objects_fd, p, home.st_uid, home.st_gid, AT_SYMLINK_NOFOLLOW);
 		}

@@ -98,9 +98,11 @@ static int skeleton(struct store *s, const char *python, const char *prompt, boo
 	buf_printf(&key, "skeleton 1\n%s\n%s\n%llu %llu %lld.%09ld\n%s\n%d\n", exe, real ? real : exe,
 		   (unsigned long long)st.st_ino, (unsigned long long)st.st_size, (long long)st.st_mtim.tv_sec,
 		   st.st_mtim.tv_nsec, prompt ? prompt : "", ssp);
-	_cleanup_free_ char *cache = xasprintf("cache/python-%016" PRIx64, XXH3_64bits(key.data, key.len));
+	_cleanup_free_ char *name = xasprintf("cache/python-%016" PRIx64, XXH3_64bits(key.data, key.len));
+	_cleanup_free_ char *cache = store_account_file(s, name);
 
-	if (read_file_beneath(s->fd, NULL, cache, 1 << 20, &text) == 0 && env_parse(text.data, text.len, cache, out) == 0) {
+	if (store_account_file_ours(s, cache) && read_file_beneath(s->fd, NULL, cache, 1 << 20, &text) == 0 &&
+	    env_parse(text.data, text.len, cache, out) == 0) {
 		if (store_object_exists(s, &(*out)->tree))
 			return 0;
 		env_free(*out); /* its tree was collected: make it again */

@@ -576,8 +576,9 @@ int store_run_open(struct store *s, char **path)
 		snprintf(sub, sizeof(sub), "store-%016" PRIx64, XXH3_64bits(s->home, strlen(s->home)));
 		return user_runtime_dir_open(sub, path);
 	}
-	if (mkdirat(s->fd, "run", 0755) < 0 && errno != EEXIST)
-		return vf_error_errno(errno, "%s/run", s->home);
+	int r = store_mkdir_shared(s, s->fd, "run");
+	if (r < 0)
+		return vf_error_errno(-r, "%s/run", s->home);
 	int fd = openat_beneath(s->fd, "run", O_RDONLY | O_DIRECTORY, 0);
 	if (fd < 0)
 		return beneath_error(s->fd, s->home, "run", fd);

@@ -1227,7 +1227,7 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	if (r < 0)
 		goto out;
 	phase("walk");
-	im.cache_name = statcache_name(im.abs);
+	im.cache_name = statcache_name(s, im.abs);
 	im.cache_key = cache_key(&im);
 	if (!o->no_cache && !o->built)
 		im.cache = statcache_load(s, im.cache_name, im.cache_key);

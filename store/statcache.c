@@ -21,9 +21,11 @@
 #define STATCACHE_MAGIC "VFSSTAT1"
 #define HDR_SIZE (8 + 8 + 8 + 8 + 16 + 8 + 8)
 
-char *statcache_name(const char *venv_abs)
+char *statcache_name(struct store *s, const char *venv_abs)
 {
-	return xasprintf("cache/import-%016" PRIx64, XXH3_64bits(venv_abs, strlen(venv_abs)));
+	_cleanup_free_ char *name = xasprintf("cache/import-%016" PRIx64, XXH3_64bits(venv_abs, strlen(venv_abs)));
+
+	return store_account_file(s, name);
 }
 
 static int64_t ts_ns(const struct timespec *t)
@@ -124,7 +126,8 @@ struct statcache *statcache_load(struct store *s, const char *name, uint64_t key
 	uint64_t k, sum, n, env_len, str_len;
 	struct statcache *c;
 
-	if (read_file_beneath(s->fd, NULL, name, 1u << 30, &b) < 0 || b.len < HDR_SIZE ||
+	/* (another account's file under our name in a group store is no cache of ours) */
+	if (!store_account_file_ours(s, name) || read_file_beneath(s->fd, NULL, name, 1u << 30, &b) < 0 || b.len < HDR_SIZE ||
 	    memcmp(b.data, STATCACHE_MAGIC, 8)) {
 		vf_clear_error();
 		return NULL;

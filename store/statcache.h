@@ -49,8 +49,9 @@ struct statcache {
 	struct strmap index;     /* path -> entry */
 };
 
-/* The cache file name for a venv (relative to HOME). */
-char *statcache_name(const char *venv_abs);
+/* The cache file name for a venv (relative to HOME; one per account in a
+ * group store, store_account_file()). */
+char *statcache_name(struct store *s, const char *venv_abs);
 
 /* Load; NULL (no error) if missing, damaged or made with another key. */
 struct statcache *statcache_load(struct store *s, const char *name, uint64_t key);

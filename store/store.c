@@ -7,6 +7,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
@@ -105,8 +107,11 @@ char *store_default_home(const char *explicit_home)
  */
 static int open_subdir(struct store *s, const char *name, bool create, int *out)
 {
-	if (create && mkdirat(s->fd, name, 0755) < 0 && errno != EEXIST)
-		return vf_error_errno(errno, "%s/%s", s->home, name);
+	/* objects/ itself gets no entries but its 256 fan-out directories */
+	int r = !create ? 0 : strcmp(name, "objects") ? store_mkdir_shared(s, s->fd, name)
+			     : mkdirat(s->fd, name, 0755) < 0 && errno != EEXIST ? -errno : 0;
+	if (r < 0)
+		return vf_error_errno(-r, "%s/%s", s->home, name);
 	*out = openat(s->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (*out < 0 && (errno == ELOOP || errno == ENOTDIR))
 		return vf_error(EIO, "%s/%s: not a directory (a symbolic link or another file took its place; "
@@ -139,7 +144,26 @@ static int read_marker(struct store *s, struct buf *out)
 	return 0;
 }
 
-int store_open(const char *home, bool create, struct store **out)
+/* "venvfs store 1\n", then "group GID\n" in a group store. */
+static int parse_marker(struct store *s, const char *text)
+{
+	size_t n = strlen(STORE_FORMAT_MARKER);
+	unsigned gid;
+	char end;
+
+	if (strncmp(text, STORE_FORMAT_MARKER, n) != 0)
+		return vf_error(EPROTO, "%s/venvfs-store: unsupported store format", s->home);
+	if (!text[n])
+		return 0;
+	if (sscanf(text + n, "group %u%c", &gid, &end) != 2 || end != '\n' || strchr(text + n, '\n')[1])
+		return vf_error(EPROTO, "%s/venvfs-store: unsupported store format", s->home);
+	s->shared = true;
+	s->group = (gid_t)gid;
+	return 0;
+}
+
+/* store_open(); with group >= 0, a new store is a group store. */
+static int open_store_as(const char *home, bool create, long group, struct store **out)
 {
 	struct store *s = xcalloc(1, sizeof(*s));
 	_cleanup_buf_ struct buf marker = {0};
@@ -171,11 +195,23 @@ int store_open(const char *home, bool create, struct store **out)
 	r = read_marker(s, &marker);
 	if (r == -ENOENT && create) {
 		fresh = true;
+		if (group >= 0) {
+			/* HOME's own entries are all made now: no account adds to it */
+			s->shared = true;
+			s->group = (gid_t)group;
+			if (fchown(s->fd, (uid_t)-1, s->group) < 0 || fchmod(s->fd, 02755) < 0) {
+				r = vf_error_errno(errno, "%s: giving it to group %ld", s->home, group);
+				goto fail;
+			}
+		}
+	} else if (r == 0 && group >= 0) {
+		r = vf_error(EEXIST, "%s is a store already; a group store is made new, in an empty or new directory",
+			     s->home);
+		goto fail;
 	} else if (r < 0) {
 		r = r == -ENOENT ? vf_error(ENOENT, "%s: not a venvfs store (no venvfs-store marker)", s->home) : r;
 		goto fail;
-	} else if (strcmp(marker.data, STORE_FORMAT_MARKER) != 0) {
-		r = vf_error(EPROTO, "%s/venvfs-store: unsupported store format", s->home);
+	} else if ((r = parse_marker(s, marker.data)) < 0) {
 		goto fail;
 	}
 	if ((r = open_subdir(s, "objects", fresh, &s->objects_fd)) < 0 ||
@@ -189,18 +225,33 @@ int store_open(const char *home, bool create, struct store **out)
 		for (int i = 0; i < 256; i++) {
 			char d[3];
 			snprintf(d, sizeof(d), "%02x", i);
-			if (mkdirat(s->objects_fd, d, 0755) < 0 && errno != EEXIST) {
+			if (store_mkdir_shared(s, s->objects_fd, d) < 0) {
 				r = vf_error_errno(errno, "%s/objects/%s", s->home, d);
 				goto fail;
 			}
 		}
-		mkdirat(s->fd, "cache", 0755);
-		mkdirat(s->fd, "log", 0755);
+		static const char *const more[] = {"cache", "log", "run"};
+		for (size_t i = 0; i < ARRAY_SIZE(more); i++)
+			if (store_mkdir_shared(s, s->fd, more[i]) < 0 && s->shared) {
+				r = vf_error_errno(errno, "%s/%s", s->home, more[i]);
+				goto fail;
+			}
+		/* the lock: opened for writing by every account of a group store */
+		int lfd = openat(s->fd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+		if (lfd < 0 || (s->shared && fchmod(lfd, 0664) < 0)) {
+			r = vf_error_errno(errno, "%s/lock", s->home);
+			if (lfd >= 0)
+				close(lfd);
+			goto fail;
+		}
+		close(lfd);
 		if (fsync(s->objects_fd) < 0 || fsync(s->fd) < 0) {
 			r = vf_error_errno(errno, "fsync of %s", s->home);
 			goto fail;
 		}
-		r = write_file_atomic(s->fd, "venvfs-store", STORE_FORMAT_MARKER, strlen(STORE_FORMAT_MARKER), 0644);
+		_cleanup_free_ char *text = s->shared ? xasprintf("%sgroup %u\n", STORE_FORMAT_MARKER, (unsigned)s->group)
+						      : xstrdup(STORE_FORMAT_MARKER);
+		r = write_file_atomic(s->fd, "venvfs-store", text, strlen(text), 0644);
 		if (r < 0)
 			goto fail;
 	}
@@ -232,6 +283,63 @@ int store_open(const char *home, bool create, struct store **out)
 fail:
 	store_close(s);
 	return r;
+}
+
+int store_open(const char *home, bool create, struct store **out)
+{
+	return open_store_as(home, create, -1, out);
+}
+
+int store_init_group(const char *home, const char *group)
+{
+	struct group *g = getgrnam(group);
+	char *end;
+	unsigned long gid = g ? g->gr_gid : strtoul(group, &end, 10);
+	struct store *s;
+
+	if (!g && (!*group || *end || gid > UINT32_MAX - 1))
+		return vf_error(EINVAL, "%s: no such group", group);
+	if (geteuid() != 0 && getegid() != (gid_t)gid) {
+		gid_t groups[NGROUPS_MAX];
+		int n = getgroups(NGROUPS_MAX, groups), i = 0;
+		while (i < n && groups[i] != (gid_t)gid)
+			i++;
+		if (i >= n)
+			return vf_error(EPERM, "you are not in group %s: a group store is made by one of its members "
+					       "(or root)",
+					group);
+	}
+	int r = open_store_as(home, true, (long)gid, &s);
+	if (r == 0)
+		store_close(s);
+	return r;
+}
+
+int store_mkdir_shared(struct store *s, int dirfd, const char *name)
+{
+	if (!s->shared)
+		return mkdirat(dirfd, name, 0755) < 0 && errno != EEXIST ? -errno : 0;
+	if (mkdirat(dirfd, name, 03775) < 0)
+		return errno == EEXIST ? 0 : -errno;
+	/* the umask took bits away; the parent's setgid gave the group */
+	return fchmodat(dirfd, name, 03775, 0) < 0 ? -errno : 0;
+}
+
+bool store_object_foreign(const struct store *s, const struct stat *st)
+{
+	return s->shared && st->st_uid != 0 && st->st_uid != geteuid();
+}
+
+char *store_account_file(const struct store *s, const char *name)
+{
+	return s->shared ? xasprintf("%s.u%u", name, (unsigned)geteuid()) : xstrdup(name);
+}
+
+bool store_account_file_ours(const struct store *s, const char *name)
+{
+	struct stat st;
+
+	return !s->shared || (fstatat(s->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid == geteuid());
 }
 
 void store_close(struct store *s)
@@ -374,7 +482,24 @@ bool store_object_exists(struct store *s, const struct objid *id)
 	return fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-int store_object_read(struct store *s, const struct objid *id, size_t max, struct buf *out)
+/* Do data hash to id's name? 0, or -EIO with a message. */
+static int check_content(struct store *s, const struct objid *id, const void *data, size_t len)
+{
+	char path[OBJID_STR_MAX];
+	uint8_t h[16];
+
+	s->hash(data, len, h);
+	if (memcmp(h, id->hash, 16) == 0)
+		return 0;
+	objid_path(id, path);
+	return vf_error(EIO, "objects/%s: content does not match its name (corrupt: damaged or changed "
+			     "after it was stored; run venvfs store verify)",
+			path);
+}
+
+/* Read objects/<id> into out; with check (or when another account of a
+ * group store wrote it), checked against its name. */
+static int read_object(struct store *s, const struct objid *id, size_t max, bool check, struct buf *out)
 {
 	char path[OBJID_STR_MAX];
 	_cleanup_close_ int fd = store_object_open(s, id);
@@ -394,31 +519,22 @@ int store_object_read(struct store *s, const struct objid *id, size_t max, struc
 		return vf_error_errno((int)-n, "objects/%s: read", path);
 	out->len = (size_t)n;
 	out->data[out->len] = '\0';
+	int r;
+	if ((check || store_object_foreign(s, &st)) && (r = check_content(s, id, out->data, out->len)) < 0) {
+		buf_reset(out);
+		return r;
+	}
 	return 0;
 }
 
-/* Do data hash to id's name? 0, or -EIO with a message. */
-static int check_content(struct store *s, const struct objid *id, const void *data, size_t len)
+int store_object_read(struct store *s, const struct objid *id, size_t max, struct buf *out)
 {
-	char path[OBJID_STR_MAX];
-	uint8_t h[16];
-
-	s->hash(data, len, h);
-	if (memcmp(h, id->hash, 16) == 0)
-		return 0;
-	objid_path(id, path);
-	return vf_error(EIO, "objects/%s: content does not match its name (corrupt: damaged or changed "
-			     "after it was stored; run venvfs store verify)",
-			path);
+	return read_object(s, id, max, false, out);
 }
 
 int store_object_read_checked(struct store *s, const struct objid *id, size_t max, struct buf *out)
 {
-	int r = store_object_read(s, id, max, out);
-
-	if (r == 0 && (r = check_content(s, id, out->data, out->len)) < 0)
-		buf_reset(out);
-	return r;
+	return read_object(s, id, max, true, out);
 }
 
 /* Map a file read-only; empty files map to a static empty buffer. */
@@ -663,8 +779,10 @@ struct insert_src {
 	bool linked;
 };
 
-mode_t store_object_perm(mode_t file_mode)
+mode_t store_object_perm(const struct store *s, mode_t file_mode)
 {
+	if (s->shared)
+		return file_mode & 0004 ? 0444 : 0400;
 	return 0400 | (file_mode & 0044);
 }
 
@@ -714,10 +832,12 @@ static int txn_insert(struct store_txn *t, const void *data, size_t len, struct 
 			widen_object(t->s, path, src->perm);
 			break;
 		}
-		if (r < 0 && r != -ENOENT)
+		if (r < 0 && r != -ENOENT && r != -EACCES)
 			return object_error(path, r);
-		if (r == 0)
-			continue; /* a different content holds this name: next seq */
+		/* a different content holds this name, or one we may not read
+		 * (another account's private file in a group store): next seq */
+		if (r == 0 || r == -EACCES)
+			continue;
 
 		/* Not in the store: is it pending in this transaction? */
 		pthread_mutex_lock(&t->lock);
@@ -795,7 +915,7 @@ int store_txn_put(struct store_txn *t, const void *data, size_t len, struct obji
 int store_txn_put_file(struct store_txn *t, const void *data, size_t len, mode_t mode, struct objid *id,
 		       uint64_t *added)
 {
-	struct insert_src src = {.perm = store_object_perm(mode)};
+	struct insert_src src = {.perm = store_object_perm(t->s, mode)};
 
 	return txn_insert(t, data, len, id, added, &src);
 }
@@ -803,7 +923,7 @@ int store_txn_put_file(struct store_txn *t, const void *data, size_t len, mode_t
 int store_txn_link(struct store_txn *t, int dirfd, const char *name, const void *data, size_t len, mode_t mode,
 		   struct objid *id, uint64_t *added, bool *linked)
 {
-	struct insert_src src = {store_object_perm(mode), dirfd, name, false};
+	struct insert_src src = {store_object_perm(t->s, mode), dirfd, name, false};
 	int r = txn_insert(t, data, len, id, added, &src);
 
 	*linked = src.linked;
@@ -1047,8 +1167,9 @@ int store_package_register(struct store *s, const char *name, const struct objid
 	char hex[OBJID_STR_MAX];
 	_cleanup_close_ int dfd = -1, fd = -1;
 
-	if (mkdirat(s->packages_fd, name, 0755) < 0 && errno != EEXIST)
-		return vf_error_errno(errno, "%s/packages/%s", s->home, name);
+	int r = store_mkdir_shared(s, s->packages_fd, name);
+	if (r < 0)
+		return vf_error_errno(-r, "%s/packages/%s", s->home, name);
 	/* never through a symlink: it would create files outside the store */
 	dfd = openat(s->packages_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (dfd < 0)

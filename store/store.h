@@ -13,6 +13,10 @@
  *   HOME/cache/                disposable caches (import stat cache)
  *   HOME/log/                  daemon logs
  *
+ * A group store (store_init_group()) is one shared by the accounts of a
+ * group; docs/design.md, "Group stores", says what it promises. Its marker
+ * says so ("group GID" after the format line).
+ *
  * Objects are named by the 128-bit XXH3 hash of their content, written as
  * 32 hex digits and fanned out on the first two ("ab/" + 30 digits).
  * XXH3 is fast but not collision-resistant, so a name is a claim, not a
@@ -37,6 +41,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 
 #include "util.h"
 
@@ -78,6 +84,9 @@ struct store {
 	/* openat2() failed with ENOSYS (or EPERM from a seccomp filter): objects
 	 * are opened one O_NOFOLLOW step at a time (tests set it to check that) */
 	bool no_openat2;
+	/* a group store: shared by the accounts of group `group` */
+	bool shared;
+	gid_t group;
 };
 
 /*
@@ -89,6 +98,41 @@ char *store_default_home(const char *explicit_home);
 /* Open (and with create, initialise) the store at home. */
 int store_open(const char *home, bool create, struct store **out);
 void store_close(struct store *s);
+
+/* Group stores ----------------------------------------------------------- */
+
+/*
+ * Make a new group store at home for the accounts of group (a name or a
+ * number; the caller must be in it). Refused where a store is already.
+ */
+int store_init_group(const char *home, const char *group);
+
+/*
+ * Make directory name under dirfd for everyone of the store to add to:
+ * 0755 in a store of one account; in a group store 03775 whatever the
+ * umask (group-writable, setgid so entries stay in the group, sticky so
+ * an account removes or renames only its own entries). EEXIST is fine.
+ */
+int store_mkdir_shared(struct store *s, int dirfd, const char *name);
+
+/*
+ * Was this object file (stat st) written by another account of a group
+ * store? Whoever inserts an object owns it and could change it, so what
+ * such a file holds is checked against its name on every read path that
+ * serves or keeps it: read into memory and checked, or checked and then
+ * watched (its ctime) while it is read. Root's and our own are trusted.
+ */
+bool store_object_foreign(const struct store *s, const struct stat *st);
+
+/*
+ * The name of a file each account keeps for itself (name is relative to
+ * HOME: caches, the daemon's log): name as it is, or in a group store
+ * with ".u<uid>" appended; and whether the file found under that name is
+ * ours to believe (in a group store, another account's file put under our
+ * name is ignored, and the sticky directory keeps it from replacing ours).
+ */
+char *store_account_file(const struct store *s, const char *name);
+bool store_account_file_ours(const struct store *s, const char *name);
 
 /*
  * Take the store lock: LOCK_SH for anything that adds content or changes
@@ -135,9 +179,11 @@ int store_object_check_fd(struct store *s, const struct objid *id, int fd);
 /*
  * The mode of the object of a file of mode file_mode: readable by no one
  * the file was not readable by (a venv's 0600 .env must not become
- * readable by every user from objects/), never writable.
+ * readable by every user from objects/), never writable. In a group store
+ * (its own group, not the file's) an object is either readable by all or
+ * by its inserter alone.
  */
-mode_t store_object_perm(mode_t file_mode);
+mode_t store_object_perm(const struct store *s, mode_t file_mode);
 
 /* True if the object exists (stat only). */
 bool store_object_exists(struct store *s, const struct objid *id);

@@ -97,7 +97,7 @@ const struct command cmd_mount = {
 	.help = "Serves every env of the store as an ordinary venv directory, MOUNTPOINT/NAME/,\n"
 		"composed on the fly from the store. Envs created, cloned or removed later\n"
 		"appear and disappear without a remount. Runs in the background and logs to\n"
-		"HOME/log/mount.log; stops on SIGTERM or `venvfs umount MOUNTPOINT`. A dead\n"
+		"HOME/log/mount.log (mount.log.uUID in a group store); stops on SIGTERM or `venvfs umount MOUNTPOINT`. A dead\n"
 		"mount left by a killed daemon is cleaned up first.\n\n"
 		"Options:\n"
 		"  -f, --foreground  stay in the foreground and log to stderr too\n"

@@ -305,32 +305,68 @@ static int store_verify_cmd(struct store *s)
 	return 0;
 }
 
+struct store_cli {
+	bool json;
+	const char *group;
+};
+
 static int store_opt(int opt, const char *arg, void *ctx)
 {
-	(void)arg;
+	struct store_cli *o = ctx;
+
 	if (opt == 'J') {
-		*(bool *)ctx = true;
+		o->json = true;
+		return 0;
+	}
+	if (opt == 'G') {
+		o->group = arg;
 		return 0;
 	}
 	return -1;
 }
 
+/* `venvfs store init [--group G]` */
+static int store_init_cmd(const struct command *c, const struct store_cli *o)
+{
+	_cleanup_free_ char *home = store_default_home(opt_home);
+	struct store *s;
+
+	if (o->group) {
+		if (store_init_group(home, o->group) < 0)
+			return fail(c->name);
+		printf("made group store %s for group %s: its members import, create and mount in it; "
+		       "gc is for its owner or root\n",
+		       home, o->group);
+		return 0;
+	}
+	if (store_open(home, true, &s) < 0)
+		return fail(c->name);
+	store_close(s);
+	printf("store %s is ready\n", home);
+	return 0;
+}
+
 static int run_store(const struct command *c, int argc, char **argv)
 {
-	static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
-	bool json = false;
+	static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {"group", required_argument, NULL, 'G'}, {0}};
+	struct store_cli o = {0};
 	struct store *s;
-	int i = parse_opts(c, argc, argv, opts, NULL, store_opt, &json), r;
+	int i = parse_opts(c, argc, argv, opts, NULL, store_opt, &o), r;
+	bool json = o.json;
 
 	if (i < 0)
 		return i == -1 ? 0 : 2;
 	if (argc - i < 1)
-		return usage_error(c->name, "expected ls, du or verify");
+		return usage_error(c->name, "expected init, ls, du or verify");
 	const char *sub = argv[i];
 	if (argc - i > 1)
 		return usage_error(c->name, "unexpected argument %s", argv[i + 1]);
-	if (strcmp(sub, "ls") && strcmp(sub, "du") && strcmp(sub, "verify"))
-		return usage_error(c->name, "unknown subcommand %s (expected ls, du or verify)", sub);
+	if (strcmp(sub, "init") && strcmp(sub, "ls") && strcmp(sub, "du") && strcmp(sub, "verify"))
+		return usage_error(c->name, "unknown subcommand %s (expected init, ls, du or verify)", sub);
+	if (o.group && strcmp(sub, "init"))
+		return usage_error(c->name, "--group goes with init");
+	if (!strcmp(sub, "init"))
+		return store_init_cmd(c, &o);
 	if (open_store(c->name, true, &s))
 		return 1;
 	if (!strcmp(sub, "ls"))
@@ -345,9 +381,14 @@ static int run_store(const struct command *c, int argc, char **argv)
 
 const struct command cmd_store = {
 	.name = "store",
-	.summary = "inspect the store: ls (packages), du [--json], verify",
-	.usage = "store ls | store du [--json] | store verify",
-	.help = "store ls       packages in the store, with the number of envs using each\n"
+	.summary = "make or inspect the store: init [--group G], ls, du, verify",
+	.usage = "store init [--group GROUP] | store ls | store du [--json] | store verify",
+	.help = "store init     make the store (any other command makes one when needed);\n"
+		"               --group GROUP makes a new group store, shared by the accounts\n"
+		"               of GROUP: each imports, creates and mounts its own envs, and no\n"
+		"               account can change what another's envs show or run\n"
+		"               (docs/design.md, \"Group stores\"); gc is for its owner or root\n"
+		"store ls       packages in the store, with the number of envs using each\n"
 		"store du       objects, packages, envs; logical bytes (what the envs would\n"
 		"               take as plain directories) and stored bytes (what the store\n"
 		"               takes on disk); --json for machines\n"
