@@ -76,6 +76,7 @@ struct node {
 	int fd;             /* N_SHARED: object; N_UPPER: O_PATH of the file */
 	int state;          /* 0 unchecked, 1 good, <0 errno (damaged) */
 	uint8_t fill;       /* FILL_*: its first open puts it in the page cache (ops.c) */
+	bool foreign;       /* another account's object in a group store (inode.c) */
 	char *seen_as;      /* "env/path" where first met, for messages */
 
 	/* N_UPPER: identity in the writable layer, open write handles */
@@ -195,6 +196,8 @@ void node_list_drop(struct node *dir);
 size_t list_seek(const uint64_t *cookies, size_t n, uint64_t off);
 int root_list(void);
 int shared_open_object(struct node *n, int *fd_out);
+/* After bytes of n's object were read from fd: were they the checked ones? */
+bool shared_still_checked(struct node *n, int fd);
 void envs_changed(void);
 char *node_path(const struct node *dir, const char *name);
 struct node *upper_node(struct fsenv *e, struct node *dir, const char *name);

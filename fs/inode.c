@@ -433,10 +433,7 @@ static int tree_get(void *ctx, const struct objid *id, const char *what, struct 
 		*out = (struct tree *)(uintptr_t)*v;
 		return 0;
 	}
-	_cleanup_close_ int fd = store_object_open(fsd.s, id);
-	char path[OBJID_STR_MAX];
-	objid_path(id, path);
-	int r = fd < 0 ? vf_error_errno(-fd, "%s: objects/%s", what, path) : tree_read_fd(fd, what, out);
+	int r = view_read_tree(fsd.s, id, what, out);
 	if (r < 0) {
 		*v = 0; /* remembered as bad; a later load tries again */
 		return r;
@@ -484,6 +481,16 @@ static int env_dir_open(const char *name)
 	return fd;
 }
 
+/* In a group store, an env is written by its owner's daemon only: the
+ * others show it read-only (and leave its lock and work directory alone). */
+static bool env_ours(const char *name)
+{
+	struct stat st;
+
+	return !fsd.s->shared ||
+	       (fstatat(fsd.s->envs_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid == geteuid());
+}
+
 /*
  * Remember that env name was shown at path: pip and uv write that path into
  * the scripts they install through the mount, and export and absorb turn
@@ -495,7 +502,7 @@ static void record_view_path(const char *name, const char *path)
 	_cleanup_free_ char *p = xasprintf("%s/views", name);
 	_cleanup_free_ char *where = path_join(fsd.s->home, "envs");
 
-	if (store_read_only())
+	if (store_read_only() || !env_ours(name))
 		return;
 	int r = read_file_beneath(fsd.s->envs_fd, where, p, 1 << 20, &text);
 	if (r == 0) {
@@ -605,6 +612,12 @@ static bool env_lock_once(const char *name)
 
 	if (*slot >= 2)
 		return true;
+	if (!env_ours(name)) {
+		if (*slot == 0)
+			fs_log("env %s: another account's env in this group store: served read-only", name);
+		*slot = 1;
+		return false;
+	}
 	int fd = env_lock(fsd.s, name);
 	if (fd < 0) {
 		if (*slot == 0) /* say it once */
@@ -856,7 +869,7 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 		e->loaded_ino = st.st_ino;
 		e->loaded_mtime = st.st_mtim;
 		e->workfd = -1;
-		_cleanup_close_ int efd = store_read_only() ? -1 : env_dir_open(n);
+		_cleanup_close_ int efd = store_read_only() || !env_ours(n) ? -1 : env_dir_open(n);
 		if (efd >= 0 && mkdirat(efd, "work", 0700) < 0 && errno != EEXIST)
 			fs_log("env %s: %s/envs/%s/work: %s", n, fsd.s->home, n, strerror(errno));
 		if (efd >= 0) {
@@ -1341,6 +1354,15 @@ void envs_changed(void)
  * otherwise hold more descriptors here than the daemon may have, and
  * opens past the limit failed the files with EIO. Out of descriptors is
  * not damage: the request fails (ENFILE), the file does not.
+ *
+ * In a group store, another account's object (store_object_foreign()) is
+ * one its owner could still change: it is checked before its first byte is
+ * served whatever its size, never handed to the kernel (no passthrough, no
+ * splice), and each read of it is followed by a look at the file's identity
+ * (shared_still_checked()). A write moves the file's ctime before its
+ * bytes change, so bytes read are the checked ones if the identity read
+ * after them is still the checked one; otherwise the read fails with EIO
+ * and so does every later one. What the kernel cached before stays good.
  */
 #define CHECK_SYNC_MAX (1u << 20)
 
@@ -1461,7 +1483,7 @@ int shared_open_object(struct node *n, int *fd_out)
 	fd = store_object_open(fsd.s, &n->obj);
 	const char *why = NULL;
 	uint64_t identity = 0;
-	bool known = false;
+	bool known = false, foreign = false;
 	if (fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM) {
 		/* not the object's fault: fail this request, not the file */
 		fs_log("objects: out of descriptors or memory opening an object of %s: %s",
@@ -1473,15 +1495,20 @@ int shared_open_object(struct node *n, int *fd_out)
 		why = "has the wrong size (damaged)";
 	} else {
 		identity = object_identity(&st);
+		foreign = store_object_foreign(fsd.s, &st);
 		pthread_mutex_lock(&fsd.lock);
 		known = checked_before(n, identity);
 		pthread_mutex_unlock(&fsd.lock);
-		if (!known && (n->size <= CHECK_SYNC_MAX || fd_out))
+		if (!known && (n->size <= CHECK_SYNC_MAX || fd_out || foreign))
 			why = hash_check(fd, n, n->size);
 	}
-	bool later = !why && !known && n->size > CHECK_SYNC_MAX && !fd_out;
+	bool later = !why && !known && n->size > CHECK_SYNC_MAX && !fd_out && !foreign;
 
 	pthread_mutex_lock(&fsd.lock);
+	if (foreign) {
+		n->foreign = true;
+		n->no_passthrough = true;
+	}
 	if (!why && !known && !later)
 		checked_now(n, identity);
 	if (why) {
@@ -1508,4 +1535,23 @@ int shared_open_object(struct node *n, int *fd_out)
 	if (later)
 		fs_defer(background_check, n);
 	return state < 0 ? state : 0;
+}
+
+bool shared_still_checked(struct node *n, int fd)
+{
+	struct stat st;
+	bool ok;
+
+	pthread_mutex_lock(&fsd.lock);
+	bool foreign = n->foreign;
+	pthread_mutex_unlock(&fsd.lock);
+	if (!foreign)
+		return true;
+	ok = fstat(fd, &st) == 0;
+	pthread_mutex_lock(&fsd.lock);
+	ok = ok && checked_before(n, object_identity(&st));
+	if (!ok)
+		mark_damaged(n, "changed after it was checked (its owner wrote to it)");
+	pthread_mutex_unlock(&fsd.lock);
+	return ok;
 }

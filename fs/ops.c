@@ -590,7 +590,7 @@ static void fill_page_cache(struct node *n, int fd)
 {
 	size_t size = n->size;
 	char *b = xmalloc(size);
-	if (pread_full(fd, b, size, 0) == (ssize_t)size) {
+	if (pread_full(fd, b, size, 0) == (ssize_t)size && shared_still_checked(n, fd)) {
 		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
 		buf.buf[0].mem = b;
 		/* fails only if the kernel forgot the inode meanwhile: then READs fill it */
@@ -727,8 +727,21 @@ static void read_job_run(void *arg)
 		r = shared_open_object(n, n->size < SHARED_PASSTHROUGH_MIN ? &own : NULL);
 		fd = own >= 0 ? own : n->fd;
 	}
+	pthread_mutex_lock(&fsd.lock);
+	bool foreign = n->foreign;
+	pthread_mutex_unlock(&fsd.lock);
 	if (r < 0) {
 		reply_err(j->req, OP_READ, r == -ENFILE ? EIO : -r);
+	} else if (foreign) {
+		/* read here, then looked at: never spliced (inode.c) */
+		size_t want = j->off >= 0 && (uint64_t)j->off < n->size ? MIN(j->size, n->size - (uint64_t)j->off) : 0;
+		char *b = xmalloc(want + 1);
+		ssize_t got = pread_full(fd, b, want, j->off);
+		if (got < 0 || !shared_still_checked(n, fd))
+			reply_err(j->req, OP_READ, EIO);
+		else
+			fuse_reply_buf(j->req, b, (size_t)got);
+		free(b);
 	} else {
 		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(j->size);
 		buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
@@ -794,7 +807,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		if (fstat(fd, &st) == 0 && read_cached(req, fd, (uint64_t)st.st_size, size, off))
 			return;
 	} else if (n->kind == N_SHARED) {
-		if (n->fd >= 0 && n->state > 0 && read_cached(req, n->fd, n->size, size, off)) {
+		if (n->fd >= 0 && n->state > 0 && !n->foreign && read_cached(req, n->fd, n->size, size, off)) {
 			drop_object_pages(n->fd, off, size);
 			return;
 		}

@@ -138,13 +138,19 @@ int copy_up_shared(struct node *dir, const char *name, struct node *shared, bool
 
 	if (r < 0)
 		return r;
-	int fd = openat(e->workfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	int fd = openat(e->workfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
 	if (!empty) {
 		_cleanup_close_ int src = store_object_open(fsd.s, &shared->obj);
 		r = src < 0 ? -EIO : copy_file(src, fd, shared->size);
-		if (r < 0) {
+		/* the copy is the env's file from now on: what was copied is
+		 * checked, not the object (damaged, or changed by its owner
+		 * in a group store, since it was served) */
+		if (r == 0 && store_object_check_fd(fsd.s, &shared->obj, fd) < 0) {
+			fs_log("copy-up of %s/%s: %s", e->name, name, vf_last_error());
+			r = -EIO;
+		} else if (r < 0) {
 			char path[OBJID_STR_MAX];
 			objid_path(&shared->obj, path);
 			fs_log("copy-up of %s/%s from objects/%s failed: %s", e->name, name, path, strerror(-r));

@@ -18,6 +18,7 @@
 #include "pyfmt.h"
 #include "tree.h"
 #include "util.h"
+#include "view.h"
 
 /* ---- iterating the store's directories -------------------------------------- */
 
@@ -228,8 +229,7 @@ int store_mark_env(struct store *s, const char *name, struct strmap *objects, st
 			mark(objects, &e->mtimes);
 	}
 	_cleanup_free_ char *what = xasprintf("env %s tree", name);
-	_cleanup_close_ int fd = store_object_open(s, &e->tree);
-	if (fd < 0 || tree_map_fd(fd, what, &t) < 0) {
+	if (view_map_tree(s, &e->tree, what, &t) < 0) {
 		char hex[OBJID_STR_MAX];
 		objid_path(&e->tree, hex);
 		report(fn, ctx, "env %s: its tree objects/%s is missing or damaged", name, hex);
@@ -257,10 +257,9 @@ int store_mark_env(struct store *s, const char *name, struct strmap *objects, st
 			continue; /* already marked through another env */
 		if (objects)
 			mark(objects, &e->pkgs[k].id);
-		_cleanup_close_ int pfd = store_object_open(s, &e->pkgs[k].id);
 		_cleanup_free_ char *pwhat = xasprintf("package %s %s (objects/%s)", e->pkgs[k].name,
 						       e->pkgs[k].version, path);
-		if (pfd < 0 || tree_map_fd(pfd, pwhat, &t) < 0) {
+		if (view_map_tree(s, &e->pkgs[k].id, pwhat, &t) < 0) {
 			report(fn, ctx, "env %s: package %s %s (objects/%s) is missing or damaged", name,
 			       e->pkgs[k].name, e->pkgs[k].version, path);
 			problems++;
@@ -770,6 +769,12 @@ int store_gc(struct store *s, bool progress, struct gc_stats *st)
 
 	(void)progress;
 	memset(st, 0, sizeof(*st));
+	/* In a group store, only the store's owner (who owns every sticky
+	 * directory) or root may delete what other accounts put there. */
+	struct stat home = {0};
+	if (s->shared && geteuid() != 0 && (fstat(s->fd, &home) < 0 || home.st_uid != geteuid()))
+		return vf_error(EPERM, "%s is a group store: it is collected by its owner (uid %u) or root",
+				s->home, (unsigned)home.st_uid);
 	r = store_lock(s, LOCK_EX, false);
 	if (r == -EWOULDBLOCK) {
 		if (isatty(STDERR_FILENO))

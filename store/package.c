@@ -272,6 +272,7 @@ static bool each_manifest(struct store *s, const char *name,
 }
 
 struct each_tree {
+	struct store *s;
 	bool (*fn)(void *ctx, const struct objid *id, const struct tree *t);
 	void *ctx;
 };
@@ -280,7 +281,13 @@ static bool each_tree_one(void *ctx, const struct objid *id, int fd, const char 
 {
 	struct each_tree *q = ctx;
 	struct tree *t;
+	struct stat st;
 
+	/* Another account's package in a group store is never taken in place
+	 * of what was installed: its bytecode is whatever that account put
+	 * there (equivalence compares sources, not compiled code). */
+	if (fstat(fd, &st) < 0 || store_object_foreign(q->s, &st))
+		return false;
 	if (tree_map_fd(fd, what, &t) < 0)
 		return false; /* a damaged manifest is no candidate */
 	bool stop = q->fn(q->ctx, id, t);
@@ -291,7 +298,7 @@ static bool each_tree_one(void *ctx, const struct objid *id, int fd, const char 
 bool package_each(struct store *s, const char *name,
 		  bool (*fn)(void *ctx, const struct objid *id, const struct tree *t), void *ctx)
 {
-	struct each_tree q = {fn, ctx};
+	struct each_tree q = {s, fn, ctx};
 
 	return each_manifest(s, name, each_tree_one, &q);
 }

@@ -104,7 +104,8 @@ bool package_pyc_normalise(const void *data, size_t len, int64_t src_mtime, uint
 
 /*
  * Call fn with every package of the store called name (its id and mapped
- * manifest) until it returns true; returns whether one did.
+ * manifest) until it returns true; returns whether one did. In a group
+ * store, packages another account stored are left out.
  */
 bool package_each(struct store *s, const char *name,
 		  bool (*fn)(void *ctx, const struct objid *id, const struct tree *t), void *ctx);

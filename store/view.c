@@ -10,15 +10,33 @@
 
 #include "template.h"
 
-int view_map_tree(struct store *s, const struct objid *id, const char *what, struct tree **out)
+static int load_tree(struct store *s, const struct objid *id, const char *what, bool resident, struct tree **out)
 {
 	char path[OBJID_STR_MAX];
 	_cleanup_close_ int fd = store_object_open(s, id);
+	struct stat st;
 
 	objid_path(id, path);
 	if (fd < 0)
 		return vf_error_errno(-fd, "%s: objects/%s", what, path);
-	return tree_map_fd(fd, what, out);
+	if (fstat(fd, &st) < 0)
+		return vf_error_errno(errno, "%s: objects/%s", what, path);
+	if (!store_object_foreign(s, &st))
+		return resident ? tree_read_fd(fd, what, out) : tree_map_fd(fd, what, out);
+	/* another account's (view.h); a mapping would show later writes */
+	_cleanup_buf_ struct buf b = {0};
+	int r = store_object_read_checked(s, id, 1u << 30, &b);
+	return r < 0 ? vf_error_prefix(-r, "%s: ", what) : tree_load(b.data, b.len, true, out);
+}
+
+int view_map_tree(struct store *s, const struct objid *id, const char *what, struct tree **out)
+{
+	return load_tree(s, id, what, false, out);
+}
+
+int view_read_tree(struct store *s, const struct objid *id, const char *what, struct tree **out)
+{
+	return load_tree(s, id, what, true, out);
 }
 
 static int map_tree(void *ctx, const struct objid *id, const char *what, struct tree **out)

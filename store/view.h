@@ -40,8 +40,15 @@ struct view_trees {
 	void *ctx;
 };
 
-/* The default get: map the manifest from the store ("what" names it). */
+/*
+ * The default get: map the manifest from the store ("what" names it); or
+ * read it into memory (view_read_tree(): no page-ins later, the daemon's).
+ * Another account's manifest in a group store is read into memory and
+ * checked against its name: its own checksum proves nothing against its
+ * owner, who could put another valid manifest in its place.
+ */
 int view_map_tree(struct store *s, const struct objid *id, const char *what, struct tree **out);
+int view_read_tree(struct store *s, const struct objid *id, const char *what, struct tree **out);
 
 struct view_layer {
 	struct tree *tree;
