@@ -573,18 +573,15 @@ static void raise_nofile(unsigned max_fds)
 {
 	struct rlimit nofile;
 	unsigned long nr_open = 0;
-	FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+	_cleanup_fclose_ FILE *f = fopen("/proc/sys/fs/nr_open", "re");
 
 	if (max_fds && getrlimit(RLIMIT_NOFILE, &nofile) == 0) { /* --max-fds */
 		nofile.rlim_cur = MIN((rlim_t)max_fds, nofile.rlim_max);
 		setrlimit(RLIMIT_NOFILE, &nofile);
 		return;
 	}
-	if (f) {
-		if (fscanf(f, "%lu", &nr_open) != 1)
-			nr_open = 0;
-		fclose(f);
-	}
+	if (f && fscanf(f, "%lu", &nr_open) != 1)
+		nr_open = 0;
 	nofile.rlim_cur = nofile.rlim_max = (rlim_t)nr_open;
 	if (nr_open && setrlimit(RLIMIT_NOFILE, &nofile) == 0)
 		return;

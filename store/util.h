@@ -12,10 +12,12 @@
 #define VENVFS_UTIL_H
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -29,14 +31,43 @@ static inline void freep(void *p)
 	free(*(void **)p);
 }
 
+/* Cleanups run on every way out, error paths included: they leave errno
+ * as the failure set it, and mark what they released (a second run, or a
+ * later look at the variable, sees nothing to release). */
 static inline void closep(int *fd)
 {
-	if (*fd >= 0)
+	if (*fd >= 0) {
+		int e = errno;
 		close(*fd);
+		*fd = -1;
+		errno = e;
+	}
+}
+
+static inline void fclosep(FILE **f)
+{
+	if (*f) {
+		int e = errno;
+		fclose(*f);
+		*f = NULL;
+		errno = e;
+	}
+}
+
+static inline void closedirp(DIR **d)
+{
+	if (*d) {
+		int e = errno;
+		closedir(*d);
+		*d = NULL;
+		errno = e;
+	}
 }
 
 #define _cleanup_free_ _cleanup_(freep)
 #define _cleanup_close_ _cleanup_(closep)
+#define _cleanup_fclose_ _cleanup_(fclosep)
+#define _cleanup_closedir_ _cleanup_(closedirp)
 
 /* Take ownership of a pointer held by a cleanup variable. */
 #define steal_pointer(pp)                                                      \

@@ -117,6 +117,22 @@ def test_reimport_adds_nothing(tmp_path, venvfs, wheelhouse):
     assert store_counts(venvfs.home)["objects"] == before["objects"]
 
 
+def test_what_is_not_a_venv_is_refused_cleanly(tmp_path, venvfs):
+    """Each of these once freed an uninitialised pointer (valgrind, and the
+    ASan pass of this suite, see it): the error paths of import."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "f").write_text("x")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for what, says in ((tmp_path / "nonexistent", "nonexistent"), (plain, "pyvenv.cfg"), (afile, "afile")):
+        r = venvfs("import", what, check=False)
+        assert r.returncode == 1, (what, r.returncode, r.stderr)
+        assert r.stderr.startswith("venvfs import: ") and says in r.stderr, r.stderr
+        assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr
+    assert "0 envs" in venvfs("store", "verify").stdout
+
+
 def test_ten_venvs_store_each_file_once(tmp_path, venvfs, wheelhouse):
     # at paths of different lengths: nothing path-dependent may leak into
     # what the store shares
