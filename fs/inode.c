@@ -558,7 +558,7 @@ static void env_make_root(struct fsenv *e)
 	view_root(e->view, &r->dir);
 	tn = view_node(e->view, r->dir.src[0]);
 	r->mode = tn->mode;
-	view_dir_mtime(e->view, &r->dir, &r->mtime.tv_sec, (uint32_t *)&r->mtime.tv_nsec);
+	view_dir_mtime(e->view, &r->dir, &r->mtime);
 	_cleanup_free_ char *up = xasprintf("%s/%s", e->name, env_upper(e->env));
 	_cleanup_close_ int efd = env_dir_open(e->name);
 	if (layer_dir_open(efd, env_upper(e->env), &r->up) < 0 || r->up.fd < 0)
@@ -803,7 +803,7 @@ int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx,
 		d->dir = plan[i].lo;
 		if (d->up.fd < 0 && d->dir.n) {
 			d->mode = view_node(v, d->dir.src[0])->mode;
-			view_dir_mtime(v, &d->dir, &d->mtime.tv_sec, (uint32_t *)&d->mtime.tv_nsec);
+			view_dir_mtime(v, &d->dir, &d->mtime);
 		}
 	}
 	for (struct node *n = e->nodes; n; n = n->env_next) {
@@ -1182,7 +1182,7 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 		new_named(dir, name, len, N_DIR, h, &n);
 		view_child_dir(v, &dir->dir, name, len, &n->dir);
 		n->mode = tn->mode;
-		view_dir_mtime(v, &n->dir, &n->mtime.tv_sec, (uint32_t *)&n->mtime.tv_nsec);
+		view_dir_mtime(v, &n->dir, &n->mtime);
 	} else {
 		new_named(dir, name, len, N_FILE, h, &n);
 		n->src = m.src;

@@ -508,6 +508,18 @@ static void *worker(void *arg)
 	}
 }
 
+/* A spin-wait's pause: lets the sibling hyperthread run, saves power. */
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield" ::: "memory");
+#else
+	__asm__ __volatile__("" ::: "memory");
+#endif
+}
+
 static int serve(const struct fs_opts *o)
 {
 	struct fuse_buf buf = {0};
@@ -525,7 +537,7 @@ static int serve(const struct fs_opts *o)
 		int r = fuse_session_receive_buf(fsd.se, &buf);
 		if (r == -EAGAIN) {
 			if (now_ns() < until) {
-				__builtin_ia32_pause();
+				cpu_relax();
 				continue;
 			}
 			struct pollfd p = {fd, POLLIN, 0};

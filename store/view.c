@@ -250,17 +250,20 @@ int view_list(struct view *v, const struct view_dir *d, struct view_ent **out, s
 	return 0;
 }
 
-void view_dir_mtime(struct view *v, const struct view_dir *d, int64_t *sec, uint32_t *nsec)
+void view_dir_mtime(struct view *v, const struct view_dir *d, struct timespec *out)
 {
-	*sec = 0;
-	*nsec = 0;
+	int64_t sec = 0;
+	uint32_t nsec = 0;
+
 	for (uint32_t i = 0; i < d->n; i++) {
 		const struct tree_node *n = view_node(v, d->src[i]);
-		if (n->mtime_sec > *sec || (n->mtime_sec == *sec && n->mtime_nsec > *nsec)) {
-			*sec = n->mtime_sec;
-			*nsec = n->mtime_nsec;
+		if (n->mtime_sec > sec || (n->mtime_sec == sec && n->mtime_nsec > nsec)) {
+			sec = n->mtime_sec;
+			nsec = n->mtime_nsec;
 		}
 	}
+	out->tv_sec = (time_t)sec;
+	out->tv_nsec = (long)nsec;
 }
 
 struct render_cb {

@@ -25,6 +25,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "env.h"
 #include "store.h"
@@ -119,7 +120,7 @@ void view_child_dir(struct view *v, const struct view_dir *d, const char *name, 
 int view_list(struct view *v, const struct view_dir *d, struct view_ent **out, size_t *n);
 
 /* Newest mtime over the directory's sources (a listing change shows). */
-void view_dir_mtime(struct view *v, const struct view_dir *d, int64_t *sec, uint32_t *nsec);
+void view_dir_mtime(struct view *v, const struct view_dir *d, struct timespec *out);
 
 /*
  * Render the template at src for an env shown at env_path (env_real: its
