@@ -201,7 +201,7 @@ void absorb_dirty_envs(bool unmounting)
 
 static void serve_client(int fd)
 {
-	char req[512];
+	char req[512] = "";
 	size_t got = 0;
 	struct pollfd p = {fd, POLLIN, 0};
 

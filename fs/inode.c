@@ -902,6 +902,7 @@ static char *describe(struct node *dir, const char *name, size_t len)
 	while (depth--) {
 		if (b.len)
 			buf_addc(&b, '/');
+		// cppcheck-suppress uninitvar ; chain[0, depth) was filled above
 		buf_add(&b, chain[depth]->name, chain[depth]->name_len);
 	}
 	buf_addc(&b, '/');

@@ -585,15 +585,18 @@ static void raise_nofile(unsigned max_fds)
 {
 	struct rlimit nofile;
 	unsigned long nr_open = 0;
-	_cleanup_fclose_ FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+	FILE *f;
 
 	if (max_fds && getrlimit(RLIMIT_NOFILE, &nofile) == 0) { /* --max-fds */
 		nofile.rlim_cur = MIN((rlim_t)max_fds, nofile.rlim_max);
 		setrlimit(RLIMIT_NOFILE, &nofile);
 		return;
 	}
-	if (f && fscanf(f, "%lu", &nr_open) != 1)
-		nr_open = 0;
+	if ((f = fopen("/proc/sys/fs/nr_open", "re"))) {
+		if (fscanf(f, "%lu", &nr_open) != 1)
+			nr_open = 0;
+		fclose(f);
+	}
 	nofile.rlim_cur = nofile.rlim_max = (rlim_t)nr_open;
 	if (nr_open && setrlimit(RLIMIT_NOFILE, &nofile) == 0)
 		return;

@@ -876,10 +876,15 @@ static int txn_insert(struct store_txn *t, const void *data, size_t len, struct 
 				return r;
 			break;
 		}
+		/* (an entry stays in the table until the transaction ends) */
 		while ((p = pend_find(t, &cand)) && p->state == PEND_WRITING) {
 			t->waiters++;
 			pthread_cond_wait(&t->cond, &t->lock);
 			t->waiters--;
+		}
+		if (!p) {
+			pthread_mutex_unlock(&t->lock);
+			return vf_error(EIO, "an insert of the same content vanished from its transaction");
 		}
 		enum pend_state st = p->state;
 		uint64_t no = p->tmp_no;

@@ -325,6 +325,7 @@ uint32_t tree_path(const struct tree *t, uint32_t i, struct buf *out)
 		i = t->nodes[i].parent;
 	}
 	while (depth--) {
+		// cppcheck-suppress uninitvar ; chain[0, depth) was filled above
 		const struct tree_node *n = &t->nodes[chain[depth]];
 		if (out->len)
 			buf_addc(out, '/');
