@@ -47,7 +47,7 @@ static int ctl_run = -1; /* the run directory the socket is in */
 static char *ctl_name;   /* its name there */
 
 struct report {
-	int fd;          /* client socket, or -1 (log only) */
+	int fd; /* client socket, or -1 (log only) */
 	const char *env;
 };
 
@@ -123,7 +123,9 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 		if (env_current(name) != e || e->gen != gen || (changed = absorb_changed(a, writer_open, e))) {
 			r = -EAGAIN; /* written meanwhile: again */
 			fs_log("absorb %s: the env changed while it was prepared (%s); again", name,
-			       changed ? changed : env_current(name) != e ? "replaced" : "written");
+			       changed                  ? changed
+			       : env_current(name) != e ? "replaced"
+							: "written");
 		} else {
 			r = absorb_commit(a);
 			if (r == 0)
@@ -151,8 +153,9 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 			usleep(100000u << attempt);
 	}
 	if (r == -EAGAIN)
-		return vf_error(EAGAIN, "env %s kept changing while it was absorbed (an install in progress?); "
-				       "try again later",
+		return vf_error(EAGAIN,
+				"env %s kept changing while it was absorbed (an install in progress?); "
+				"try again later",
 				name);
 	return r;
 }
@@ -376,8 +379,8 @@ static int ask_daemon(int run, const char *sock, const char *sock_name, const ch
 		} else if (!strncmp(l, "ok ", 3)) {
 			memset(st, 0, sizeof(*st));
 			sscanf(l + 3,
-			       "absorbed=%" SCNu64 " left=%" SCNu64 " dropped=%" SCNu64 " files=%" SCNu64 " bytes=%" SCNu64
-			       " linked=%" SCNu64 " copied=%" SCNu64 " dedup=%" SCNu64,
+			       "absorbed=%" SCNu64 " left=%" SCNu64 " dropped=%" SCNu64 " files=%" SCNu64
+			       " bytes=%" SCNu64 " linked=%" SCNu64 " copied=%" SCNu64 " dedup=%" SCNu64,
 			       &st->absorbed, &st->left, &st->dropped, &st->files, &st->bytes, &st->linked_bytes,
 			       &st->copied_bytes, &st->dedup_bytes);
 			r = 0;
@@ -391,8 +394,7 @@ static int ask_daemon(int run, const char *sock, const char *sock_name, const ch
  * (loading it if it did not serve it yet, which takes its lock); only
  * without one does the command absorb it itself.
  */
-int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx,
-	      struct absorb_stats *st)
+int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx, struct absorb_stats *st)
 {
 	struct absorb_opts o = {.say = say, .say_ctx = ctx, .progress = true};
 	_cleanup_free_ char *run = NULL;

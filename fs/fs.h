@@ -12,17 +12,17 @@
 
 struct fs_opts {
 	const char *mountpoint;
-	bool foreground;     /* stay attached, log to stderr too */
-	bool allow_other;    /* let other users in (default_permissions applies) */
-	bool debug;          /* libfuse's request tracing */
-	bool libfuse_mt;     /* libfuse's multithreaded loop instead of ours */
-	bool no_uring;       /* /dev/fuse even where the kernel offers io_uring */
-	unsigned max_threads; /* workers (ours) or threads (libfuse's); 0: default */
-	unsigned spin_us;    /* keep polling for requests this long after one */
-	const char *log_path; /* NULL: HOME/log/mount.log */
-	unsigned absorb_idle_s; /* absorb changed envs after this long idle; 0: never */
+	bool foreground;           /* stay attached, log to stderr too */
+	bool allow_other;          /* let other users in (default_permissions applies) */
+	bool debug;                /* libfuse's request tracing */
+	bool libfuse_mt;           /* libfuse's multithreaded loop instead of ours */
+	bool no_uring;             /* /dev/fuse even where the kernel offers io_uring */
+	unsigned max_threads;      /* workers (ours) or threads (libfuse's); 0: default */
+	unsigned spin_us;          /* keep polling for requests this long after one */
+	const char *log_path;      /* NULL: HOME/log/mount.log */
+	unsigned absorb_idle_s;    /* absorb changed envs after this long idle; 0: never */
 	bool no_absorb_on_unmount; /* do not absorb changed envs when unmounted */
-	unsigned max_fds;    /* descriptors the daemon may use; 0: as many as allowed */
+	unsigned max_fds;          /* descriptors the daemon may use; 0: as many as allowed */
 };
 
 /*
@@ -53,7 +53,6 @@ int fs_stats(struct store *s, const char *mountpoint, char **out);
  * Absorb env name (store/venv.h): directly, or, if a daemon serves the env
  * (holding its lock), by asking that daemon. say gets the report lines.
  */
-int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx,
-	      struct absorb_stats *st);
+int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx, struct absorb_stats *st);
 
 #endif

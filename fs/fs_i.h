@@ -25,7 +25,7 @@
 
 /* Kernel cache lifetimes (seconds). */
 #define TIMEOUT_FOREVER 1e6 /* env content: we invalidate it when it changes */
-#define TIMEOUT_ROOT 1.0    /* the list of envs: others may change the store */
+#define TIMEOUT_ROOT    1.0 /* the list of envs: others may change the store */
 
 enum node_kind {
 	N_ROOT,   /* the mount point: one directory per env */
@@ -39,17 +39,17 @@ struct fsenv;
 
 struct node {
 	enum node_kind kind;
-	uint64_t ino;        /* st_ino: stable across mounts (inode.c) */
-	uint64_t nlookup;    /* the kernel's references (lookups not forgotten) */
-	uint32_t refs;       /* ours: children naming it as parent, jobs */
-	struct node *hnext;  /* hash chain */
-	uint64_t hash;       /* of its key in the node table */
-	bool hashed;         /* in the table (unlinked nodes are not) */
+	uint64_t ino;       /* st_ino: stable across mounts (inode.c) */
+	uint64_t nlookup;   /* the kernel's references (lookups not forgotten) */
+	uint32_t refs;      /* ours: children naming it as parent, jobs */
+	struct node *hnext; /* hash chain */
+	uint64_t hash;      /* of its key in the node table */
+	bool hashed;        /* in the table (unlinked nodes are not) */
 
 	/* N_DIR, N_FILE: where it is; all but N_SHARED: the env's node list */
 	struct fsenv *env;
 	struct node *env_prev, *env_next;
-	bool gone;           /* names nothing in its env any more (absorb) */
+	bool gone; /* names nothing in its env any more (absorb) */
 	struct node *parent;
 	char *name;
 	uint16_t name_len;
@@ -73,17 +73,17 @@ struct node {
 
 	/* N_SHARED: the object, opened on first read and checked once */
 	struct objid obj;
-	int fd;             /* N_SHARED: object; N_UPPER: O_PATH of the file */
-	int state;          /* 0 unchecked, 1 good, <0 errno (damaged) */
-	uint8_t fill;       /* FILL_*: its first open puts it in the page cache (ops.c) */
-	bool foreign;       /* another account's object in a group store (inode.c) */
-	char *seen_as;      /* "env/path" where first met, for messages */
+	int fd;        /* N_SHARED: object; N_UPPER: O_PATH of the file */
+	int state;     /* 0 unchecked, 1 good, <0 errno (damaged) */
+	uint8_t fill;  /* FILL_*: its first open puts it in the page cache (ops.c) */
+	bool foreign;  /* another account's object in a group store (inode.c) */
+	char *seen_as; /* "env/path" where first met, for messages */
 
 	/* N_UPPER: identity in the writable layer, open write handles */
 	dev_t dev;
 	ino_t upper_ino;
-	fuse_ino_t met_in;  /* the directory and name it was looked up by */
-	char *met_as;       /* (fd_pressure(): what to ask the kernel to drop) */
+	fuse_ino_t met_in; /* the directory and name it was looked up by */
+	char *met_as;      /* (fd_pressure(): what to ask the kernel to drop) */
 	uint32_t writers;
 	bool no_passthrough; /* was an N_FILE (opens of it may be cached ones),
 				or passthrough was refused */
@@ -97,17 +97,17 @@ struct fsenv {
 	char *name;
 	struct env *env;
 	struct view *view;
-	char *path;          /* MOUNT/NAME: what templates are rendered for */
-	struct node *root;   /* its top directory */
-	struct node *nodes;  /* all its nodes (node_attach) */
-	int workfd;          /* HOME/envs/NAME/work */
-	uint32_t refs;       /* nodes of this env alive */
-	bool stale;          /* replaced or removed: no new lookups, no writes */
-	bool readonly;       /* another daemon holds its env lock */
-	bool durable;        /* env_make_durable() done since loaded (op_fsync), atomic */
-	uint64_t gen;        /* changes to its writable layer (absorb checks) */
+	char *path;            /* MOUNT/NAME: what templates are rendered for */
+	struct node *root;     /* its top directory */
+	struct node *nodes;    /* all its nodes (node_attach) */
+	int workfd;            /* HOME/envs/NAME/work */
+	uint32_t refs;         /* nodes of this env alive */
+	bool stale;            /* replaced or removed: no new lookups, no writes */
+	bool readonly;         /* another daemon holds its env lock */
+	bool durable;          /* env_make_durable() done since loaded (op_fsync), atomic */
+	uint64_t gen;          /* changes to its writable layer (absorb checks) */
 	uint64_t absorbed_gen; /* gen when last absorbed: dirty if different */
-	char *retired_layer; /* replaced: a writable layer to delete with it */
+	char *retired_layer;   /* replaced: a writable layer to delete with it */
 	struct fsenv *next;
 	struct timespec loaded_mtime; /* of envs/NAME/env when loaded */
 	ino_t loaded_ino;
@@ -115,9 +115,30 @@ struct fsenv {
 
 /* Counters: requests and failures per operation, failures per errno. */
 enum fs_op {
-	OP_LOOKUP, OP_FORGET, OP_GETATTR, OP_SETATTR, OP_READLINK, OP_MKNOD, OP_MKDIR,
-	OP_UNLINK, OP_RMDIR, OP_SYMLINK, OP_RENAME, OP_LINK, OP_OPEN, OP_READ, OP_WRITE,
-	OP_RELEASE, OP_FSYNC, OP_READDIR, OP_READDIRPLUS, OP_STATFS, OP_CREATE, OP_IOCTL, OP_ACCESS, OP_COUNT
+	OP_LOOKUP,
+	OP_FORGET,
+	OP_GETATTR,
+	OP_SETATTR,
+	OP_READLINK,
+	OP_MKNOD,
+	OP_MKDIR,
+	OP_UNLINK,
+	OP_RMDIR,
+	OP_SYMLINK,
+	OP_RENAME,
+	OP_LINK,
+	OP_OPEN,
+	OP_READ,
+	OP_WRITE,
+	OP_RELEASE,
+	OP_FSYNC,
+	OP_READDIR,
+	OP_READDIRPLUS,
+	OP_STATFS,
+	OP_CREATE,
+	OP_IOCTL,
+	OP_ACCESS,
+	OP_COUNT
 };
 
 #define STAT_ERRNO_MAX 134
@@ -126,25 +147,25 @@ struct fs_stats {
 	uint64_t calls[OP_COUNT];
 	uint64_t errors[OP_COUNT];
 	uint64_t by_errno[STAT_ERRNO_MAX];
-	uint64_t damaged_objects;   /* reads refused: object missing or corrupt */
-	uint64_t filled_at_open;    /* store files put in the page cache at first open */
-	uint64_t estale_retries;    /* write-opens of shared files redirected */
-	uint64_t copy_ups;          /* files copied into a writable layer */
-	uint64_t absorbs;           /* distributions absorbed into the store */
+	uint64_t damaged_objects; /* reads refused: object missing or corrupt */
+	uint64_t filled_at_open;  /* store files put in the page cache at first open */
+	uint64_t estale_retries;  /* write-opens of shared files redirected */
+	uint64_t copy_ups;        /* files copied into a writable layer */
+	uint64_t absorbs;         /* distributions absorbed into the store */
 };
 
 struct fsd {
 	struct store *s;
 	struct fuse_session *se;
 	char *mountpoint;
-	pthread_mutex_t lock;        /* nodes, envs, layers: see ops.c */
-	pthread_mutex_t dispatch;    /* one request handler at a time (main.c, uring.c) */
+	pthread_mutex_t lock;     /* nodes, envs, layers: see ops.c */
+	pthread_mutex_t dispatch; /* one request handler at a time (main.c, uring.c) */
 	struct node root;
-	struct node **table;         /* all nodes but root, by key hash */
+	struct node **table; /* all nodes but root, by key hash */
 	size_t table_cap, table_n;
-	struct fsenv *envs;          /* current and stale envs */
-	struct strmap trees;         /* object id -> struct tree *, shared */
-	char **env_names;            /* root listing, rebuilt when stale */
+	struct fsenv *envs;  /* current and stale envs */
+	struct strmap trees; /* object id -> struct tree *, shared */
+	char **env_names;    /* root listing, rebuilt when stale */
 	uint64_t *env_cookies;
 	size_t n_env_names;
 	bool env_names_stale;
@@ -154,13 +175,13 @@ struct fsd {
 	struct fs_stats st;
 	FILE *log;
 	bool log_stderr;
-	bool use_uring;              /* take FUSE over io_uring if offered (uring.c) */
+	bool use_uring; /* take FUSE over io_uring if offered (uring.c) */
 	uint64_t nodes_alive;
-	uint64_t nodes_made;    /* ever (fd_pressure()) */
-	uint64_t last_request_ns;    /* for absorb-when-idle */
-	unsigned absorb_idle_s;      /* 0: never on idle */
+	uint64_t nodes_made;      /* ever (fd_pressure()) */
+	uint64_t last_request_ns; /* for absorb-when-idle */
+	unsigned absorb_idle_s;   /* 0: never on idle */
 	bool absorb_on_unmount;
-	struct strmap env_locks;     /* env name -> its lock's fd + 2 (1: busy) */
+	struct strmap env_locks; /* env name -> its lock's fd + 2 (1: busy) */
 };
 
 extern struct fsd fsd;

@@ -621,9 +621,9 @@ static bool env_lock_once(const char *name)
 	int fd = env_lock(fsd.s, name);
 	if (fd < 0) {
 		if (*slot == 0) /* say it once */
-			fs_log("env %s: %s; served read-only until it is free",
-			       name, fd == -EWOULDBLOCK ? "its lock is held (another venvfs daemon, or venvfs absorb)"
-							: vf_last_error());
+			fs_log("env %s: %s; served read-only until it is free", name,
+			       fd == -EWOULDBLOCK ? "its lock is held (another venvfs daemon, or venvfs absorb)"
+						  : vf_last_error());
 		*slot = 1;
 		return false;
 	}
@@ -751,7 +751,8 @@ int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx,
 	qsort(index, nd, sizeof(*index), index_cmp);
 	for (size_t i = 0; i < nd && r == 0; i++) {
 		struct node *d = dirs[i];
-		struct dir_index key = {d->parent, 0}, *pk = d->parent ? bsearch(&key, index, nd, sizeof(key), index_cmp) : NULL;
+		struct dir_index key = {d->parent, 0},
+				 *pk = d->parent ? bsearch(&key, index, nd, sizeof(key), index_cmp) : NULL;
 		struct dir_redo *w = &plan[i], *pw = pk ? &plan[pk->i] : NULL;
 		struct merged mm;
 		w->up = (struct layer_dir){.fd = -1};
@@ -760,7 +761,8 @@ int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx,
 			r = efd < 0 ? efd : layer_dir_open(efd, env_upper(m), &w->up);
 			view_root(v, &w->lo);
 		} else if (d->gone || !pw || pw->gone || layer_merge_lookup(v, &pw->up, &pw->lo, d->name, &mm) < 0 ||
-			   !(mm.upper == L_DIR || (mm.upper == L_NONE && mm.lower && S_ISDIR(view_node(v, mm.src)->mode)))) {
+			   !(mm.upper == L_DIR ||
+			     (mm.upper == L_NONE && mm.lower && S_ISDIR(view_node(v, mm.src)->mode)))) {
 			w->gone = true;
 		} else {
 			if (mm.upper == L_DIR)
@@ -876,7 +878,8 @@ struct fsenv *env_get(const char *name, size_t len, int *err)
 			e->workfd = openat_beneath(efd, "work", O_RDONLY | O_DIRECTORY, 0);
 			if (e->workfd < 0) {
 				_cleanup_free_ char *where = xasprintf("%s/envs/%s", fsd.s->home, n);
-				fs_log("env %s: %s", n, (beneath_error(efd, where, "work", e->workfd), vf_last_error()));
+				fs_log("env %s: %s", n,
+				       (beneath_error(efd, where, "work", e->workfd), vf_last_error()));
 				e->workfd = -1;
 			}
 		}
@@ -910,8 +913,7 @@ static char *describe(struct node *dir, const char *name, size_t len)
 	return b.data;
 }
 
-static int new_named(struct node *dir, const char *name, size_t len, enum node_kind kind, uint64_t h,
-		     struct node **out)
+static int new_named(struct node *dir, const char *name, size_t len, enum node_kind kind, uint64_t h, struct node **out)
 {
 	struct fsenv *e = dir->env;
 	struct node *n = node_new(kind);
@@ -1063,8 +1065,9 @@ void fd_pressure(void)
 			bool is_dir = n->kind == N_DIR && n->up.fd >= 0 && n != e->root && n->parent != &fsd.root;
 			if ((!is_file && !is_dir) || n->gone)
 				continue;
-			fuse_ino_t dir = n->met_as ? n->met_in
-					 : n->parent == &fsd.root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)n->parent;
+			fuse_ino_t dir = n->met_as                ? n->met_in
+					 : n->parent == &fsd.root ? FUSE_ROOT_ID
+								  : (fuse_ino_t)(uintptr_t)n->parent;
 			const char *name = n->met_as ? n->met_as : n->name;
 			if (!dir || !name)
 				continue;
@@ -1085,7 +1088,8 @@ void fd_pressure(void)
 	free(v);
 	if (nv)
 		fs_log("descriptors: %zu of %zu in use; asked the kernel to forget %zu files and directories of "
-		       "writable layers", used, limit, nv - from);
+		       "writable layers",
+		       used, limit, nv - from);
 }
 
 static struct node *shared_node(const struct objid *id, uint32_t mode, uint64_t size, const struct timespec *mt,

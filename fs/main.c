@@ -144,9 +144,9 @@ static char *run_name(const char *mountpoint, const char *ext)
 /* ---- counters ------------------------------------------------------------------- */
 
 static const char *op_names[OP_COUNT] = {
-	"lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink",
-	"rename", "link", "open", "read", "write", "release", "fsync", "readdir", "readdirplus", "statfs", "create",
-	"ioctl", "access",
+	"lookup", "forget",  "getattr",     "setattr", "readlink", "mknod", "mkdir",  "unlink",
+	"rmdir",  "symlink", "rename",      "link",    "open",     "read",  "write",  "release",
+	"fsync",  "readdir", "readdirplus", "statfs",  "create",   "ioctl", "access",
 };
 
 static void format_stats(struct buf *b)
@@ -163,8 +163,8 @@ static void format_stats(struct buf *b)
 		   fsd.st.damaged_objects, fsd.st.estale_retries, fsd.st.filled_at_open);
 	for (int i = 0; i < OP_COUNT; i++)
 		if (fsd.st.calls[i] || fsd.st.errors[i])
-			buf_printf(b, "op %-12s calls %-10" PRIu64 " errors %" PRIu64 "\n", op_names[i], fsd.st.calls[i],
-				   fsd.st.errors[i]);
+			buf_printf(b, "op %-12s calls %-10" PRIu64 " errors %" PRIu64 "\n", op_names[i],
+				   fsd.st.calls[i], fsd.st.errors[i]);
 	for (int e = 1; e < STAT_ERRNO_MAX; e++)
 		if (fsd.st.by_errno[e])
 			buf_printf(b, "errno %-16s %" PRIu64 "\n", strerrorname_np(e) ? strerrorname_np(e) : "?",
@@ -270,7 +270,8 @@ static void *housekeeping(void *arg)
 	if (ino >= 0 && inotify_add_watch(ino, envs, IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO) < 0)
 		fs_log("inotify on %s: %s (new envs show after a second)", envs, strerror(errno));
 	for (;;) {
-		struct pollfd p[4] = {{hk_stop[0], POLLIN, 0}, {ino, POLLIN, 0}, {sfd, POLLIN, 0}, {hk_wake[0], POLLIN, 0}};
+		struct pollfd p[4] = {
+			{hk_stop[0], POLLIN, 0}, {ino, POLLIN, 0}, {sfd, POLLIN, 0}, {hk_wake[0], POLLIN, 0}};
 		if (poll(p, 4, 250) < 0 && errno != EINTR)
 			break;
 		if (p[3].revents & POLLIN) {

@@ -215,7 +215,6 @@ static void reply_passthrough(struct fuse_file_info *fi)
 	}
 }
 
-
 /* ---- lookup and attributes ---------------------------------------------------- */
 
 /*
@@ -823,8 +822,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	run_blocking(read_job_run, j);
 }
 
-static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
-		     struct fuse_file_info *fi)
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct node *n = node_of(ino);
 
@@ -1186,8 +1184,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (r == 0) {
 		bool shows_upper = m.upper == L_FILE || m.upper == L_META;
 		bool shows_lower = m.upper == L_NONE && m.lower;
-		bool is_dir = m.upper == L_DIR ||
-			      (shows_lower && S_ISDIR(view_node(dir->env->view, m.src)->mode));
+		bool is_dir = m.upper == L_DIR || (shows_lower && S_ISDIR(view_node(dir->env->view, m.src)->mode));
 		if (!shows_upper && !shows_lower && m.upper != L_DIR)
 			r = -ENOENT;
 		else if (is_dir)
@@ -1298,8 +1295,10 @@ static int do_rename(struct node *od, const char *on, struct node *nd, const cha
 	if ((r = layer_merge_lookup(v, &od->up, &od->dir, on, &src)) < 0 ||
 	    (r = layer_merge_lookup(v, &nd->up, &nd->dir, nn, &dst)) < 0)
 		return r;
-	bool src_there = src.upper == L_FILE || src.upper == L_META || src.upper == L_DIR || (src.upper == L_NONE && src.lower);
-	bool dst_there = dst.upper == L_FILE || dst.upper == L_META || dst.upper == L_DIR || (dst.upper == L_NONE && dst.lower);
+	bool src_there =
+		src.upper == L_FILE || src.upper == L_META || src.upper == L_DIR || (src.upper == L_NONE && src.lower);
+	bool dst_there =
+		dst.upper == L_FILE || dst.upper == L_META || dst.upper == L_DIR || (dst.upper == L_NONE && dst.lower);
 	if (!src_there)
 		return -ENOENT;
 	if ((r = node_child(od, on, strlen(on), &sn)) < 0)
@@ -1611,7 +1610,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
-		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC; /* O_TRUNC comes with open */
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;                   /* O_TRUNC comes with open */
 	if ((conn->capable & FUSE_CAP_SPLICE_WRITE) && !uring_planned()) /* an io_uring entry is memory */
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
 	/* no POSIX or flock locks of our own: the kernel keeps them locally,

@@ -39,19 +39,19 @@
 #include "fs_i.h"
 
 /* From the kernel's <linux/fuse.h> (7.40), newer than Debian's headers. */
-#define PT_INIT_FLAG2 (1u << 5)   /* FUSE_PASSTHROUGH (1ULL << 37), in flags2 */
-#define PT_FOPEN (1u << 7)        /* FOPEN_PASSTHROUGH */
-#define PT_OP_INIT 26             /* FUSE_INIT */
-#define PT_INIT_EXT (1u << 30)    /* FUSE_INIT_EXT */
+#define PT_INIT_FLAG2  (1u << 5)  /* FUSE_PASSTHROUGH (1ULL << 37), in flags2 */
+#define PT_FOPEN       (1u << 7)  /* FOPEN_PASSTHROUGH */
+#define PT_OP_INIT     26         /* FUSE_INIT */
+#define PT_INIT_EXT    (1u << 30) /* FUSE_INIT_EXT */
 #define PT_STACK_DEPTH 1          /* the store is on a plain file system */
-#define UR_INIT_FLAG2 (1u << 9)   /* FUSE_OVER_IO_URING (1ULL << 41), in flags2 (uring.c) */
+#define UR_INIT_FLAG2  (1u << 9)  /* FUSE_OVER_IO_URING (1ULL << 41), in flags2 (uring.c) */
 
 struct pt_backing_map {
 	int32_t fd;
 	uint32_t flags;
 	uint64_t padding;
 };
-#define PT_IOC_BACKING_OPEN _IOW(229, 1, struct pt_backing_map)
+#define PT_IOC_BACKING_OPEN  _IOW(229, 1, struct pt_backing_map)
 #define PT_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
 
 struct pt_in_header {
@@ -86,8 +86,8 @@ struct pt_open_out {
 };
 
 static int dev_fd = -1;
-static bool offered;          /* the kernel offered passthrough at INIT */
-static bool on;               /* and we accepted */
+static bool offered; /* the kernel offered passthrough at INIT */
+static bool on;      /* and we accepted */
 static uint64_t init_unique;
 static __thread uint32_t next_reply_id; /* the next open/create reply carries it */
 

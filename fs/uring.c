@@ -95,14 +95,14 @@
 #include "fs_i.h"
 
 /* From the kernel's <linux/fuse.h> (7.42, Linux 6.14), newer than Debian's. */
-#define UR_CMD_REGISTER 1
+#define UR_CMD_REGISTER         1
 #define UR_CMD_COMMIT_AND_FETCH 2
 
 /* From <linux/io_uring.h> of Linux 6.15: a wait that is not counted as
  * iowait. Our threads wait for requests with commands in flight, which the
  * kernel otherwise counts as waiting for I/O: every CPU of an idle machine
  * shows 100% iowait in top for as long as the mount lives. */
-#define UR_FEAT_NO_IOWAIT (1u << 17)
+#define UR_FEAT_NO_IOWAIT  (1u << 17)
 #define UR_ENTER_NO_IOWAIT (1u << 7)
 
 struct ur_ent_in_out {
@@ -139,19 +139,19 @@ struct ur_out_header {
 	uint64_t unique;
 };
 
-#define DEPTH 8            /* entries per queue: requests in hand at once */
-#define HEAD_SPACE 4096    /* header buffer, then room to rebuild the request */
-#define EV_TAG 1           /* user_data of the eventfd read */
+#define DEPTH      8    /* entries per queue: requests in hand at once */
+#define HEAD_SPACE 4096 /* header buffer, then room to rebuild the request */
+#define EV_TAG     1    /* user_data of the eventfd read */
 
 struct ring_q;
 
 struct ring_ent {
 	struct ring_q *q;
-	char *mem;              /* header at mem, payload at mem + HEAD_SPACE */
+	char *mem; /* header at mem, payload at mem + HEAD_SPACE */
 	struct iovec iov[2];
-	uint64_t unique;        /* the request in hand, 0 if none (atomic) */
-	bool live;              /* registered and not torn down */
-	struct ring_ent *next;  /* on q->done */
+	uint64_t unique;       /* the request in hand, 0 if none (atomic) */
+	bool live;             /* registered and not torn down */
+	struct ring_ent *next; /* on q->done */
 };
 
 struct ring_q {
@@ -166,28 +166,28 @@ struct ring_q {
 	unsigned *cq_head, *cq_tail, *cq_mask;
 	struct io_uring_cqe *cqes;
 	unsigned to_submit;
-	unsigned enter_flags;   /* for every io_uring_enter() */
+	unsigned enter_flags; /* for every io_uring_enter() */
 	uint64_t ev_val;
-	pthread_mutex_t lock;   /* done, go, stop */
-	pthread_cond_t cond;    /* go */
-	struct ring_ent *done;  /* answered by another thread, to commit */
-	unsigned serving;       /* the CQ index of the request being served */
+	pthread_mutex_t lock;  /* done, go, stop */
+	pthread_cond_t cond;   /* go */
+	struct ring_ent *done; /* answered by another thread, to commit */
+	unsigned serving;      /* the CQ index of the request being served */
 	bool go, stop;
-	int init;               /* 1 set up, <0 failed (-errno), 0 not yet */
+	int init; /* 1 set up, <0 failed (-errno), 0 not yet */
 	struct ring_ent ent[DEPTH];
 };
 
 static struct {
-	bool offered;           /* the kernel offered it at INIT */
-	bool on;                /* we accepted: the threads run */
-	bool refused;           /* an entry was refused: the kernel went back to /dev/fuse */
+	bool offered; /* the kernel offered it at INIT */
+	bool on;      /* we accepted: the threads run */
+	bool refused; /* an entry was refused: the kernel went back to /dev/fuse */
 	int devfd;
-	size_t payload;         /* payload buffer size */
+	size_t payload; /* payload buffer size */
 	unsigned nq;
 	struct ring_q *q;
 } ur = {.devfd = -1};
 
-static __thread struct ring_q *self_q;    /* the queue this thread serves */
+static __thread struct ring_q *self_q;     /* the queue this thread serves */
 static __thread struct ring_ent *self_ent; /* the request it is handling */
 
 static int ur_setup(unsigned entries, struct io_uring_params *p)
@@ -260,8 +260,8 @@ static int ring_q_init(struct ring_q *q)
 	q->cq_map_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
 	if (q->cq_map_len > q->sq_map_len)
 		q->sq_map_len = q->cq_map_len;
-	q->sq_map = mmap(NULL, q->sq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, q->fd,
-			 IORING_OFF_SQ_RING);
+	q->sq_map =
+		mmap(NULL, q->sq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, q->fd, IORING_OFF_SQ_RING);
 	if (q->sq_map == MAP_FAILED) {
 		q->sq_map = NULL;
 		return -errno;
@@ -291,8 +291,8 @@ static int ring_q_init(struct ring_q *q)
 	for (int i = 0; i < DEPTH; i++) {
 		struct ring_ent *e = &q->ent[i];
 		e->q = q;
-		e->mem = mmap(NULL, HEAD_SPACE + ur.payload, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-			      0);
+		e->mem =
+			mmap(NULL, HEAD_SPACE + ur.payload, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (e->mem == MAP_FAILED) {
 			e->mem = NULL;
 			return -errno;
@@ -479,7 +479,7 @@ static void *ring_thread(void *arg)
  * reply, and the second mount was served through /dev/fuse.
  */
 #define ENABLE_URING "/sys/module/fuse/parameters/enable_uring"
-static bool offer_set; /* we set enable_uring: put it back */
+static bool offer_set;      /* we set enable_uring: put it back */
 static int offer_lock = -1; /* the parameter's file, flocked until done */
 
 static int write_param(const char *v)

@@ -40,7 +40,7 @@
 
 /* ---- write intents ----------------------------------------------------------- */
 
-#define INTENTS 64
+#define INTENTS       64
 #define INTENT_TTL_NS (5ull * 1000000000ull)
 
 static struct {

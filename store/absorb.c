@@ -80,7 +80,7 @@
 #include "venv.h"
 #include "view.h"
 
-#define NONE UINT32_MAX
+#define NONE       UINT32_MAX
 #define SMALL_FILE (1u << 20)
 /* directories kept open while absorbing: at most this, and at most an
  * eighth of the descriptor limit (the daemon's nodes use the rest) */
@@ -94,7 +94,7 @@ struct vdir {
 	struct view_dir lo;  /* its read-only sources */
 	uint32_t mode;
 	struct timespec mtime;
-	char *path;          /* env-relative */
+	char *path; /* env-relative */
 };
 
 enum asrc {
@@ -105,48 +105,48 @@ enum asrc {
 
 /* One file of a distribution being absorbed. */
 struct afile {
-	char *path;            /* env-relative */
-	const char *name;      /* its last component (into path) */
+	char *path;       /* env-relative */
+	const char *name; /* its last component (into path) */
 	struct vdir *dir;
-	unsigned root;         /* TREE_ROOT_* */
-	const char *rel;       /* path relative to root (into path) */
-	int32_t row;           /* its RECORD row, -1 if unlisted */
+	unsigned root;   /* TREE_ROOT_* */
+	const char *rel; /* path relative to root (into path) */
+	int32_t row;     /* its RECORD row, -1 if unlisted */
 	enum asrc src;
-	uint32_t mode;         /* as V shows it, type included */
+	uint32_t mode; /* as V shows it, type included */
 	uint64_t size;
 	struct timespec mtime;
-	struct objid obj;      /* A_META, A_LOWER: known; A_UPPER: once stored */
-	char *target;          /* symlinks */
-	uint32_t pyc_src;      /* bytecode: index of its source in the dist */
-	bool optional;         /* unlisted bytecode: left out if not valid */
-	bool deferred;         /* valid bytecode not stored yet (phase 3) */
-	bool keeps_mtime;      /* a source with kept bytecode: presents its mtime */
+	struct objid obj; /* A_META, A_LOWER: known; A_UPPER: once stored */
+	char *target;     /* symlinks */
+	uint32_t pyc_src; /* bytecode: index of its source in the dist */
+	bool optional;    /* unlisted bytecode: left out if not valid */
+	bool deferred;    /* valid bytecode not stored yet (phase 3) */
+	bool keeps_mtime; /* a source with kept bytecode: presents its mtime */
 	bool dropped;
 	bool is_record;
 	uint16_t tflags;
 	uint64_t stored_size;
-	bool linked;           /* became its object by a hard link */
-	dev_t dev;             /* A_UPPER: identity, and ctime once stored */
+	bool linked; /* became its object by a hard link */
+	dev_t dev;   /* A_UPPER: identity, and ctime once stored */
 	ino_t ino;
 	struct timespec ctime;
 	uint8_t sha[32];
 };
 
 struct adist {
-	char *dir;             /* env-relative path of the dist-info */
-	char *what;            /* "NAME: lib/.../foo-1.0.dist-info" for messages */
+	char *dir;  /* env-relative path of the dist-info */
+	char *what; /* "NAME: lib/.../foo-1.0.dist-info" for messages */
 	struct buf record_text;
 	struct record rec;
 	unsigned *row_root;
 	char **row_rel;
 	struct afile *f;
 	size_t nf, capf;
-	uint32_t record_file;  /* index of RECORD in f */
-	struct dist_why why;   /* why it stays in the writable layer (why.any) */
+	uint32_t record_file; /* index of RECORD in f */
+	struct dist_why why;  /* why it stays in the writable layer (why.any) */
 	struct dist_meta meta;
 	struct buf manifest;
 	struct objid pkg_id;
-	bool reused;           /* pkg_id is an equivalent package the store had */
+	bool reused; /* pkg_id is an equivalent package the store had */
 	int64_t *orig_mtimes;
 	uint32_t n_nodes;
 	uint64_t bytes;
@@ -159,35 +159,37 @@ struct absorb {
 	char *name;
 	struct env *env, *env2;
 	struct view *v, *v2;
-	int env_fd;            /* HOME/envs/NAME */
-	int upper_fd;          /* its writable layer */
-	int work_fd;           /* HOME/envs/NAME/work */
+	int env_fd;   /* HOME/envs/NAME */
+	int upper_fd; /* its writable layer */
+	int work_fd;  /* HOME/envs/NAME/work */
 	char *site;
-	char **views;          /* paths the env was shown at */
+	char **views; /* paths the env was shown at */
 	size_t n_views;
-	struct strmap dirs;    /* env path -> struct vdir * */
+	struct strmap dirs; /* env path -> struct vdir * */
 	struct vdir **dirv;
 	size_t n_dirv;
 	unsigned open_dirs, max_open_dirs;
-	struct strmap owner;   /* env path -> (dist index + 1) << 32 | file index */
+	struct strmap owner; /* env path -> (dist index + 1) << 32 | file index */
 	struct adist *d;
 	size_t nd;
 	struct store_txn *txn;
-	bool store_kept;       /* phase 3: store valid bytecode too */
+	bool store_kept; /* phase 3: store valid bytecode too */
 	bool locked;
-	char *new_upper;       /* name of U' in HOME/envs/NAME */
+	char *new_upper; /* name of U' in HOME/envs/NAME */
 	bool committed;
-	bool nothing;          /* nothing to absorb or drop */
-	bool *drop;            /* per package of env: dropped */
-	struct strmap took;    /* "dev:ino" of writable-layer files absorbed */
-	bool leftovers_found;  /* find_leftovers() ran */
+	bool nothing;            /* nothing to absorb or drop */
+	bool *drop;              /* per package of env: dropped */
+	struct strmap took;      /* "dev:ino" of writable-layer files absorbed */
+	bool leftovers_found;    /* find_leftovers() ran */
 	struct strmap leftovers; /* "dev:ino" -> links a killed absorb left */
 	struct leftover *leftover;
 	size_t n_leftover;
 	/* phase 3 */
 	pthread_mutex_t lock;
 	size_t next_job;
-	struct { uint32_t d, f; } *jobs;
+	struct {
+		uint32_t d, f;
+	} * jobs;
 	size_t n_jobs;
 	int error;
 	char error_msg[2048];
@@ -280,8 +282,8 @@ static struct vdir *vdir_at(struct absorb *a, const char *path, size_t len)
 	} else {
 		const char *slash = memrchr(path, '/', len);
 		struct vdir *p = vdir_at(a, path, slash ? (size_t)(slash - path) : 0);
-		_cleanup_free_ char *name = slash ? xstrndup(slash + 1, len - (size_t)(slash + 1 - path))
-						  : xstrndup(path, len);
+		_cleanup_free_ char *name =
+			slash ? xstrndup(slash + 1, len - (size_t)(slash + 1 - path)) : xstrndup(path, len);
 		struct merged m;
 		if (p->ok) {
 			struct layer_dir pl = p->up;
@@ -500,7 +502,10 @@ static bool describe_file(struct absorb *a, struct adist *d, struct afile *f, bo
 		r = -ELOOP;
 	if (r < 0) {
 		if (!quiet)
-			dist_why(&d->why, r == -ENOENT ? "%s is missing" : r == -ELOOP ? "%s is behind a symlink" : "%s: %s",
+			dist_why(&d->why,
+				 r == -ENOENT  ? "%s is missing"
+				 : r == -ELOOP ? "%s is behind a symlink"
+					       : "%s: %s",
 				 shown, strerror(-r));
 		return false;
 	}
@@ -639,8 +644,8 @@ static void check_dist(struct absorb *a, size_t k)
 static void add_bytecode(struct absorb *a, size_t k)
 {
 	struct adist *d = &a->d[k];
-	struct strmap src = {0};   /* source path -> file index */
-	struct strmap seen = {0};  /* __pycache__ directories listed */
+	struct strmap src = {0};  /* source path -> file index */
+	struct strmap seen = {0}; /* __pycache__ directories listed */
 
 	for (size_t i = 0; i < d->nf; i++)
 		if (S_ISREG(d->f[i].mode) && str_has_suffix(d->f[i].path, ".py"))
@@ -658,8 +663,8 @@ static void add_bytecode(struct absorb *a, size_t k)
 		if (!strmap_get(&src, f->path, strlen(f->path)))
 			continue;
 		const char *slash = strrchr(f->path, '/');
-		_cleanup_free_ char *pc = slash ? xasprintf("%.*s/__pycache__", (int)(slash - f->path), f->path)
-						: xstrdup("__pycache__");
+		_cleanup_free_ char *pc =
+			slash ? xasprintf("%.*s/__pycache__", (int)(slash - f->path), f->path) : xstrdup("__pycache__");
 		bool created;
 		strmap_put(&seen, pc, strlen(pc), &created);
 		if (!created)
@@ -723,7 +728,7 @@ static size_t took_key(dev_t dev, ino_t ino, char out[48])
  * to store first has more than one link.
  */
 struct leftover {
-	char key[48]; /* took_key() of its inode */
+	char key[48];           /* took_key() of its inode */
 	char name[2 * 256 + 2]; /* "ab/.tmp...." in objects/ */
 };
 
@@ -771,8 +776,8 @@ static bool drop_leftover_links(struct absorb *a, const struct stat *st)
 	if (count && *count == st->st_nlink - 1) { /* its other names are all leftovers */
 		alone = true;
 		for (size_t i = 0; i < a->n_leftover; i++)
-			if (!strcmp(a->leftover[i].key, key) && unlinkat(a->s->objects_fd, a->leftover[i].name, 0) < 0 &&
-			    errno != ENOENT)
+			if (!strcmp(a->leftover[i].key, key) &&
+			    unlinkat(a->s->objects_fd, a->leftover[i].name, 0) < 0 && errno != ENOENT)
 				alone = false;
 		*count = 0;
 	}
@@ -1070,9 +1075,9 @@ static int dist_mtimes(struct absorb *a, struct adist *d)
 	d->orig_mtimes = xmalloc((t->n + 1) * sizeof(int64_t));
 	for (uint32_t i = 0; i < t->n; i++) {
 		uint32_t root = tree_path(t, i, &full);
-		_cleanup_free_ char *p = root == TREE_ROOT_SITE
-						 ? (full.len ? xasprintf("%s/%s", a->site, full.data) : xstrdup(a->site))
-						 : xstrdup(full.len ? full.data : "");
+		_cleanup_free_ char *p =
+			root == TREE_ROOT_SITE ? (full.len ? xasprintf("%s/%s", a->site, full.data) : xstrdup(a->site))
+					       : xstrdup(full.len ? full.data : "");
 		d->orig_mtimes[i] = i < 2 ? TREE_STORE_MTIME : shown_mtime(a, &files, d, p);
 	}
 	tree_free(t);
@@ -1406,8 +1411,8 @@ static int put_entry(struct absorb *a, int odfd, const char *name, const char *p
 		_cleanup_close_ int in = openat(odfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 		_cleanup_close_ int fd = openat(outfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		struct timespec ts[2] = {m->ent.st.st_mtim, m->ent.st.st_mtim};
-		if (in < 0 || fd < 0 || copy_file(in, fd, (uint64_t)m->ent.st.st_size) < 0 || fchmod(fd, m->ent.st.st_mode & 07777) < 0 ||
-		    futimens(fd, ts) < 0)
+		if (in < 0 || fd < 0 || copy_file(in, fd, (uint64_t)m->ent.st.st_size) < 0 ||
+		    fchmod(fd, m->ent.st.st_mode & 07777) < 0 || futimens(fd, ts) < 0)
 			return vf_error_errno(errno, "%s: copying %s", a->name, path);
 		if (geteuid() == 0)
 			fchown(fd, m->ent.st.st_uid, m->ent.st.st_gid);
@@ -1438,12 +1443,13 @@ static int put_entry(struct absorb *a, int odfd, const char *name, const char *p
 			/* a template whose package goes: its rendering, as shown */
 			_cleanup_buf_ struct buf out = {0};
 			if (!a->n_views)
-				return vf_error(EINVAL, "%s/%s: a template, and the env was never shown anywhere", a->name,
-						path);
+				return vf_error(EINVAL, "%s/%s: a template, and the env was never shown anywhere",
+						a->name, path);
 			r = view_render(a->v, m->src, a->views[0], NULL, &out);
 			if (r < 0)
 				return vf_error_prefix(-r, "%s/%s: ", a->name, path);
-			_cleanup_close_ int fd = openat(outfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, n->mode & 0777);
+			_cleanup_close_ int fd =
+				openat(outfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, n->mode & 0777);
 			if (fd < 0 || write_full(fd, out.data, out.len) < 0 || futimens(fd, ts) < 0)
 				return vf_error_errno(errno, "%s: %s", a->name, path);
 			return 0;
@@ -1621,7 +1627,6 @@ static int build_layer(struct absorb *a)
 }
 
 /* ---- the absorb ------------------------------------------------------------------------ */
-
 
 void absorb_free(struct absorb *a)
 {
@@ -1910,7 +1915,8 @@ int absorb_commit(struct absorb *a)
 		a->st->absorbed++;
 		a->st->files += d->nf;
 		a->st->bytes += d->bytes;
-		say(a, "absorbed %s %s (%zu files, %.1f MB)", d->meta.name, d->meta.version, d->nf, (double)d->bytes / 1e6);
+		say(a, "absorbed %s %s (%zu files, %.1f MB)", d->meta.name, d->meta.version, d->nf,
+		    (double)d->bytes / 1e6);
 	}
 	if (a->o && a->o->keep_old_layer)
 		a->st->old_layer = xstrdup(env_upper(a->env));

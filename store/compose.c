@@ -163,12 +163,12 @@ struct candidate {
 
 struct resolver {
 	struct store *s;
-	const char *python_xy;      /* "3.11" */
-	const char *python_full;    /* "3.11.7" */
+	const char *python_xy;   /* "3.11" */
+	const char *python_full; /* "3.11.7" */
 	bool no_deps;
-	struct env *out;            /* packages chosen, in order */
-	struct strmap chosen;       /* name -> index in out->pkgs + 1 */
-	struct buf why;             /* who asked for what, for conflicts */
+	struct env *out;      /* packages chosen, in order */
+	struct strmap chosen; /* name -> index in out->pkgs + 1 */
+	struct buf why;       /* who asked for what, for conflicts */
 };
 
 static void cand_free(struct candidate *c, size_t n)
@@ -297,8 +297,9 @@ static int resolve(struct resolver *rs, const struct requirement *req, const cha
 			r = vf_error(ENOENT, "%s%s: not in the store; the store has %s %s", req->text, who, req->name,
 				     have.data);
 		else
-			r = vf_error(ENOENT, "%s%s: not in the store, which has no %s at all (import a venv that "
-					     "has it, or install it into a mounted env)",
+			r = vf_error(ENOENT,
+				     "%s%s: not in the store, which has no %s at all (import a venv that "
+				     "has it, or install it into a mounted env)",
 				     req->text, who, req->name);
 		buf_free(&have);
 		cand_free(c, n);
@@ -348,7 +349,8 @@ static int read_requirements(const char *path, int depth, struct buf *lines)
 				f++;
 			_cleanup_free_ char *dir = xstrdup(path);
 			char *slash = strrchr(dir, '/');
-			_cleanup_free_ char *sub = f[0] == '/' || !slash ? xstrdup(f) : (slash[1] = '\0', path_join(dir, f));
+			_cleanup_free_ char *sub =
+				f[0] == '/' || !slash ? xstrdup(f) : (slash[1] = '\0', path_join(dir, f));
 			int r = read_requirements(sub, depth + 1, lines);
 			if (r < 0)
 				return r;
@@ -456,8 +458,10 @@ int venv_create(struct store *s, const struct create_opts *o, struct create_stat
 	 * a package manifest gone is damage, not a race */
 	for (size_t k = 0; k < e->n_pkgs; k++) {
 		if (!store_object_exists(s, &e->pkgs[k].id)) {
-			r = vf_error(EIO, "package %s %s: its manifest is missing from the store (damage: venvfs store verify)",
-				     e->pkgs[k].name, e->pkgs[k].version);
+			r = vf_error(
+				EIO,
+				"package %s %s: its manifest is missing from the store (damage: venvfs store verify)",
+				e->pkgs[k].name, e->pkgs[k].version);
 			goto out;
 		}
 	}

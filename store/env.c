@@ -17,8 +17,8 @@
 #define ENV_HEADER "venvfs-env 2"
 /* written before the end line existed, always fsynced before its name was */
 #define ENV_HEADER_V1 "venvfs-env 1"
-#define ENV_END "end "
-#define ENV_END_LEN (sizeof(ENV_END) - 1 + 16 + 1) /* "end " + 16 hex + '\n' */
+#define ENV_END       "end "
+#define ENV_END_LEN   (sizeof(ENV_END) - 1 + 16 + 1) /* "end " + 16 hex + '\n' */
 
 bool env_valid_name(const char *name)
 {
@@ -27,8 +27,8 @@ bool env_valid_name(const char *name)
 	if (n == 0 || n > 128 || name[0] == '.' || name[0] == '-')
 		return false;
 	for (const char *p = name; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		      *p == '.' || *p == '_' || *p == '-' || *p == '+'))
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '.' ||
+		      *p == '_' || *p == '-' || *p == '+'))
 			return false;
 	return true;
 }
@@ -138,8 +138,10 @@ int env_parse(const char *text, size_t len, const char *what, struct env **out)
 	if (!version_1(text, len)) {
 		switch (manifest_end(text, len, &body)) {
 		case 0:
-			r = vf_error(EIO, "%s: incomplete env manifest, no end line (cut short by a crash "
-				     "before it reached the disk?)", what);
+			r = vf_error(EIO,
+				     "%s: incomplete env manifest, no end line (cut short by a crash "
+				     "before it reached the disk?)",
+				     what);
 			goto fail;
 		case -1:
 			r = vf_error(EIO, "%s: damaged env manifest: its checksum does not match", what);
@@ -256,8 +258,7 @@ fail:
 
 /* envs/NAME/env read from at/path (where: at's name in messages), never
  * through a symlink: parsed, and named after its directory */
-static int load_from(struct store *s, int at, const char *where, const char *path, const char *name,
-		     struct env **out)
+static int load_from(struct store *s, int at, const char *where, const char *path, const char *name, struct env **out)
 {
 	_cleanup_buf_ struct buf text = {0};
 	int r;
@@ -546,8 +547,8 @@ int env_remove(struct store *s, const char *name)
 	int r;
 
 	/* a symlink in an env's place (never followed) may be removed too */
-	bool link = env_valid_name(name) && fstatat(s->envs_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    S_ISLNK(st.st_mode);
+	bool link =
+		env_valid_name(name) && fstatat(s->envs_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
 	if (!link && !env_exists(s, name))
 		return vf_error(ENOENT, "no env named %s in %s", name, s->home);
 	/* gc's list of envs holds still while it marks */
@@ -607,8 +608,9 @@ int env_lock(struct store *s, const char *name)
 		return beneath_error(run, where, p, fd);
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
-		return vf_error(EIO, "%s/%s: not a regular file, which the store layout never makes "
-				     "(run venvfs store verify)",
+		return vf_error(EIO,
+				"%s/%s: not a regular file, which the store layout never makes "
+				"(run venvfs store verify)",
 				where, p);
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {

@@ -54,7 +54,7 @@
 
 struct env_pkg {
 	struct objid id;
-	char *name;    /* PEP 503 normalised */
+	char *name; /* PEP 503 normalised */
 	char *version;
 };
 
@@ -65,13 +65,13 @@ struct env {
 	char *python_executable; /* base interpreter */
 	char *python_version;    /* "3.11.7" */
 	bool system_site_packages;
-	char *prompt;            /* NULL: the directory name */
-	char *origin;            /* imported from, or NULL */
+	char *prompt; /* NULL: the directory name */
+	char *origin; /* imported from, or NULL */
 	int64_t created;
 	struct objid tree;
 	bool has_mtimes;
 	struct objid mtimes;
-	char *upper;             /* writable layer directory, NULL: "upper" */
+	char *upper; /* writable layer directory, NULL: "upper" */
 	struct env_pkg *pkgs;
 	size_t n_pkgs;
 };

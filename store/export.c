@@ -49,11 +49,11 @@
 struct exporter {
 	struct store *s;
 	struct view *v;
-	const char *name;      /* the env */
-	bool devices;          /* create device nodes (export_opts.devices) */
-	const char *dest;      /* final absolute path */
-	char *dest_real;       /* its realpath-to-be */
-	char **views;          /* paths the env was shown at (envs/NAME/views) */
+	const char *name; /* the env */
+	bool devices;     /* create device nodes (export_opts.devices) */
+	const char *dest; /* final absolute path */
+	char *dest_real;  /* its realpath-to-be */
+	char **views;     /* paths the env was shown at (envs/NAME/views) */
 	size_t n_views;
 	struct progress prog;
 	uint64_t files, bytes;
@@ -139,7 +139,8 @@ static int write_pyc(struct exporter *x, struct view_src src, const struct objid
 	_cleanup_free_ char *source = pyc_source_path(p.data, p.len);
 	uint32_t sn = source ? tree_lookup_path(t, root, source, strlen(source)) : TREE_NONE;
 	if (sn != TREE_NONE && x->v->layers[src.layer].orig_mtimes && obj.len >= PYC_HEADER_SIZE)
-		pyc_set_mtime(obj.data, (uint32_t)view_orig_mtime(x->v, (struct view_src){.layer = src.layer, .node = sn}));
+		pyc_set_mtime(obj.data,
+			      (uint32_t)view_orig_mtime(x->v, (struct view_src){.layer = src.layer, .node = sn}));
 	_cleanup_free_ char *site = xasprintf("%s/%s/", x->dest, x->v->site_dir);
 	_cleanup_free_ char *envp = xasprintf("%s/", x->dest);
 	pyc_rewrite_strings(obj.data, obj.len, PYC_CANON_PREFIX "site-packages/", false, site, &a);
@@ -215,7 +216,8 @@ static int export_entry(struct exporter *x, int dfd, const struct layer_dir *ld,
 		return 0;
 	}
 	case S_IFLNK: {
-		_cleanup_free_ char *target = xstrndup(tree_link_target(x->v->layers[ent->top.layer].tree, n), n->u.link.len);
+		_cleanup_free_ char *target =
+			xstrndup(tree_link_target(x->v->layers[ent->top.layer].tree, n), n->u.link.len);
 		if (symlinkat(target, dfd, name) < 0)
 			return vf_error_errno(errno, "%s/%s", x->dest, path->data);
 		break;
@@ -375,7 +377,6 @@ static int export_dir(struct exporter *x, int dfd, const struct layer_dir *ld, c
 	return r;
 }
 
-
 int venv_export(struct store *s, const char *name, const char *dir, const struct export_opts *o)
 {
 	struct exporter x = {.s = s, .name = name, .devices = o && o->devices};
@@ -422,7 +423,8 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 	if (r < 0)
 		goto out;
 
-	tmp = xasprintf("%s/.%s.venvfs-export-%08llx", parent, slash + 1, (unsigned long long)(random_u64() & 0xffffffff));
+	tmp = xasprintf("%s/.%s.venvfs-export-%08llx", parent, slash + 1,
+			(unsigned long long)(random_u64() & 0xffffffff));
 	if (mkdir(tmp, 0700) < 0) {
 		r = vf_error_errno(errno, "%s", tmp);
 		goto out;

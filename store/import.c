@@ -65,30 +65,30 @@
 #include "venv.h"
 #include "view.h"
 
-#define NO_ENT UINT32_MAX
+#define NO_ENT      UINT32_MAX
 #define FLUSH_BYTES (128ull << 20) /* flush (make durable, visible) every 128 MiB */
-#define SMALL_FILE (1u << 20)
+#define SMALL_FILE  (1u << 20)
 
 /* One entry of the walked venv. */
 struct ient {
-	char *path;        /* relative to the venv root; "" is the root */
+	char *path; /* relative to the venv root; "" is the root */
 	uint32_t len;
-	uint32_t parent;   /* index of the parent directory */
+	uint32_t parent; /* index of the parent directory */
 	uint32_t n_children;
 	struct stat st;
-	int32_t owner;     /* distribution that lists it, -1: the env's own */
-	int32_t pyc_cand;  /* unlisted pyc whose source a distribution owns */
-	int32_t row;       /* its RECORD row in the owner, -1 if none */
-	uint32_t src;      /* pyc: the entry of its source .py, or NO_ENT */
-	bool has_own;      /* directory with an own entry below it */
+	int32_t owner;        /* distribution that lists it, -1: the env's own */
+	int32_t pyc_cand;     /* unlisted pyc whose source a distribution owns */
+	int32_t row;          /* its RECORD row in the owner, -1 if none */
+	uint32_t src;         /* pyc: the entry of its source .py, or NO_ENT */
+	bool has_own;         /* directory with an own entry below it */
 	int32_t dir_added_by; /* last package that added this directory */
-	bool site_chain;   /* lib, lib/pythonX.Y, site-packages */
-	bool is_record;    /* a dist-info's RECORD: stored by store_records() */
+	bool site_chain;      /* lib, lib/pythonX.Y, site-packages */
+	bool is_record;       /* a dist-info's RECORD: stored by store_records() */
 	/* filled by the read phase (regular files) */
-	bool needs_sha;    /* a RECORD row has a hash for it */
+	bool needs_sha; /* a RECORD row has a hash for it */
 	bool norm_considered;
 	bool have_sha;
-	uint16_t tflags;   /* TREE_F_* of the stored form */
+	uint16_t tflags; /* TREE_F_* of the stored form */
 	uint8_t sha[32];
 	struct objid obj;
 	uint64_t stored_size; /* size of what was stored (differs for pycs) */
@@ -96,14 +96,14 @@ struct ient {
 
 /* One *.dist-info with a RECORD. */
 struct dist {
-	uint32_t dir_ent;   /* the dist-info directory */
+	uint32_t dir_ent; /* the dist-info directory */
 	uint32_t record_ent;
-	char *record_what;  /* "<venv>/lib/.../RECORD" for messages */
+	char *record_what; /* "<venv>/lib/.../RECORD" for messages */
 	struct buf record_text;
 	struct record rec;
-	uint32_t *row_ent;  /* per row: entry index, or NO_ENT */
-	unsigned *row_root; /* per row: TREE_ROOT_* */
-	char **row_rel;     /* per row: path relative to that root */
+	uint32_t *row_ent;   /* per row: entry index, or NO_ENT */
+	unsigned *row_root;  /* per row: TREE_ROOT_* */
+	char **row_rel;      /* per row: path relative to that root */
 	struct dist_why why; /* why it cannot be a package (why.any) */
 	struct dist_meta meta;
 	struct objid pkg_id;
@@ -116,16 +116,16 @@ struct imp {
 	struct store *s;
 	const struct import_opts *o;
 	struct import_stats *st;
-	char *abs, *real;          /* the venv's path, as given and resolved */
+	char *abs, *real; /* the venv's path, as given and resolved */
 	int rootfd;
 	struct ient *e;
 	size_t n, cap;
-	struct strmap index;       /* path -> entry */
+	struct strmap index; /* path -> entry */
 	struct dist *d;
 	size_t nd;
 	struct pyvenv_cfg cfg;
-	char *site;                /* "lib/python3.11/site-packages" */
-	char *prompt;              /* default prompt spelled in activate scripts */
+	char *site;   /* "lib/python3.11/site-packages" */
+	char *prompt; /* default prompt spelled in activate scripts */
 	struct store_txn *txn;
 	/* read phase */
 	uint32_t *work;
@@ -140,7 +140,7 @@ struct imp {
 	struct statcache *cache;
 	char *cache_name;
 	uint64_t cache_key;
-	uint8_t digest[16];        /* of this walk */
+	uint8_t digest[16]; /* of this walk */
 	int64_t start_sec;
 };
 
@@ -250,8 +250,8 @@ static int walk_dir(struct imp *im, int dfd, uint32_t dir)
 			r = vf_error_errno(errno, "%s/%s/%s", im->abs, im->e[dir].path, de->d_name);
 			break;
 		}
-		_cleanup_free_ char *p = im->e[dir].len ? xasprintf("%s/%s", im->e[dir].path, de->d_name)
-							 : xstrdup(de->d_name);
+		_cleanup_free_ char *p =
+			im->e[dir].len ? xasprintf("%s/%s", im->e[dir].path, de->d_name) : xstrdup(de->d_name);
 		uint32_t i = add_ent(im, p, strlen(p), dir, &st);
 		if (S_ISDIR(st.st_mode)) {
 			int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -362,12 +362,14 @@ static int read_records(struct imp *im)
 			struct record_row *row = &d->rec.rows[j];
 			d->row_ent[j] = NO_ENT;
 			if (row->path[0] == '/')
-				return vf_error(EINVAL, "%s:%u: absolute path %s (files outside the env cannot be imported)",
+				return vf_error(EINVAL,
+						"%s:%u: absolute path %s (files outside the env cannot be imported)",
 						d->record_what, row->line, row->path);
 			if (path_resolve_rel(im->site, row->path, &full) < 0)
 				return vf_error(EINVAL, "%s:%u: path %s escapes the env", d->record_what, row->line,
 						row->path);
-			if (full.len > site_len && !strncmp(full.data, im->site, site_len) && full.data[site_len] == '/') {
+			if (full.len > site_len && !strncmp(full.data, im->site, site_len) &&
+			    full.data[site_len] == '/') {
 				d->row_root[j] = TREE_ROOT_SITE;
 				d->row_rel[j] = xstrdup(full.data + site_len + 1);
 			} else {
@@ -386,10 +388,11 @@ static int read_records(struct imp *im)
 					uint32_t pi = find_ent(im, full.data, p);
 					if (pi != NO_ENT && S_ISLNK(im->e[pi].st.st_mode)) {
 						if (symlink_inside(im, pi, &tgt) < 0)
-							return vf_error(EINVAL,
-									"%s:%u: %s goes through symlink %s, which points "
-									"outside the env",
-									d->record_what, row->line, row->path, im->e[pi].path);
+							return vf_error(
+								EINVAL,
+								"%s:%u: %s goes through symlink %s, which points "
+								"outside the env",
+								d->record_what, row->line, row->path, im->e[pi].path);
 						dist_why(&d->why, "%s is behind a symlink", row->path);
 						goto next_row;
 					}
@@ -400,11 +403,12 @@ static int read_records(struct imp *im)
 			}
 			struct ient *fe = &im->e[ei];
 			if (S_ISLNK(fe->st.st_mode) && symlink_inside(im, ei, &tgt) < 0)
-				return vf_error(EINVAL, "%s:%u: %s is a symlink pointing outside the env", d->record_what,
-						row->line, row->path);
+				return vf_error(EINVAL, "%s:%u: %s is a symlink pointing outside the env",
+						d->record_what, row->line, row->path);
 			if (fe->owner >= 0) {
 				if (!is_pyc)
-					dist_why(&d->why, "%s is also listed by %s", row->path, im->e[im->d[fe->owner].dir_ent].path);
+					dist_why(&d->why, "%s is also listed by %s", row->path,
+						 im->e[im->d[fe->owner].dir_ent].path);
 				goto next_row;
 			}
 			if (S_ISDIR(fe->st.st_mode)) {
@@ -928,7 +932,8 @@ static int build_package(struct imp *im, size_t k)
 			entry_from(&im->e[p], &te, true);
 			r = tree_builder_add(tb, proot, prel, strlen(prel), &te);
 			if (r < 0) {
-				r = vf_error_errno(-r, "%s/%s: cannot add to package %s", im->abs, im->e[p].path, d->meta.name);
+				r = vf_error_errno(-r, "%s/%s: cannot add to package %s", im->abs, im->e[p].path,
+						   d->meta.name);
 				goto out;
 			}
 		}
@@ -1048,8 +1053,8 @@ char *venv_default_name(const char *venv_dir)
 	}
 	for (size_t i = 0; i < name.len; i++) {
 		char c = name.data[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-		      c == '-' || c == '+'))
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+		      c == '_' || c == '-' || c == '+'))
 			name.data[i] = '_';
 	}
 	while (name.len && (name.data[0] == '.' || name.data[0] == '-'))
@@ -1264,9 +1269,11 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 		if (!layer) {
 			env_lock_fd = env_lock(s, env->name);
 			if (env_lock_fd == -EWOULDBLOCK)
-				r = vf_error(EBUSY, "env %s is in use (a venvfs daemon serves it, or an absorb runs) "
-						    "and may be written meanwhile; `venvfs umount` its mount first, or "
-						    "import under another --name", env->name);
+				r = vf_error(EBUSY,
+					     "env %s is in use (a venvfs daemon serves it, or an absorb runs) "
+					     "and may be written meanwhile; `venvfs umount` its mount first, or "
+					     "import under another --name",
+					     env->name);
 			else if ((r = env_lock_fd) >= 0 && (r = env_load(s, env->name, &old)) == 0) {
 				layer = env_has_layer_content(s, old);
 				env_free(old);
@@ -1275,8 +1282,9 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 				goto out;
 		}
 		if (layer) {
-			r = vf_error(EEXIST, "env %s was changed through a mount (its writable layer holds files); "
-					     "`venvfs export` or `venvfs rm` it first, or import under another --name",
+			r = vf_error(EEXIST,
+				     "env %s was changed through a mount (its writable layer holds files); "
+				     "`venvfs export` or `venvfs rm` it first, or import under another --name",
 				     env->name);
 			goto out;
 		}

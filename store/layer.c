@@ -134,8 +134,8 @@ int layer_whiteout(int dirfd, const char *name, int workfd)
 	return put_marker(dirfd, name, workfd, "w");
 }
 
-int layer_metacopy(int dirfd, const char *name, int workfd, const struct objid *obj, uint64_t size,
-		   uint32_t mode, const struct timespec *mtime)
+int layer_metacopy(int dirfd, const char *name, int workfd, const struct objid *obj, uint64_t size, uint32_t mode,
+		   const struct timespec *mtime)
 {
 	char id[OBJID_STR_MAX], mark[MARK_MAX];
 

@@ -36,31 +36,31 @@
 #include "store.h"
 #include "view.h"
 
-#define LAYER_XATTR "user.venvfs"
+#define LAYER_XATTR     "user.venvfs"
 #define LAYER_MARK_MODE (S_IFREG | 01400)
 
 /* The writable part of one directory. */
 struct layer_dir {
-	int fd;          /* O_RDONLY|O_DIRECTORY, -1 if the directory has none */
+	int fd; /* O_RDONLY|O_DIRECTORY, -1 if the directory has none */
 	bool opaque;
-	char *redirect;  /* or NULL */
+	char *redirect; /* or NULL */
 };
 
 enum layer_kind {
-	L_NONE,      /* nothing of that name in the writable layer */
+	L_NONE, /* nothing of that name in the writable layer */
 	L_WHITEOUT,
 	L_DIR,
-	L_FILE,      /* a real file, symlink, FIFO... of the env */
-	L_META,      /* metacopy: a store file with its own name/mode/mtime */
+	L_FILE, /* a real file, symlink, FIFO... of the env */
+	L_META, /* metacopy: a store file with its own name/mode/mtime */
 };
 
 struct layer_ent {
 	enum layer_kind kind;
-	struct stat st;       /* of the entry in the writable layer */
+	struct stat st; /* of the entry in the writable layer */
 	/* L_META */
 	struct objid obj;
 	uint64_t size;
-	uint32_t mode;        /* presented mode */
+	uint32_t mode; /* presented mode */
 	struct timespec mtime;
 };
 
@@ -74,8 +74,8 @@ int layer_lookup(const struct layer_dir *d, const char *name, struct layer_ent *
 
 /* Markers: make a whiteout, a metacopy, mark a directory. */
 int layer_whiteout(int dirfd, const char *name, int workfd);
-int layer_metacopy(int dirfd, const char *name, int workfd, const struct objid *obj, uint64_t size,
-		   uint32_t mode, const struct timespec *mtime);
+int layer_metacopy(int dirfd, const char *name, int workfd, const struct objid *obj, uint64_t size, uint32_t mode,
+		   const struct timespec *mtime);
 int layer_set_dir(int fd, bool opaque, const char *redirect);
 
 /*
@@ -89,10 +89,10 @@ int layer_set_dir(int fd, bool opaque, const char *redirect);
  *      directory of the same name (or of its redirect), unless opaque.
  */
 struct merged {
-	enum layer_kind upper;  /* what the writable layer has (L_NONE...) */
-	struct layer_ent ent;   /* if upper != L_NONE */
-	bool lower;             /* the read-only layers have it, and it shows */
-	struct view_src src;    /* if lower */
+	enum layer_kind upper; /* what the writable layer has (L_NONE...) */
+	struct layer_ent ent;  /* if upper != L_NONE */
+	bool lower;            /* the read-only layers have it, and it shows */
+	struct view_src src;   /* if lower */
 };
 
 int layer_merge_lookup(struct view *v, const struct layer_dir *ld, const struct view_dir *vd, const char *name,

@@ -125,7 +125,8 @@ int store_list_packages(struct store *s, struct pkg_info **out, size_t *n)
 				continue;
 			for (size_t k = 0; k < e->n_pkgs; k++)
 				for (size_t j = 0; j < l.n; j++)
-					if (objid_equal(&l.v[j].id, &e->pkgs[k].id) && !strcmp(l.v[j].name, e->pkgs[k].name))
+					if (objid_equal(&l.v[j].id, &e->pkgs[k].id) &&
+					    !strcmp(l.v[j].name, e->pkgs[k].name))
 						l.v[j].refs++;
 			env_free(e);
 		}
@@ -217,8 +218,10 @@ int store_mark_env(struct store *s, const char *name, struct strmap *objects, st
 	if (fn) {
 		_cleanup_free_ char *said = NULL;
 		if (env_manifest_name(s, name, &said) == 0 && strcmp(said, name)) {
-			report(fn, ctx, "env %s: its manifest calls it %s (its directory was renamed by hand?): "
-				   "`venvfs absorb %s` or `venvfs mv` puts its own name in it", name, said, name);
+			report(fn, ctx,
+			       "env %s: its manifest calls it %s (its directory was renamed by hand?): "
+			       "`venvfs absorb %s` or `venvfs mv` puts its own name in it",
+			       name, said, name);
 			problems++;
 		}
 		vf_clear_error();
@@ -257,8 +260,8 @@ int store_mark_env(struct store *s, const char *name, struct strmap *objects, st
 			continue; /* already marked through another env */
 		if (objects)
 			mark(objects, &e->pkgs[k].id);
-		_cleanup_free_ char *pwhat = xasprintf("package %s %s (objects/%s)", e->pkgs[k].name,
-						       e->pkgs[k].version, path);
+		_cleanup_free_ char *pwhat =
+			xasprintf("package %s %s (objects/%s)", e->pkgs[k].name, e->pkgs[k].version, path);
 		if (view_map_tree(s, &e->pkgs[k].id, pwhat, &t) < 0) {
 			report(fn, ctx, "env %s: package %s %s (objects/%s) is missing or damaged", name,
 			       e->pkgs[k].name, e->pkgs[k].version, path);
@@ -773,8 +776,8 @@ int store_gc(struct store *s, bool progress, struct gc_stats *st)
 	 * directory) or root may delete what other accounts put there. */
 	struct stat home = {0};
 	if (s->shared && geteuid() != 0 && (fstat(s->fd, &home) < 0 || home.st_uid != geteuid()))
-		return vf_error(EPERM, "%s is a group store: it is collected by its owner (uid %u) or root",
-				s->home, (unsigned)home.st_uid);
+		return vf_error(EPERM, "%s is a group store: it is collected by its owner (uid %u) or root", s->home,
+				(unsigned)home.st_uid);
 	r = store_lock(s, LOCK_EX, false);
 	if (r == -EWOULDBLOCK) {
 		if (isatty(STDERR_FILENO))

@@ -32,8 +32,8 @@ int store_list_packages(struct store *s, struct pkg_info **out, size_t *n);
 void pkg_info_free(struct pkg_info *p, size_t n);
 
 struct store_du {
-	uint64_t objects;          /* files in objects/ */
-	uint64_t packages;         /* package manifests */
+	uint64_t objects;  /* files in objects/ */
+	uint64_t packages; /* package manifests */
 	uint64_t envs;
 	uint64_t logical_bytes;    /* disk the envs would take as plain directories */
 	uint64_t logical_apparent; /* the same in file sizes */

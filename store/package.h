@@ -35,7 +35,7 @@
 
 /* What METADATA and WHEEL say about a distribution. */
 struct dist_meta {
-	char *name;    /* PEP 503 normalised, safe as a directory name */
+	char *name; /* PEP 503 normalised, safe as a directory name */
 	char *version;
 	struct buf tags, requires, requires_python;
 };

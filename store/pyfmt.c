@@ -534,10 +534,10 @@ static int pver_cmp(const struct pver *a, const struct pver *b, bool with_local)
 	}
 	/* pre-release key: dev-only releases sort before pre-releases,
 	 * finals after them */
-	long long pa = a->pre_phase ? a->pre_phase * 1000000000LL + a->pre
-				    : (!a->has_post && a->has_dev ? -1 : 4000000000LL);
-	long long pb = b->pre_phase ? b->pre_phase * 1000000000LL + b->pre
-				    : (!b->has_post && b->has_dev ? -1 : 4000000000LL);
+	long long pa =
+		a->pre_phase ? a->pre_phase * 1000000000LL + a->pre : (!a->has_post && a->has_dev ? -1 : 4000000000LL);
+	long long pb =
+		b->pre_phase ? b->pre_phase * 1000000000LL + b->pre : (!b->has_post && b->has_dev ? -1 : 4000000000LL);
 	if ((c = cmpll(pa, pb)))
 		return c;
 	if ((c = cmpll(a->has_post ? a->post : -1, b->has_post ? b->post : -1)))
@@ -793,8 +793,11 @@ static bool m_atom(struct mparser *m)
 		if (lv)
 			return pep440_match(ver, op, spec);
 		/* "3.8" < python_version: flip the operator */
-		const char *flip = !strcmp(op, "<") ? ">" : !strcmp(op, ">") ? "<" : !strcmp(op, "<=") ? ">=" :
-				   !strcmp(op, ">=") ? "<=" : op;
+		const char *flip = !strcmp(op, "<")    ? ">"
+				   : !strcmp(op, ">")  ? "<"
+				   : !strcmp(op, "<=") ? ">="
+				   : !strcmp(op, ">=") ? "<="
+						       : op;
 		return pep440_match(ver, flip, spec);
 	}
 	int cmp = strcmp(l, r);

@@ -17,13 +17,13 @@
 /* ---- RECORD -------------------------------------------------------------- */
 
 struct record_row {
-	char *path;         /* unquoted path field */
-	char *hash;         /* "sha256=..." or "" */
-	int64_t size;       /* -1 if empty */
-	unsigned line;      /* 1-based line number */
-	size_t row_off;     /* byte offset of the row in the RECORD text */
-	size_t hash_off;    /* offset of the hash field (after "path,") */
-	size_t row_end;     /* offset just past the row's last field (before EOL) */
+	char *path;      /* unquoted path field */
+	char *hash;      /* "sha256=..." or "" */
+	int64_t size;    /* -1 if empty */
+	unsigned line;   /* 1-based line number */
+	size_t row_off;  /* byte offset of the row in the RECORD text */
+	size_t hash_off; /* offset of the hash field (after "path,") */
+	size_t row_end;  /* offset just past the row's last field (before EOL) */
 };
 
 struct record {
@@ -119,11 +119,11 @@ struct marker_env {
 int marker_eval(const char *marker, const struct marker_env *env, bool *result);
 
 struct requirement {
-	char *name;     /* PEP 503 normalised */
-	char *extras;   /* "a,b" or "" */
-	char *specs;    /* ">=1.2,<2" or "" */
-	char *marker;   /* "" if none */
-	char *text;     /* as written, for messages */
+	char *name;   /* PEP 503 normalised */
+	char *extras; /* "a,b" or "" */
+	char *specs;  /* ">=1.2,<2" or "" */
+	char *marker; /* "" if none */
+	char *text;   /* as written, for messages */
 };
 
 /* Parse "name[extras] specs ; marker" (also "name (specs)"). */

@@ -19,7 +19,7 @@
 #include <xxhash.h>
 
 #define STATCACHE_MAGIC "VFSSTAT1"
-#define HDR_SIZE (8 + 8 + 8 + 8 + 16 + 8 + 8)
+#define HDR_SIZE        (8 + 8 + 8 + 8 + 16 + 8 + 8)
 
 char *statcache_name(struct store *s, const char *venv_abs)
 {
@@ -53,8 +53,8 @@ void statcache_digest_add(uint8_t digest[16], const char *path, size_t len, cons
 	struct {
 		uint64_t dev, ino, mode, size, rdev;
 		int64_t mtime, ctime;
-	} k = {st->st_dev, st->st_ino, st->st_mode, (uint64_t)st->st_size, st->st_rdev, ts_ns(&st->st_mtim),
-	       ts_ns(&st->st_ctim)};
+	} k = {st->st_dev,  st->st_ino,          st->st_mode,        (uint64_t)st->st_size,
+	       st->st_rdev, ts_ns(&st->st_mtim), ts_ns(&st->st_ctim)};
 	XXH3_state_t *s = XXH3_createState();
 	XXH128_hash_t h;
 	uint64_t lo, hi;
@@ -127,8 +127,8 @@ struct statcache *statcache_load(struct store *s, const char *name, uint64_t key
 	struct statcache *c;
 
 	/* (another account's file under our name in a group store is no cache of ours) */
-	if (!store_account_file_ours(s, name) || read_file_beneath(s->fd, NULL, name, 1u << 30, &b) < 0 || b.len < HDR_SIZE ||
-	    memcmp(b.data, STATCACHE_MAGIC, 8)) {
+	if (!store_account_file_ours(s, name) || read_file_beneath(s->fd, NULL, name, 1u << 30, &b) < 0 ||
+	    b.len < HDR_SIZE || memcmp(b.data, STATCACHE_MAGIC, 8)) {
 		vf_clear_error();
 		return NULL;
 	}

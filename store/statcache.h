@@ -40,13 +40,13 @@ struct statcache_ent {
 };
 
 struct statcache {
-	uint64_t key;            /* paths and prompt the entries were made with */
-	uint8_t digest[16];      /* of the whole walk (statcache_digest_*) */
-	char *env_text;          /* the env manifest the import wrote */
+	uint64_t key;       /* paths and prompt the entries were made with */
+	uint8_t digest[16]; /* of the whole walk (statcache_digest_*) */
+	char *env_text;     /* the env manifest the import wrote */
 	struct statcache_ent *ents;
 	size_t n, cap;
 	struct buf strtab;
-	struct strmap index;     /* path -> entry */
+	struct strmap index; /* path -> entry */
 };
 
 /* The cache file name for a venv (relative to HOME; one per account in a

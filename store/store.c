@@ -108,14 +108,17 @@ char *store_default_home(const char *explicit_home)
 static int open_subdir(struct store *s, const char *name, bool create, int *out)
 {
 	/* objects/ itself gets no entries but its 256 fan-out directories */
-	int r = !create ? 0 : strcmp(name, "objects") ? store_mkdir_shared(s, s->fd, name)
-			     : mkdirat(s->fd, name, 0755) < 0 && errno != EEXIST ? -errno : 0;
+	int r = !create                                             ? 0
+		: strcmp(name, "objects")                           ? store_mkdir_shared(s, s->fd, name)
+		: mkdirat(s->fd, name, 0755) < 0 && errno != EEXIST ? -errno
+								    : 0;
 	if (r < 0)
 		return vf_error_errno(-r, "%s/%s", s->home, name);
 	*out = openat(s->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (*out < 0 && (errno == ELOOP || errno == ENOTDIR))
-		return vf_error(EIO, "%s/%s: not a directory (a symbolic link or another file took its place; "
-				     "a store never has one there)",
+		return vf_error(EIO,
+				"%s/%s: not a directory (a symbolic link or another file took its place; "
+				"a store never has one there)",
 				s->home, name);
 	if (*out < 0)
 		return vf_error_errno(errno, "%s/%s", s->home, name);
@@ -216,8 +219,7 @@ static int open_store_as(const char *home, bool create, long group, struct store
 	}
 	if ((r = open_subdir(s, "objects", fresh, &s->objects_fd)) < 0 ||
 	    (r = open_subdir(s, "packages", fresh, &s->packages_fd)) < 0 ||
-	    (r = open_subdir(s, "envs", fresh, &s->envs_fd)) < 0 ||
-	    (r = open_subdir(s, "tmp", fresh, &s->tmp_fd)) < 0)
+	    (r = open_subdir(s, "envs", fresh, &s->envs_fd)) < 0 || (r = open_subdir(s, "tmp", fresh, &s->tmp_fd)) < 0)
 		goto fail;
 	if (fresh) {
 		/* All 256 fan-out directories exist from the start, so an insert
@@ -249,8 +251,9 @@ static int open_store_as(const char *home, bool create, long group, struct store
 			r = vf_error_errno(errno, "fsync of %s", s->home);
 			goto fail;
 		}
-		_cleanup_free_ char *text = s->shared ? xasprintf("%sgroup %u\n", STORE_FORMAT_MARKER, (unsigned)s->group)
-						      : xstrdup(STORE_FORMAT_MARKER);
+		_cleanup_free_ char *text = s->shared
+						    ? xasprintf("%sgroup %u\n", STORE_FORMAT_MARKER, (unsigned)s->group)
+						    : xstrdup(STORE_FORMAT_MARKER);
 		r = write_file_atomic(s->fd, "venvfs-store", text, strlen(text), 0644);
 		if (r < 0)
 			goto fail;
@@ -273,8 +276,9 @@ static int open_store_as(const char *home, bool create, long group, struct store
 	}
 	struct stat lst;
 	if (s->lock_fd < 0 || fstat(s->lock_fd, &lst) < 0 || !S_ISREG(lst.st_mode)) {
-		r = vf_error(EIO, "%s/lock is a symbolic link or another file, which the store layout never makes "
-				  "(run venvfs store verify)",
+		r = vf_error(EIO,
+			     "%s/lock is a symbolic link or another file, which the store layout never makes "
+			     "(run venvfs store verify)",
 			     s->home);
 		goto fail;
 	}
@@ -305,8 +309,9 @@ int store_init_group(const char *home, const char *group)
 		while (i < n && groups[i] != (gid_t)gid)
 			i++;
 		if (i >= n)
-			return vf_error(EPERM, "you are not in group %s: a group store is made by one of its members "
-					       "(or root)",
+			return vf_error(EPERM,
+					"you are not in group %s: a group store is made by one of its members "
+					"(or root)",
 					group);
 	}
 	int r = open_store_as(home, true, (long)gid, &s);
@@ -413,8 +418,9 @@ static bool errno_is_in_the_way(int e)
 static int object_error(const char *path, int neg_errno)
 {
 	if (errno_is_in_the_way(-neg_errno))
-		return vf_error(EIO, "objects/%s: a symbolic link or another file is in the object's place "
-				     "(the store is damaged or was tampered with; run venvfs store verify)",
+		return vf_error(EIO,
+				"objects/%s: a symbolic link or another file is in the object's place "
+				"(the store is damaged or was tampered with; run venvfs store verify)",
 				path);
 	return vf_error_errno(-neg_errno, "objects/%s", path);
 }
@@ -465,8 +471,9 @@ int store_object_open(struct store *s, const struct objid *id)
 	}
 	if (!S_ISREG(st.st_mode)) {
 		close(fd);
-		return vf_error(EIO, "objects/%s: not a regular file (the store is damaged or was tampered with; "
-				     "run venvfs store verify)",
+		return vf_error(EIO,
+				"objects/%s: not a regular file (the store is damaged or was tampered with; "
+				"run venvfs store verify)",
 				path);
 	}
 	return fd;
@@ -492,8 +499,9 @@ static int check_content(struct store *s, const struct objid *id, const void *da
 	if (memcmp(h, id->hash, 16) == 0)
 		return 0;
 	objid_path(id, path);
-	return vf_error(EIO, "objects/%s: content does not match its name (corrupt: damaged or changed "
-			     "after it was stored; run venvfs store verify)",
+	return vf_error(EIO,
+			"objects/%s: content does not match its name (corrupt: damaged or changed "
+			"after it was stored; run venvfs store verify)",
 			path);
 }
 
@@ -660,15 +668,15 @@ struct store_txn {
 	size_t pend_cap, pend_n;
 	uint64_t next_tmp;
 	uint64_t pending_bytes;
-	bool flushing;    /* a flush is running (one at a time) */
-	pthread_t flusher; /* background flusher (store_txn_begin_background) */
+	bool flushing;               /* a flush is running (one at a time) */
+	pthread_t flusher;           /* background flusher (store_txn_begin_background) */
 	pthread_cond_t flusher_cond; /* wakes it: enough pending, kick, stop */
 	bool has_flusher, stop, kick;
 	uint64_t flush_every;
-	char prefix[40];  /* unique temp-name prefix of this transaction */
-	int error;        /* first asynchronous error */
+	char prefix[40];     /* unique temp-name prefix of this transaction */
+	int error;           /* first asynchronous error */
 	char error_msg[512]; /* its message, from the thread that met it */
-	unsigned waiters; /* threads waiting on cond */
+	unsigned waiters;    /* threads waiting on cond */
 };
 
 /* Record the first error of any thread (under t->lock), with its message:
@@ -976,8 +984,9 @@ static int place(struct store_txn *t, const struct pending *p)
 	}
 	unlinkat(dfd, name + 3, 0);
 	if (eq != 1)
-		return vf_error(EAGAIN, "objects/%s: another writer stored a different content with the same hash "
-				       "at the same time; run the command again",
+		return vf_error(EAGAIN,
+				"objects/%s: another writer stored a different content with the same hash "
+				"at the same time; run the command again",
 				path);
 	return 0;
 }

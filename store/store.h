@@ -71,16 +71,16 @@ void store_hash_xxh3(const void *data, size_t len, uint8_t out[16]);
 /* The store ------------------------------------------------------------- */
 
 struct store {
-	char *home;         /* absolute path of the store directory */
-	int fd;             /* HOME */
-	int objects_fd;     /* HOME/objects */
-	int packages_fd;    /* HOME/packages */
-	int envs_fd;        /* HOME/envs */
-	int tmp_fd;         /* HOME/tmp */
-	int lock_fd;        /* HOME/lock */
-	int lock_held;      /* 0, LOCK_SH or LOCK_EX */
+	char *home;          /* absolute path of the store directory */
+	int fd;              /* HOME */
+	int objects_fd;      /* HOME/objects */
+	int packages_fd;     /* HOME/packages */
+	int envs_fd;         /* HOME/envs */
+	int tmp_fd;          /* HOME/tmp */
+	int lock_fd;         /* HOME/lock */
+	int lock_held;       /* 0, LOCK_SH or LOCK_EX */
 	unsigned lock_depth; /* store_lock() calls not yet unlocked (one thread) */
-	store_hash_fn hash; /* store_hash_xxh3 unless a test says otherwise */
+	store_hash_fn hash;  /* store_hash_xxh3 unless a test says otherwise */
 	/* openat2() failed with ENOSYS (or EPERM from a seccomp filter): objects
 	 * are opened one O_NOFOLLOW step at a time (tests set it to check that) */
 	bool no_openat2;

@@ -50,8 +50,13 @@ bool tree_valid_name(const char *name, size_t len)
 static bool valid_type(uint32_t mode)
 {
 	switch (mode & S_IFMT) {
-	case S_IFREG: case S_IFDIR: case S_IFLNK: case S_IFIFO:
-	case S_IFSOCK: case S_IFCHR: case S_IFBLK:
+	case S_IFREG:
+	case S_IFDIR:
+	case S_IFLNK:
+	case S_IFIFO:
+	case S_IFSOCK:
+	case S_IFCHR:
+	case S_IFBLK:
 		return true;
 	}
 	return false;
@@ -491,8 +496,7 @@ bool tree_builder_has(struct tree_builder *tb, unsigned root, const char *path, 
 	return tb_walk(tb, root, path, len, false, &idx) == 0;
 }
 
-int tree_builder_add(struct tree_builder *tb, unsigned root, const char *path, size_t len,
-		     const struct tree_entry *e)
+int tree_builder_add(struct tree_builder *tb, unsigned root, const char *path, size_t len, const struct tree_entry *e)
 {
 	unsigned roots = tb->kind == TREE_PACKAGE ? 2 : 1;
 	uint32_t idx;
@@ -564,7 +568,7 @@ static uint32_t strtab_add(struct buf *strtab, struct strmap *dedup, const char 
 int tree_builder_finish(struct tree_builder *tb, struct buf *out)
 {
 	unsigned roots = tb->kind == TREE_PACKAGE ? 2 : 1;
-	uint32_t *order = xmalloc(tb->n * sizeof(uint32_t)); /* new index -> builder index */
+	uint32_t *order = xmalloc(tb->n * sizeof(uint32_t));  /* new index -> builder index */
 	uint32_t *newidx = xmalloc(tb->n * sizeof(uint32_t)); /* builder index -> new index */
 	struct buf strtab = {0};
 	struct strmap dedup = {0};

@@ -45,7 +45,7 @@
 #include "util.h"
 
 #define TREE_MAGIC "VFSTREE1"
-#define TREE_NONE UINT32_MAX
+#define TREE_NONE  UINT32_MAX
 
 /* mtime presented for every store-backed file: 2020-01-01T00:00:00Z */
 #define TREE_STORE_MTIME 1577836800
@@ -94,18 +94,18 @@ struct tree_hdr {
 	uint64_t total_bytes; /* sum of the sizes of regular files */
 	uint64_t n_files;     /* number of regular files */
 	struct tree_strref str[TREE_STR_COUNT];
-	uint64_t checksum;    /* XXH3-64 of the manifest, this field as 0 */
+	uint64_t checksum; /* XXH3-64 of the manifest, this field as 0 */
 	uint64_t reserved;
 };
 
 struct tree_node {
-	uint32_t name_off;  /* name in the string table (roots: empty) */
-	uint16_t name_len;  /* 1..255 */
-	uint16_t flags;     /* enum tree_node_flags */
-	uint32_t mode;      /* st_mode, file type included */
-	uint32_t parent;    /* index of the parent directory; a root is its own */
-	uint64_t size;      /* regular: content size; template: 0 (rendered); symlink: target length */
-	int64_t mtime_sec;  /* modification time (in packages: see above) */
+	uint32_t name_off; /* name in the string table (roots: empty) */
+	uint16_t name_len; /* 1..255 */
+	uint16_t flags;    /* enum tree_node_flags */
+	uint32_t mode;     /* st_mode, file type included */
+	uint32_t parent;   /* index of the parent directory; a root is its own */
+	uint64_t size;     /* regular: content size; template: 0 (rendered); symlink: target length */
+	int64_t mtime_sec; /* modification time (in packages: see above) */
 	uint32_t mtime_nsec;
 	union {
 		struct {
@@ -121,7 +121,7 @@ struct tree_node {
 			uint32_t minor;
 		} dev;
 	} u;
-	uint32_t obj_seq;   /* regular files: object id (hash, seq) */
+	uint32_t obj_seq; /* regular files: object id (hash, seq) */
 	uint8_t obj_hash[16];
 };
 
@@ -131,10 +131,10 @@ _Static_assert(sizeof(struct tree_node) == 64, "tree_node is 64 bytes");
 /* Reading ------------------------------------------------------------------ */
 
 struct tree {
-	const uint8_t *base;           /* the whole manifest */
+	const uint8_t *base; /* the whole manifest */
 	size_t len;
-	void *map;                     /* munmap()ed by tree_free if set */
-	void *owned;                   /* free()d by tree_free if set */
+	void *map;   /* munmap()ed by tree_free if set */
+	void *owned; /* free()d by tree_free if set */
 	const struct tree_hdr *hdr;
 	const struct tree_node *nodes;
 	const char *strtab;
@@ -198,13 +198,13 @@ uint32_t tree_path(const struct tree *t, uint32_t i, struct buf *out);
 /* Building ----------------------------------------------------------------- */
 
 struct tree_entry {
-	uint32_t mode;            /* st_mode with type */
-	uint16_t flags;           /* enum tree_node_flags */
-	uint64_t size;            /* regular files: content size */
+	uint32_t mode;  /* st_mode with type */
+	uint16_t flags; /* enum tree_node_flags */
+	uint64_t size;  /* regular files: content size */
 	int64_t mtime_sec;
 	uint32_t mtime_nsec;
-	struct objid obj;         /* regular files */
-	const char *target;       /* symlinks */
+	struct objid obj;   /* regular files */
+	const char *target; /* symlinks */
 	size_t target_len;
 	uint32_t dev_major, dev_minor;
 };
@@ -220,8 +220,7 @@ void tree_builder_free(struct tree_builder *tb);
  * a directory that exists only implicitly sets its attributes. Adding over
  * an existing non-directory fails with -EEXIST.
  */
-int tree_builder_add(struct tree_builder *tb, unsigned root, const char *path, size_t len,
-		     const struct tree_entry *e);
+int tree_builder_add(struct tree_builder *tb, unsigned root, const char *path, size_t len, const struct tree_entry *e);
 /* Attributes of directories created implicitly from now on. */
 void tree_builder_set_dir_defaults(struct tree_builder *tb, uint32_t mode, int64_t mtime);
 void tree_builder_set_str(struct tree_builder *tb, enum tree_str which, const char *s, size_t len);

@@ -596,8 +596,9 @@ DIR *opendir_at(int dirfd, const char *path)
 
 int vf_error_read_only_store(const char *home)
 {
-	return vf_error(EROFS, "the store %s is on a read-only file system; it can be listed, verified, "
-			       "exported and mounted read-only, not changed",
+	return vf_error(EROFS,
+			"the store %s is on a read-only file system; it can be listed, verified, "
+			"exported and mounted read-only, not changed",
 			home);
 }
 
@@ -678,8 +679,9 @@ int beneath_error(int dirfd, const char *where, const char *path, int neg)
 				continue;
 			*s = '\0';
 			if (*p && fstatat(dirfd, p, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
-				return vf_error(EIO, "%s%s%s is a symbolic link, which the store layout never makes "
-						     "(run venvfs store verify)",
+				return vf_error(EIO,
+						"%s%s%s is a symbolic link, which the store layout never makes "
+						"(run venvfs store verify)",
 						where, sep, p);
 			if (end)
 				break;

@@ -64,30 +64,30 @@ static inline void closedirp(DIR **d)
 	}
 }
 
-#define _cleanup_free_ _cleanup_(freep)
-#define _cleanup_close_ _cleanup_(closep)
-#define _cleanup_fclose_ _cleanup_(fclosep)
+#define _cleanup_free_     _cleanup_(freep)
+#define _cleanup_close_    _cleanup_(closep)
+#define _cleanup_fclose_   _cleanup_(fclosep)
 #define _cleanup_closedir_ _cleanup_(closedirp)
 
 /* Take ownership of a pointer held by a cleanup variable. */
-#define steal_pointer(pp)                                                      \
-	({                                                                     \
-		__typeof__(*(pp)) _p = *(pp);                                  \
-		*(pp) = NULL;                                                  \
-		_p;                                                            \
+#define steal_pointer(pp)                                                                                              \
+	({                                                                                                             \
+		__typeof__(*(pp)) _p = *(pp);                                                                          \
+		*(pp) = NULL;                                                                                          \
+		_p;                                                                                                    \
 	})
 
 /* Take ownership of a file descriptor held by a cleanup variable. */
-#define steal_fd(fdp)                                                          \
-	({                                                                     \
-		int _fd = *(fdp);                                              \
-		*(fdp) = -1;                                                   \
-		_fd;                                                           \
+#define steal_fd(fdp)                                                                                                  \
+	({                                                                                                             \
+		int _fd = *(fdp);                                                                                      \
+		*(fdp) = -1;                                                                                           \
+		_fd;                                                                                                   \
 	})
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-#define MIN(a, b) ((a) < (b) ? (a) : (b))
-#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define MIN(a, b)     ((a) < (b) ? (a) : (b))
+#define MAX(a, b)     ((a) > (b) ? (a) : (b))
 
 /* ---- errors ------------------------------------------------------------- */
 

@@ -18,10 +18,10 @@
 #include "store.h"
 
 struct import_opts {
-	const char *name;  /* env name; NULL: derived from the directory */
-	unsigned threads;  /* 0: one per CPU */
-	bool progress;     /* progress on a terminal */
-	bool no_cache;     /* ignore the stat cache of earlier imports */
+	const char *name; /* env name; NULL: derived from the directory */
+	unsigned threads; /* 0: one per CPU */
+	bool progress;    /* progress on a terminal */
+	bool no_cache;    /* ignore the stat cache of earlier imports */
 	/* warnings (files kept as env content, ...); NULL: stderr */
 	void (*warn)(void *ctx, const char *msg);
 	void *warn_ctx;
@@ -32,20 +32,20 @@ struct import_opts {
 
 struct import_stats {
 	uint64_t files, dirs, symlinks, special;
-	uint64_t bytes;          /* content bytes read or reused */
-	uint64_t new_bytes;      /* bytes newly written to the store */
-	uint64_t packages;       /* distributions stored as packages */
-	uint64_t own_dists;      /* distributions kept as env content */
-	uint64_t cache_hits;     /* files not re-read thanks to the stat cache */
+	uint64_t bytes;      /* content bytes read or reused */
+	uint64_t new_bytes;  /* bytes newly written to the store */
+	uint64_t packages;   /* distributions stored as packages */
+	uint64_t own_dists;  /* distributions kept as env content */
+	uint64_t cache_hits; /* files not re-read thanks to the stat cache */
 	uint64_t warnings;
-	char *env_name;          /* malloc'd */
+	char *env_name; /* malloc'd */
 };
 
 int venv_import(struct store *s, const char *venv_dir, const struct import_opts *o, struct import_stats *st);
 
 struct export_opts {
 	bool progress;
-	bool devices;  /* create block and character devices (--devices) */
+	bool devices; /* create block and character devices (--devices) */
 };
 
 /* Write env name as a real venv at dir (which must not exist, or be empty). */
@@ -58,20 +58,20 @@ char *venv_default_name(const char *venv_dir);
 
 struct create_opts {
 	const char *name;
-	const char *python;       /* interpreter: path or command; NULL: from's */
-	const char *from;         /* start from this env's packages, or NULL */
-	const char **reqs;        /* "name==1.2", "name>=1", "name[extra]" ... */
+	const char *python; /* interpreter: path or command; NULL: from's */
+	const char *from;   /* start from this env's packages, or NULL */
+	const char **reqs;  /* "name==1.2", "name>=1", "name[extra]" ... */
 	size_t n_reqs;
-	const char *req_file;     /* -r requirements.txt, or NULL */
-	const char *prompt;       /* --prompt, or NULL */
+	const char *req_file; /* -r requirements.txt, or NULL */
+	const char *prompt;   /* --prompt, or NULL */
 	bool system_site_packages;
-	bool no_deps;             /* only what was asked for */
+	bool no_deps; /* only what was asked for */
 };
 
 struct create_stats {
 	size_t packages;
 	uint64_t files;
-	char *python_version;     /* malloc'd */
+	char *python_version; /* malloc'd */
 };
 
 /*
@@ -98,15 +98,15 @@ struct absorb_opts {
 };
 
 struct absorb_stats {
-	uint64_t absorbed;      /* distributions that became packages */
-	uint64_t left;          /* complete-looking ones left where they are */
-	uint64_t dropped;       /* packages no file of which showed any more */
-	uint64_t files, bytes;  /* files absorbed and their size */
-	uint64_t linked_bytes;  /* that became objects by hard link: no copy */
-	uint64_t copied_bytes;  /* written to the store: normalised bytecode,
+	uint64_t absorbed;     /* distributions that became packages */
+	uint64_t left;         /* complete-looking ones left where they are */
+	uint64_t dropped;      /* packages no file of which showed any more */
+	uint64_t files, bytes; /* files absorbed and their size */
+	uint64_t linked_bytes; /* that became objects by hard link: no copy */
+	uint64_t copied_bytes; /* written to the store: normalised bytecode,
 				   templates, manifests, copies */
-	uint64_t dedup_bytes;   /* already in the store */
-	char *old_layer;        /* keep_old_layer: the replaced layer (malloc'd) */
+	uint64_t dedup_bytes;  /* already in the store */
+	char *old_layer;       /* keep_old_layer: the replaced layer (malloc'd) */
 };
 
 /*

@@ -61,8 +61,8 @@ struct view_layer {
 struct view {
 	struct store *s;
 	struct env *env;
-	char *site_dir;       /* "lib/python3.11/site-packages" */
-	char *site_part[3];   /* its components */
+	char *site_dir;     /* "lib/python3.11/site-packages" */
+	char *site_part[3]; /* its components */
 	struct view_layer *layers;
 	uint16_t n_layers;
 	struct view_trees trees;

@@ -51,7 +51,6 @@ static int mount_opt(int opt, const char *arg, void *ctx)
 	case 1007:
 		o->max_fds = (unsigned)atoi(arg);
 		return 0;
-
 	}
 	return -1;
 }

@@ -348,7 +348,8 @@ static int store_init_cmd(const struct command *c, const struct store_cli *o)
 
 static int run_store(const struct command *c, int argc, char **argv)
 {
-	static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {"group", required_argument, NULL, 'G'}, {0}};
+	static const struct option opts[] = {
+		{"json", no_argument, NULL, 'J'}, {"group", required_argument, NULL, 'G'}, {0}};
 	struct store_cli o = {0};
 	struct store *s;
 	int i = parse_opts(c, argc, argv, opts, NULL, store_opt, &o), r;

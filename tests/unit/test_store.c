@@ -267,8 +267,8 @@ START_TEST(test_fanout_symlinks_refused)
 	/* b's fan-out directory is a symlink to a copy of it elsewhere */
 	_cleanup_free_ char *elsewhere = path_join(tmp_home, "elsewhere");
 	_cleanup_free_ char *fan = xasprintf("%s/objects/%.2s", s->home, bpath);
-	_cleanup_free_ char *cmd = xasprintf("cp -a '%s' '%s' && rm -rf '%s' && ln -s '%s' '%s'", fan, elsewhere,
-					     fan, elsewhere, fan);
+	_cleanup_free_ char *cmd =
+		xasprintf("cp -a '%s' '%s' && rm -rf '%s' && ln -s '%s' '%s'", fan, elsewhere, fan, elsewhere, fan);
 	ck_assert_int_eq(system(cmd), 0);
 	ck_assert_int_eq(count_files(elsewhere), 1);
 	ck_assert_int_lt(store_object_open(s, &b), 0);
@@ -538,13 +538,13 @@ START_TEST(test_record_parse)
 	record_free(&r);
 
 	const char *bad[] = {
-		"a.py,sha256=x\n",            /* two fields */
-		"a.py,sha256=x,12,extra\n",   /* four */
-		"\"a.py,sha256=x,1\n",        /* unterminated quote */
-		"a.py,sha256=x,-3\n",         /* negative size */
-		"a.py,sha256=x,12abc\n",      /* not a number */
-		",sha256=x,1\n",              /* empty path */
-		"a.py,nohash,1\n",            /* hash without '=' */
+		"a.py,sha256=x\n",          /* two fields */
+		"a.py,sha256=x,12,extra\n", /* four */
+		"\"a.py,sha256=x,1\n",      /* unterminated quote */
+		"a.py,sha256=x,-3\n",       /* negative size */
+		"a.py,sha256=x,12abc\n",    /* not a number */
+		",sha256=x,1\n",            /* empty path */
+		"a.py,nohash,1\n",          /* hash without '=' */
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
 		_cleanup_free_ char *t2 = xasprintf("ok.py,,\n%s", bad[i]);
@@ -679,7 +679,8 @@ START_TEST(test_template_shebang)
 
 	/* a path with a space: the /bin/sh trampoline, quoted */
 	ck_assert_int_eq(render_str(&blob, "/a b", &out), 0);
-	ck_assert_str_eq(out.data, "#!/bin/sh\n'''exec' \"/a b/bin/python3\" \"$0\" \"$@\"\n' '''\nimport sys\nsys.exit(0)\n");
+	ck_assert_str_eq(out.data,
+			 "#!/bin/sh\n'''exec' \"/a b/bin/python3\" \"$0\" \"$@\"\n' '''\nimport sys\nsys.exit(0)\n");
 
 	/* a path that makes the line longer than 127 bytes */
 	char longp[200];
@@ -954,8 +955,8 @@ static void demo_package(struct store *s, uint16_t pyc_flags, uint8_t pyc_tag, u
 {
 	struct tree_builder *tb = tree_builder_new(TREE_PACKAGE);
 	struct tree_entry src = {.mode = S_IFREG | 0644, .size = 10, .mtime_sec = src_mtime};
-	struct tree_entry pyc = {.mode = S_IFREG | 0644, .size = 20u + pyc_tag, .flags = pyc_flags,
-				 .mtime_sec = TREE_STORE_MTIME};
+	struct tree_entry pyc = {
+		.mode = S_IFREG | 0644, .size = 20u + pyc_tag, .flags = pyc_flags, .mtime_sec = TREE_STORE_MTIME};
 	struct store_txn *t = store_txn_begin(s);
 	uint64_t added;
 
