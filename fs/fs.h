@@ -23,6 +23,7 @@ struct fs_opts {
 	unsigned absorb_idle_s;    /* absorb changed envs after this long idle; 0: never */
 	bool no_absorb_on_unmount; /* do not absorb changed envs when unmounted */
 	unsigned max_fds;          /* descriptors the daemon may use; 0: as many as allowed */
+	bool xattrs;               /* serve extended attributes (ops.c: what they cost) */
 };
 
 /*

@@ -337,7 +337,6 @@ int node_stat(struct node *n, struct stat *st)
 			return -errno;
 		st->st_ino = n->ino;
 		st->st_dev = 0;
-		st->st_nlink = S_ISDIR(st->st_mode) ? 1 : st->st_nlink;
 		st->st_uid = fsd.uid == 0 ? st->st_uid : fsd.uid;
 		st->st_gid = fsd.uid == 0 ? st->st_gid : fsd.gid;
 		return 0;
@@ -349,7 +348,11 @@ int node_stat(struct node *n, struct stat *st)
 		n->mtime = st->st_mtim;
 		st->st_ino = n->ino;
 		st->st_dev = 0;
-		st->st_nlink = 1;
+		/* a directory the writable layer alone has counts its links (2 +
+		 * subdirectories) as on disk; one merged with the store's says 1,
+		 * "unknown", as overlayfs says for merged directories (below) */
+		if (n->dir.n)
+			st->st_nlink = 1;
 		st->st_size = 0;
 		st->st_uid = fsd.uid == 0 ? st->st_uid : fsd.uid;
 		st->st_gid = fsd.uid == 0 ? st->st_gid : fsd.gid;

@@ -144,9 +144,10 @@ static char *run_name(const char *mountpoint, const char *ext)
 /* ---- counters ------------------------------------------------------------------- */
 
 static const char *op_names[OP_COUNT] = {
-	"lookup", "forget",  "getattr",     "setattr", "readlink", "mknod", "mkdir",  "unlink",
-	"rmdir",  "symlink", "rename",      "link",    "open",     "read",  "write",  "release",
-	"fsync",  "readdir", "readdirplus", "statfs",  "create",   "ioctl", "access",
+	"lookup", "forget",  "getattr",  "setattr",  "readlink",    "mknod",       "mkdir",
+	"unlink", "rmdir",   "symlink",  "rename",   "link",        "open",        "read",
+	"write",  "release", "fsync",    "readdir",  "readdirplus", "statfs",      "create",
+	"ioctl",  "access",  "getxattr", "setxattr", "listxattr",   "removexattr", "fallocate",
 };
 
 static void format_stats(struct buf *b)
@@ -673,6 +674,10 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		return vf_error(ENOTDIR, "mount point %s is not a directory", mp);
 
 	raise_nofile(o->max_fds);
+	/* The kernel applied the caller's umask to the modes it sends; ours
+	 * on top turned a umask-0 caller's 0666 into 0644. What the daemon
+	 * makes for itself has explicit modes. */
+	umask(0);
 
 	memset(&fsd, 0, sizeof(fsd));
 	pthread_mutex_init(&fsd.lock, NULL);
@@ -714,7 +719,12 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	if (fuse_opt_add_arg(&args, "venvfs") || fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, opts) ||
 	    (o->debug && fuse_opt_add_arg(&args, "-d")))
 		return vf_error(ENOMEM, "fuse arguments");
-	fsd.se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), NULL);
+	/* extended attributes only when asked for (ops.c, above op_getxattr()) */
+	static struct fuse_lowlevel_ops ops;
+	ops = fs_ops;
+	if (!o->xattrs)
+		ops.getxattr = NULL, ops.setxattr = NULL, ops.listxattr = NULL, ops.removexattr = NULL;
+	fsd.se = fuse_session_new(&args, &ops, sizeof(ops), NULL);
 	fuse_opt_free_args(&args);
 	if (!fsd.se)
 		return vf_error(EIO, "cannot start a FUSE session (is /dev/fuse there?)");

@@ -97,7 +97,10 @@ int copy_up_dir(struct node *dir)
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *name = xstrndup(dir->name, dir->name_len);
-	if (mkdirat(p->up.fd, name, dir->mode & 07777) < 0 && errno != EEXIST)
+	/* exactly the store directory's mode: mkdir drops setgid, adds the
+	 * parent's, and the daemon's umask is 0 but a caller's is not */
+	if ((mkdirat(p->up.fd, name, dir->mode & 07777) < 0 && errno != EEXIST) ||
+	    fchmodat(p->up.fd, name, dir->mode & 07777, 0) < 0)
 		return -errno;
 	struct timespec ts[2] = {dir->mtime, dir->mtime};
 	utimensat(p->up.fd, name, ts, AT_SYMLINK_NOFOLLOW);
@@ -157,7 +160,7 @@ int copy_up_shared(struct node *dir, const char *name, struct node *shared, bool
 		}
 	}
 	struct timespec ts[2] = {shared->mtime, shared->mtime};
-	if (r == 0 && (fchmod(fd, shared->mode & 07777 & ~S_ISVTX) < 0 || (!empty && futimens(fd, ts) < 0)))
+	if (r == 0 && (fchmod(fd, shared->mode & 07777) < 0 || (!empty && futimens(fd, ts) < 0)))
 		r = -errno;
 	close(fd);
 	if (r == 0)
@@ -189,7 +192,7 @@ int copy_up_node(struct node *n)
 		if (fd < 0)
 			return -errno;
 		r = write_full(fd, n->rendered.data ? n->rendered.data : "", n->rendered.len);
-		if (r == 0 && (fchmod(fd, perm & ~S_ISVTX) < 0 || futimens(fd, ts) < 0))
+		if (r == 0 && (fchmod(fd, perm) < 0 || futimens(fd, ts) < 0))
 			r = -errno;
 		close(fd);
 	} else if (S_ISLNK(n->mode)) {

@@ -68,6 +68,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "env.h"
@@ -801,6 +802,21 @@ static int note_identity(struct absorb *a, struct afile *f, int fd, const struct
 	return 0;
 }
 
+/* Has the open file extended attributes of its own (an SELinux label is
+ * the system's, which every file has)? */
+static bool has_xattrs(int fd)
+{
+	char names[1024];
+	ssize_t n = flistxattr(fd, names, sizeof(names));
+
+	if (n < 0)
+		return errno == ERANGE; /* more than fit: some */
+	for (ssize_t i = 0; i < n; i += (ssize_t)strlen(names + i) + 1)
+		if (strcmp(names + i, "security.selinux"))
+			return true;
+	return false;
+}
+
 /*
  * Read one file, check its hash, and (store pass) put its stored form
  * into the store. The directory fds of the cache are not thread-safe: the
@@ -853,6 +869,13 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 		if (strcmp(want, row->hash) != 0) {
 			pthread_mutex_lock(&a->lock);
 			dist_why(&d->why, "%s does not match its RECORD hash", shown);
+			pthread_mutex_unlock(&a->lock);
+		}
+		/* the store keeps no extended attributes: a file someone gave
+		 * one (mount --xattrs) keeps it by staying */
+		if (f->src == A_UPPER && has_xattrs(fd)) {
+			pthread_mutex_lock(&a->lock);
+			dist_why(&d->why, "%s has extended attributes, which the store does not keep", shown);
 			pthread_mutex_unlock(&a->lock);
 		}
 		goto out;

@@ -116,10 +116,12 @@ static int put_marker(int dirfd, const char *name, int workfd, const char *mark)
 	int fd, r = 0;
 
 	snprintf(tmp, sizeof(tmp), "mark.%016llx", (unsigned long long)random_u64());
-	fd = openat(workfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400);
+	/* the attribute first: a user.* attribute needs write permission
+	 * (root alone needs none), which mode 01400 takes away */
+	fd = openat(workfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
-	if (fchmod(fd, LAYER_MARK_MODE & 07777) < 0 || fsetxattr(fd, LAYER_XATTR, mark, strlen(mark), 0) < 0)
+	if (fsetxattr(fd, LAYER_XATTR, mark, strlen(mark), 0) < 0 || fchmod(fd, LAYER_MARK_MODE & 07777) < 0)
 		r = -errno;
 	close(fd);
 	if (r == 0 && renameat(workfd, tmp, dirfd, name) < 0)

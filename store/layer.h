@@ -5,10 +5,11 @@
  * The writable layer is a directory tree that mirrors the env's paths, in
  * the manner of overlayfs: whatever it holds hides what the read-only
  * layers have under the same name. A few of its entries are markers, told
- * apart by the extended attribute "user.venvfs" (only ever read on
- * directories and on regular files whose mode is exactly 01400, sticky and
- * owner-readable, which nothing else in the layer has: venvfs strips the
- * sticky bit from the regular files it creates):
+ * apart by the extended attribute "user.venvfs", only ever read on
+ * directories and on empty regular files whose mode is exactly 01400
+ * (sticky and owner-readable: rare enough that reading the attribute of
+ * such files costs nothing; one without the attribute is an ordinary
+ * file, and the mount refuses to set or show "user.venvfs"):
  *
  *   whiteout  empty 01400 file, "w": the name is deleted; the read-only
  *             layers' entry of that name is hidden.

@@ -28,8 +28,9 @@ What is covered, with the exact errno of every failure path:
     renamed back, kept across a remount), directory over a non-empty
     (ENOTEMPTY) or empty directory, file over directory (EISDIR), directory
     over file (ENOTDIR), into its own subdirectory (EINVAL), two links of
-    one file, renameat2 RENAME_NOREPLACE (EEXIST), RENAME_EXCHANGE and
-    RENAME_WHITEOUT (EINVAL, documented: uv falls back), the old name of a
+    one file, renameat2 RENAME_NOREPLACE (EEXIST), RENAME_EXCHANGE (files
+    of every kind, directories of the writable layer; EXDEV for a directory
+    with store content, documented), RENAME_WHITEOUT (EINVAL), the old name of a
     renamed store directory re-used, an open fd, a directory fd and the cwd
     surviving a rename, rename and mkdir/create in the mount's root (EPERM);
   - hard links (st_nlink, st_ino, writes seen through both names; store
@@ -38,8 +39,12 @@ What is covered, with the exact errno of every failure path:
   - chmod, chown (as root), utimensat (os.utime with ns, UTIME_NOW,
     touch -d, on symlinks), and the timestamp rules: a write updates mtime
     and ctime, chmod/chown only ctime, creating, removing and renaming
-    entries update their directories' mtime and ctime; xattrs (ENOTSUP,
-    documented); st_ino across copy-up, rename and remount;
+    entries update their directories' mtime and ctime; the sticky bit on
+    files; modes exactly the caller's under any umask, and store directories'
+    (setgid, sticky, group-writable) across copy-up and rename; directory
+    link counts; user.* and trusted.* xattrs (copy-up to set one; the layer's
+    marker never shows); fallocate; reopening with O_NOFOLLOW (sqlite, tar,
+    cp -a); st_ino across copy-up, rename and remount;
   - flock and fcntl byte-range locks between two processes (EWOULDBLOCK);
   - unlinked open files (the fd keeps working, no .fuse_hidden* entry, the
     parent can be removed), a rename over a file another fd has open;
@@ -54,11 +59,12 @@ What is covered, with the exact errno of every failure path:
     copying up and appending to one store file at once; eight threads
     creating, renaming and unlinking in shared directories.
 
-Deliberate limitations the daemon documents are asserted as they are: link
-of a store file is EXDEV, RENAME_EXCHANGE/RENAME_WHITEOUT are EINVAL, xattrs
-are not supported, a store file's st_ino changes on copy-up (as overlayfs
-without xino), and setattr through an fd opened read-only on a store file
-before it was copied up is ESTALE.
+Deliberate limitations the daemon documents (docs/design.md, "What differs
+from ext4") are asserted as they are: link of a store file is EXDEV,
+RENAME_EXCHANGE of a directory with store content is EXDEV, RENAME_WHITEOUT
+is EINVAL, a merged directory's st_nlink is 1, a store file's st_ino changes
+on copy-up (as overlayfs without xino), and setattr through an fd opened
+read-only on a store file before it was copied up is ESTALE.
 
 One store and one mount serve the whole module (a mount costs a second to
 take down); the daemon's health is checked around every test, and a dead
@@ -112,6 +118,10 @@ def _alive(m):
 def fsmount(tmp_path_factory, six_venv):
     top = tmp_path_factory.mktemp("posix")
     vf = Venvfs(top / "store")
+    # directories of shared modes, as a project's venv may have
+    for name, mode in (("group-dir", 0o2775), ("world-tmp", 0o1777)):
+        (six_venv / name).mkdir(exist_ok=True)
+        os.chmod(six_venv / name, mode)
     vf("import", six_venv, "--name", "base", "-q")
     m = Mount(vf, top / "mnt")
     m.mount()
@@ -1044,14 +1054,36 @@ def test_renameat2_noreplace_onto_an_unlinked_store_name(env):
     assert (env.sp / "pip" / "METADATA").is_file()
 
 
-def test_renameat2_exchange_and_whiteout_are_einval(env):
-    # documented: the daemon answers EINVAL, uv and others fall back to plain rename
+def test_renameat2_exchange(env):
+    # files of the writable layer, store files, and both; directories of the writable layer
     write_file(env.root / "a", b"a")
     write_file(env.root / "b", b"b")
-    fails(errno.EINVAL, renameat2, env.root / "a", env.root / "b", RENAME_EXCHANGE)
-    fails(errno.EINVAL, renameat2, env.six, env.root / "a", RENAME_EXCHANGE)
-    fails(errno.EINVAL, renameat2, env.root / "a", env.root / "c", RENAME_WHITEOUT)
-    assert read(env.root / "a") == b"a" and read(env.root / "b") == b"b" and read(env.six) == env.six_data
+    renameat2(env.root / "a", env.root / "b", RENAME_EXCHANGE)
+    assert read(env.root / "a") == b"b" and read(env.root / "b") == b"a"
+    renameat2(env.six, env.root / "a", RENAME_EXCHANGE)
+    assert read(env.six) == b"b" and read(env.root / "a") == env.six_data
+    init = env.sp / "pip" / "__init__.py"
+    init_data = read(init)
+    renameat2(env.root / "a", init, RENAME_EXCHANGE)
+    assert read(init) == env.six_data and read(env.root / "a") == init_data
+    os.mkdir(env.root / "d1")
+    os.mkdir(env.root / "d1" / "sub")
+    write_file(env.root / "d1" / "f", b"d1")
+    renameat2(env.root / "d1", env.root / "b", RENAME_EXCHANGE)
+    assert read(env.root / "b" / "f") == b"d1" and read(env.root / "d1") == b"a"
+    # a directory of the writable layer put where the store has a directory
+    # (hidden by a file there) shows none of the store's one
+    run(["rm", "-rf", env.sp / "pip"])
+    write_file(env.sp / "pip", b"file")
+    renameat2(env.root / "b", env.sp / "pip", RENAME_EXCHANGE)
+    assert listing(env.sp / "pip") == {"f", "sub"} and read(env.root / "b") == b"file"
+    # documented: a directory with store content does not move whole (EXDEV:
+    # callers copy); RENAME_WHITEOUT is overlayfs's own
+    fails(errno.EXDEV, renameat2, env.root / "d1", env.distinfo, RENAME_EXCHANGE)
+    fails(errno.EINVAL, renameat2, env.root / "d1", env.root / "c", RENAME_WHITEOUT)
+    fails(errno.ENOENT, renameat2, env.root / "d1", env.root / "nothing", RENAME_EXCHANGE)
+    fails(errno.EINVAL, renameat2, env.sp / "pip", env.sp / "pip" / "sub", RENAME_EXCHANGE)
+    assert read(env.six) == b"b"
 
 
 def test_rename_in_the_mount_root_is_eperm(env):
@@ -1433,15 +1465,171 @@ def test_setattr_through_read_only_fd_of_store_file_is_estale(env):
     assert stat.S_IMODE(os.stat(env.six).st_mode) == 0o644
 
 
-def test_xattrs_are_not_supported(env):
-    # documented: no xattr handlers; the layer's own markers never show
+def test_xattrs_are_off_by_default(env):
+    # documented (mount --help, ops.c): served they cost a round trip per write
     write_file(env.root / "f", b"")
     for p in (env.root / "f", env.six, env.sp):
         fails(errno.EOPNOTSUPP, os.listxattr, p)
         fails(errno.EOPNOTSUPP, os.getxattr, p, "user.venvfs")
         fails(errno.EOPNOTSUPP, os.setxattr, p, "user.test", b"1")
-    os.unlink(env.six)  # a whiteout in the layer
-    assert "six.py" not in listing(env.sp)
+
+
+@pytest.fixture(scope="module")
+def xattr_mount(tmp_path_factory, six_venv):
+    top = tmp_path_factory.mktemp("posix-xattrs")
+    vf = Venvfs(top / "store")
+    vf("import", six_venv, "--name", "base", "-q")
+    m = Mount(vf, top / "mnt")
+    m.mount("--xattrs")
+    yield m
+    m.umount()
+
+
+def test_xattrs(xattr_mount, six_venv, wheelhouse):
+    """With --xattrs, user.* attributes as on ext4: on files and directories of
+    the writable layer, and on store entries, which setting one copies up (as
+    chmod does). The layer's own marker attribute never shows, cannot be set."""
+    xattr_mount.venvfs("clone", "base", "x")
+    env = Env(xattr_mount, "x", six_venv)
+    write_file(env.root / "f", b"")
+    for p in (env.root / "f", env.six, env.sp, env.sp / "pip"):
+        assert "user.venvfs" not in os.listxattr(p)
+        fails(errno.ENODATA, os.getxattr, p, "user.test")
+        os.setxattr(p, "user.test", b"1")
+        os.setxattr(p, "user.other", b"x" * 1000)
+        assert os.getxattr(p, "user.test") == b"1" and os.getxattr(p, "user.other") == b"x" * 1000
+        assert sorted(os.listxattr(p)) == ["user.other", "user.test"], (p, os.listxattr(p))
+        fails(errno.EEXIST, os.setxattr, p, "user.test", b"2", os.XATTR_CREATE)
+        os.removexattr(p, "user.other")
+        fails(errno.ENODATA, os.removexattr, p, "user.other")
+        assert os.listxattr(p) == ["user.test"]
+        fails(errno.EPERM, os.setxattr, p, "user.venvfs", b"w")
+        fails(errno.ENODATA, os.getxattr, p, "user.venvfs")
+    assert read(env.six) == env.six_data  # copied up, bytes unchanged
+    # absorb does not take a distribution whose files have them into the
+    # store (it keeps none): they stay, and so do the attributes
+    run([env.root / "bin" / "python", "-m", "pip", "install", "-q", "--no-index", "--find-links", wheelhouse, "idna"])
+    os.setxattr(env.sp / "idna" / "core.py", "user.keep", b"me")
+    out = xattr_mount.venvfs("absorb", "x").stdout
+    assert "idna" in out and "has extended attributes" in out, out
+    assert os.getxattr(env.sp / "idna" / "core.py", "user.keep") == b"me"
+    # a directory with a whiteout and an opaque one: their markers never show
+    os.unlink(env.sp / "pip" / "__init__.py")
+    run(["rm", "-rf", env.sp / "pip" / "_internal"])
+    os.mkdir(env.sp / "pip" / "_internal")
+    for p in (env.sp / "pip", env.sp / "pip" / "_internal"):
+        assert "user.venvfs" not in os.listxattr(p)
+        fails(errno.ENODATA, os.getxattr, p, "user.venvfs")
+    # another env's copy of six.py has none
+    assert os.listxattr(env.clone() / "six.py") == []
+    if os.geteuid() == 0:
+        os.setxattr(env.root / "f", "trusted.t", b"root's")
+        assert os.getxattr(env.root / "f", "trusted.t") == b"root's"
+    # cp -a keeps them
+    run(["cp", "-a", env.root / "f", env.root / "g"])
+    assert os.getxattr(env.root / "g", "user.test") == b"1"
+
+
+def test_sticky_bit_on_files_and_marker_modes(env):
+    # 01400 is the mode of the layer's markers; a file of that mode is still a file
+    write_file(env.root / "f", b"data")
+    os.chmod(env.root / "f", 0o1644)
+    assert stat.S_IMODE(os.stat(env.root / "f").st_mode) == 0o1644
+    os.chmod(env.six, 0o1644)
+    assert stat.S_IMODE(os.stat(env.six).st_mode) == 0o1644 and read(env.six) == env.six_data
+    write_file(env.root / "empty", b"", mode=0o600)
+    os.chmod(env.root / "empty", 0o1400)
+    assert "empty" in listing(env.root)
+    st = os.stat(env.root / "empty")
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o1400 and st.st_size == 0
+    fd = os.open(env.root / "sticky-new", os.O_CREAT | os.O_WRONLY, 0o1755)
+    os.close(fd)
+    assert stat.S_IMODE(os.stat(env.root / "sticky-new").st_mode) == 0o1755
+
+
+def test_modes_are_the_callers_whatever_the_umask(env):
+    os.umask(0)
+    write_file(env.root / "f", b"", mode=0o666)
+    os.mkdir(env.root / "d", 0o777)
+    os.mkfifo(env.root / "p", 0o666)
+    os.symlink("f", env.root / "l")
+    assert stat.S_IMODE(os.stat(env.root / "f").st_mode) == 0o666
+    assert stat.S_IMODE(os.stat(env.root / "d").st_mode) == 0o777
+    os.rename(env.root / "p", env.root / "d" / "p2")
+    assert stat.S_IMODE(os.stat(env.root / "d" / "p2").st_mode) == 0o666
+    os.umask(0o027)
+    write_file(env.root / "g", b"", mode=0o666)
+    assert stat.S_IMODE(os.stat(env.root / "g").st_mode) == 0o640
+
+
+def test_store_directory_modes_survive_copy_up_and_rename(env):
+    """The import's venv has group-dir/ 02775 and world-tmp/ 01777 (fsmount): a file
+    written in each (copy-up of the directory), a rename of each, keep them;
+    a directory made in a setgid one is setgid and of its group."""
+    for name, mode in (("group-dir", 0o2775), ("world-tmp", 0o1777)):
+        d = env.root / name
+        assert stat.S_IMODE(os.stat(d).st_mode) == mode, oct(os.stat(d).st_mode)
+        write_file(d / "new", b"x")
+        assert stat.S_IMODE(os.stat(d).st_mode) == mode
+        os.rename(d, env.root / (name + "-renamed"))
+        assert stat.S_IMODE(os.stat(env.root / (name + "-renamed")).st_mode) == mode
+    os.mkdir(env.root / "group-dir-renamed" / "sub")
+    st = os.stat(env.root / "group-dir-renamed" / "sub")
+    assert st.st_mode & stat.S_ISGID and st.st_gid == os.stat(env.root / "group-dir-renamed").st_gid
+    os.chmod(env.sp, 0o2777)
+    assert stat.S_IMODE(os.stat(env.sp).st_mode) == 0o2777
+
+
+def test_directory_link_counts(env):
+    os.mkdir(env.root / "d")
+    os.mkdir(env.root / "d" / "a")
+    os.mkdir(env.root / "d" / "b")
+    write_file(env.root / "d" / "f", b"")
+    assert os.stat(env.root / "d").st_nlink == 4  # as on disk: 2 + subdirectories
+    assert os.stat(env.root / "d" / "a").st_nlink == 2
+    # documented: a directory merged with the store's says 1 ("unknown"), as overlayfs
+    assert os.stat(env.sp).st_nlink == 1
+
+
+def test_reopen_with_o_nofollow(env, tmp_path):
+    """sqlite, tar, cp -a and git reopen files with O_NOFOLLOW."""
+    write_file(env.root / "f", b"written")
+    os.chmod(env.six, 0o644)  # copied up
+    for p in (env.root / "f", env.six, env.sp / "pip" / "__init__.py"):
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+        os.close(fd)
+        fd = os.open(p, os.O_RDWR | os.O_NOFOLLOW)
+        os.close(fd)
+    os.symlink("f", env.root / "l")
+    fails(errno.ELOOP, os.open, env.root / "l", os.O_RDONLY | os.O_NOFOLLOW)
+    import sqlite3
+    db = sqlite3.connect(env.root / "db.sqlite")
+    db.execute("create table t (x)")
+    db.execute("insert into t values (1)")
+    db.commit()
+    db.close()
+    db = sqlite3.connect(env.root / "db.sqlite")
+    assert db.execute("select x from t").fetchall() == [(1,)]
+    db.close()
+    run(["tar", "-cf", tmp_path / "env.tar", "-C", env.root, "."])
+    run(["cp", "-a", env.root, tmp_path / "copy"])
+    assert read(tmp_path / "copy" / "f") == b"written"
+
+
+def test_fallocate(env):
+    write_file(env.root / "f", b"x" * 65536)
+    fd = os.open(env.root / "f", os.O_RDWR)
+    try:
+        FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+        fallocate = _libc.fallocate
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+        assert fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 1 << 20) == 0, os.strerror(ctypes.get_errno())
+        assert os.fstat(fd).st_size == 65536
+        assert fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 4096, 8192) == 0
+        assert os.pread(fd, 65536, 0) == b"x" * 4096 + b"\0" * 8192 + b"x" * (65536 - 12288)
+        assert fallocate(fd, 0, 0, 200000) == 0 and os.fstat(fd).st_size == 200000
+    finally:
+        os.close(fd)
 
 
 # ---- locks -----------------------------------------------------------------------------
