@@ -773,7 +773,7 @@ static bool m_atom(struct mparser *m)
 		strcpy(op, "in");
 	} else {
 		size_t n = 0;
-		while (n < 3 && strchr("=!<>~", m->p[n]))
+		while (n < 3 && m->p[n] && strchr("=!<>~", m->p[n]))
 			n++;
 		if (!n) {
 			m->err = "expected a comparison";
