@@ -653,10 +653,15 @@ bool pep440_match_set(const char *version, const char *specs)
 
 /* ---- markers (PEP 508) ----------------------------------------------------- */
 
+/* Parentheses nest at most this deep: each level is a recursion, and a
+ * marker comes from any package's METADATA. */
+#define MARKER_MAX_DEPTH 64
+
 struct mparser {
 	const char *p;
 	const struct marker_env *env;
 	const char *err;
+	unsigned depth; /* of parentheses */
 };
 
 static void m_ws(struct mparser *m)
@@ -745,8 +750,16 @@ static bool m_atom(struct mparser *m)
 {
 	m_ws(m);
 	if (*m->p == '(') {
+		if (m->depth == MARKER_MAX_DEPTH) {
+			m->err = "parentheses nested too deeply";
+			return false;
+		}
 		m->p++;
+		m->depth++;
 		bool r = m_or(m);
+		m->depth--;
+		if (m->err)
+			return false; /* (not hidden behind "missing )") */
 		m_ws(m);
 		if (*m->p != ')') {
 			m->err = "missing )";
