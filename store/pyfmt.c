@@ -425,7 +425,9 @@ static long long num(const char **p, bool *any)
 
 	*any = false;
 	while (isdigit((unsigned char)**p)) {
-		v = v * 10 + (**p - '0');
+		int d = **p - '0';
+		/* numbers past LLONG_MAX all compare equal to it */
+		v = v > (LLONG_MAX - d) / 10 ? LLONG_MAX : v * 10 + d;
 		(*p)++;
 		*any = true;
 	}
@@ -521,6 +523,15 @@ static int cmpll(long long a, long long b)
 	return a < b ? -1 : a > b;
 }
 
+/* pre-release phase: dev-only releases sort before pre-releases (a, b,
+ * rc), finals after them */
+static int pre_rank(const struct pver *v)
+{
+	if (v->pre_phase)
+		return v->pre_phase;
+	return !v->has_post && v->has_dev ? 0 : 4;
+}
+
 static int pver_cmp(const struct pver *a, const struct pver *b, bool with_local)
 {
 	int c;
@@ -532,13 +543,9 @@ static int pver_cmp(const struct pver *a, const struct pver *b, bool with_local)
 		if ((c = cmpll(x, y)))
 			return c;
 	}
-	/* pre-release key: dev-only releases sort before pre-releases,
-	 * finals after them */
-	long long pa =
-		a->pre_phase ? a->pre_phase * 1000000000LL + a->pre : (!a->has_post && a->has_dev ? -1 : 4000000000LL);
-	long long pb =
-		b->pre_phase ? b->pre_phase * 1000000000LL + b->pre : (!b->has_post && b->has_dev ? -1 : 4000000000LL);
-	if ((c = cmpll(pa, pb)))
+	if ((c = cmpll(pre_rank(a), pre_rank(b))))
+		return c;
+	if (a->pre_phase && (c = cmpll(a->pre, b->pre)))
 		return c;
 	if ((c = cmpll(a->has_post ? a->post : -1, b->has_post ? b->post : -1)))
 		return c;
