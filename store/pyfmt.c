@@ -895,7 +895,9 @@ int requirement_parse(const char *s, struct requirement *out)
 	const char *n = p;
 	while (p < end && (isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.'))
 		p++;
-	if (p == n)
+	/* PEP 508: a name starts with a letter or digit ("." or "-_" would
+	 * normalise to an empty name) */
+	if (p == n || !isalnum((unsigned char)*n))
 		return vf_error(EINVAL, "\"%s\": not a requirement", s);
 	out->text = xstrdup(s);
 	out->name = pep503_normalize(n, (size_t)(p - n));
