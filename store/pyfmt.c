@@ -958,6 +958,22 @@ static int minor_of(const char *xy)
 	return d ? atoi(d + 1) : 0;
 }
 
+/* The minor version of "py3NN"/"cp3NN" (s + 3, n - 3 bytes): -1 unless
+ * it is all digits, and few enough not to overflow. */
+static int tag_minor(const char *s, size_t n)
+{
+	int v = 0;
+
+	if (n == 0 || n > 4)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		if (!isdigit((unsigned char)s[i]))
+			return -1;
+		v = v * 10 + (s[i] - '0');
+	}
+	return v;
+}
+
 static bool interp_ok(const char *s, size_t n, const char *xy)
 {
 	char want[16];
@@ -968,10 +984,11 @@ static bool interp_ok(const char *s, size_t n, const char *xy)
 		return true;
 	if ((n == 3 && !memcmp(s, "py3", 3)) || (n == 3 && !memcmp(s, "cp3", 3)))
 		return true;
-	if (n > 3 && !memcmp(s, "py3", 3))
-		return atoi(s + 3) <= minor; /* py38 fits 3.11 */
-	if (n > 3 && !memcmp(s, "cp3", 3))
-		return atoi(s + 3) <= minor; /* with abi3 */
+	if (n > 3 && (!memcmp(s, "py3", 3) || !memcmp(s, "cp3", 3))) {
+		/* py38 fits 3.11; cp38 too (with abi3) */
+		int m = tag_minor(s + 3, n - 3);
+		return m >= 0 && m <= minor;
+	}
 	return false;
 }
 
