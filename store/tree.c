@@ -108,12 +108,14 @@ static int validate(struct tree *t, const char *what)
 	t->strtab = (const char *)(t->base + h->strtab_off);
 	t->n = h->n_nodes;
 
+	/* every name first: the sort check below compares children not reached yet */
+	for (uint32_t i = 0; i < t->n; i++)
+		if ((uint64_t)t->nodes[i].name_off + t->nodes[i].name_len > h->strtab_len)
+			return vf_error(EIO, "%s: node %u: name out of range", what, i);
 	for (uint32_t i = 0; i < t->n; i++) {
 		const struct tree_node *n = &t->nodes[i];
 		bool root = i < h->n_roots;
 
-		if ((uint64_t)n->name_off + n->name_len > h->strtab_len)
-			return vf_error(EIO, "%s: node %u: name out of range", what, i);
 		if (root ? (n->parent != i || n->name_len != 0 || !S_ISDIR(n->mode))
 			 : (n->parent >= i || !tree_valid_name(tree_name(t, n), n->name_len)))
 			return vf_error(EIO, "%s: node %u: bad name or parent", what, i);
