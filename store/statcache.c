@@ -137,13 +137,16 @@ struct statcache *statcache_load(struct store *s, const char *name, uint64_t key
 	memcpy(&n, b.data + 24, 8);
 	memcpy(&env_len, b.data + 48, 8);
 	memcpy(&str_len, b.data + 56, 8);
+	/* (each length checked alone first: their sum must not wrap around) */
 	if (k != key || XXH3_64bits(b.data + 24, b.len - 24) != sum || n > b.len / sizeof(struct statcache_ent) ||
+	    str_len > b.len || env_len > b.len ||
 	    HDR_SIZE + n * sizeof(struct statcache_ent) + str_len + env_len != b.len)
 		return NULL;
 	c = statcache_new(key);
 	memcpy(c->digest, b.data + 32, 16);
 	c->n = c->cap = n;
-	c->ents = xmemdup(b.data + HDR_SIZE, (n ? n : 1) * sizeof(struct statcache_ent));
+	c->ents = xcalloc(n ? n : 1, sizeof(struct statcache_ent));
+	memcpy(c->ents, b.data + HDR_SIZE, n * sizeof(struct statcache_ent));
 	const char *strtab = b.data + HDR_SIZE + n * sizeof(struct statcache_ent);
 	buf_add(&c->strtab, strtab, str_len);
 	c->env_text = xstrndup(strtab + str_len, env_len);
