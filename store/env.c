@@ -149,6 +149,11 @@ int env_parse(const char *text, size_t len, const char *what, struct env **out)
 		}
 		end = text + body;
 	}
+	/* values are %-escaped: a NUL is damage, and would end its line early */
+	if (memchr(text, '\0', (size_t)(end - text))) {
+		r = vf_error(EIO, "%s: damaged env manifest: a NUL byte", what);
+		goto fail;
+	}
 	while (p < end) {
 		const char *nl = memchr(p, '\n', (size_t)(end - p));
 		const char *le = nl ? nl : end;
