@@ -5,10 +5,11 @@
  *
  * Input: lines of a requirements file or of Requires-Dist values, cut at
  * FUZZ_SEP (fuzz.h). Each is parsed as a requirement (its marker evaluated
- * for a few interpreters and extras, its specifiers matched against the
- * other lines as versions) and evaluated as a marker on its own.
+ * for a few interpreters and extras, its specifiers matched against a few
+ * versions and the next line) and evaluated as a marker on its own.
  * pep440_cmp() sorts versions (maint.c hands it to qsort): over the
- * lines it must be a total order (reflexive, antisymmetric, transitive).
+ * lines it must be a total order (reflexive and antisymmetric; transitive
+ * over the first four lines).
  */
 #include <string.h>
 
@@ -57,8 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				eval_marker(r.marker);
 			for (size_t k = 0; k < ARRAY_SIZE(versions); k++)
 				pep440_match_set(versions[k], r.specs);
-			for (size_t k = 0; k < n; k++)
-				pep440_match_set(line[k], r.specs);
+			pep440_match_set(line[(i + 1) % n], r.specs);
 			requirement_free(&r);
 		}
 		eval_marker(line[i]);
@@ -72,7 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			int ij = sign(pep440_cmp(line[i], line[j]));
 			if (ij != -sign(pep440_cmp(line[j], line[i])))
 				abort();
-			for (size_t k = 0; k < n && ij <= 0; k++)
+			/* (transitivity over the first few: it is the costly part) */
+			for (size_t k = 0; k < MIN(n, 4) && i < 4 && j < 4 && ij <= 0; k++)
 				if (sign(pep440_cmp(line[j], line[k])) <= 0 && sign(pep440_cmp(line[i], line[k])) > 0)
 					abort();
 		}
