@@ -1397,6 +1397,16 @@ static bool same_entry(struct absorb *a, int odfd, const char *name, const char 
 		       n2->mtime_nsec == (uint32_t)m->ent.mtime.tv_nsec;
 	}
 	const struct tree_node *n1 = view_node(a->v, m->src);
+	/* shown from a package of an earlier absorb, and part of a
+	 * distribution absorbed now (checked against its RECORD) into the
+	 * package that shows it next: it looks as that package says, as every
+	 * absorbed file does. (An absorb that met an install still compiling
+	 * its bytecode took the distribution without it; the next one takes
+	 * it whole, often as an equivalent package with other times. Kept as
+	 * metacopies, the old times left sources newer than the package's
+	 * bytecode, which Python then compiled again.) */
+	if (S_ISREG(n1->mode) && S_ISREG(n2->mode) && absorbed_here(a, path, s2))
+		return true;
 	if (n1->mode != n2->mode || n1->flags != n2->flags || n1->size != n2->size || n1->mtime_sec != n2->mtime_sec ||
 	    n1->mtime_nsec != n2->mtime_nsec)
 		return false;

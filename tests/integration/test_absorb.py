@@ -385,6 +385,40 @@ def test_concurrent_installs_and_absorbs(venvfs, mnt, env_a, wheelhouse):
     venvfs("store", "verify")
 
 
+def test_a_distribution_absorbed_in_two_passes_leaves_nothing_behind(venvfs, mnt, env_a, wheelhouse):
+    """An absorb that meets an install still compiling its bytecode takes the
+    distribution without the missing bytecode; the next one takes it whole,
+    as the equivalent package another env stored (other file times). The
+    env must end with nothing of it in its writable layer, sources and
+    bytecode from one package (CI once ended with 853 metacopies keeping the
+    first pass's times, and Python compiling numpy again)."""
+    venvfs("clone", "a", "b")
+    time.sleep(1.2)
+    b = mnt.path / "b"
+    install(env_a, wheelhouse, "requests")
+    absorb(venvfs, "a")                      # the store's requests, whole
+    install(b, wheelhouse, "requests")
+    cache = b / SP / "requests" / "__pycache__"
+    missing = sorted(cache.glob("api.*.pyc"))[0]
+    missing.unlink()                         # not compiled yet
+    out = absorb(venvfs, "b").stdout
+    assert "absorbed requests" in out, out
+    # the install goes on: the missing bytecode, then its RECORD again
+    py(b, f"import py_compile; py_compile.compile({str(b / SP / 'requests' / 'api.py')!r}, "
+          f"cfile={str(missing)!r})")
+    record = next((b / SP).glob("requests-*.dist-info")) / "RECORD"
+    record.write_bytes(record.read_bytes())
+    before = view(b, pyc_bytes=False)
+    absorb(venvfs, "b")
+    absorb(venvfs, "b")                      # (drops the first pass's package)
+    left = [f for f in files_under(upper(venvfs.home, "b")) if f.startswith(f"{SP}/requests")]
+    assert not left, left[:10]
+    # bytecode valid for the sources as shown: importing compiles nothing
+    py(b, "import requests")
+    assert not [f for f in files_under(upper(venvfs.home, "b")) if f.endswith(".pyc")]
+    assert set(view(b, pyc_bytes=False)) == set(before)
+
+
 # ---- a full disk ----------------------------------------------------------------------------
 
 
