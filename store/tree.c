@@ -12,8 +12,7 @@
 
 /* ---- reading -------------------------------------------------------------- */
 
-/* XXH3-64 of the whole manifest, with the checksum field taken as zero. */
-static uint64_t tree_checksum(const void *data, size_t len)
+uint64_t tree_checksum(const void *data, size_t len)
 {
 	struct tree_hdr h;
 	XXH3_state_t *st = XXH3_createState();

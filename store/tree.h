@@ -141,6 +141,10 @@ struct tree {
 	uint32_t n;
 };
 
+/* XXH3-64 of a whole manifest (len >= the header) with its checksum field
+ * taken as zero: what the header's checksum holds. */
+uint64_t tree_checksum(const void *data, size_t len);
+
 /* Validate a manifest held in memory; with copy, the tree owns a copy. */
 int tree_load(const void *data, size_t len, bool copy, struct tree **out);
 /* Map and validate a manifest from an open file ("what" names it in errors). */

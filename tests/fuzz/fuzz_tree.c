@@ -13,7 +13,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "fuzz.h"
 #include "tree.h"
@@ -22,17 +21,8 @@
 
 static void set_checksum(uint8_t *m, size_t len)
 {
-	struct tree_hdr h;
-	XXH3_state_t *st = XXH3_createState();
-	uint64_t sum;
+	uint64_t sum = tree_checksum(m, len);
 
-	memcpy(&h, m, sizeof(h));
-	h.checksum = 0;
-	XXH3_64bits_reset(st);
-	XXH3_64bits_update(st, &h, sizeof(h));
-	XXH3_64bits_update(st, m + sizeof(h), len - sizeof(h));
-	sum = XXH3_64bits_digest(st);
-	XXH3_freeState(st);
 	memcpy(m + offsetof(struct tree_hdr, checksum), &sum, sizeof(sum));
 }
 
