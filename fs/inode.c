@@ -1137,7 +1137,7 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 	int r = layer_merge_lookup(v, &dir->up, &dir->dir, z, &m);
 	if (r < 0)
 		return r;
-	if (m.upper == L_WHITEOUT || (m.upper == L_NONE && !m.lower))
+	if (!layer_merged_shows(&m))
 		return -ENOENT;
 	if (m.upper == L_FILE) {
 		struct node *n = upper_node(e, dir, z);

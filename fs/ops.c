@@ -1291,6 +1291,26 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
  */
 static int do_exchange(struct node *od, const char *on, struct node *nd, const char *nn);
 
+/* What every rename starts with: both directories of one env, writable,
+ * each with its writable part, and what each name shows there. */
+static int rename_prepare(struct node *od, const char *on, struct node *nd, const char *nn, struct merged *src,
+			  struct merged *dst)
+{
+	int r;
+
+	if (od->kind != N_DIR || nd->kind != N_DIR)
+		return -EPERM; /* envs are renamed by no one: the mount root is the store's */
+	if (od->env != nd->env)
+		return -EXDEV;
+	if ((r = node_writable(od)) < 0 || (r = node_writable(nd)) < 0 || (r = copy_up_dir(od)) < 0 ||
+	    (r = copy_up_dir(nd)) < 0)
+		return r;
+	struct view *v = od->env->view;
+	if ((r = layer_merge_lookup(v, &od->up, &od->dir, on, src)) < 0)
+		return r;
+	return layer_merge_lookup(v, &nd->up, &nd->dir, nn, dst);
+}
+
 static int do_rename(struct node *od, const char *on, struct node *nd, const char *nn, unsigned int flags)
 {
 	struct merged src, dst;
@@ -1301,23 +1321,10 @@ static int do_rename(struct node *od, const char *on, struct node *nd, const cha
 		return do_exchange(od, on, nd, nn);
 	if (flags & ~RENAME_NOREPLACE)
 		return -EINVAL;
-	if (od->kind != N_DIR || nd->kind != N_DIR)
-		return -EPERM; /* envs are renamed by no one: the mount root is the store's */
-	struct view *v = od->env->view;
-	if (od->env != nd->env)
-		return -EXDEV;
-	if ((r = node_writable(od)) < 0 || (r = node_writable(nd)) < 0)
+	if ((r = rename_prepare(od, on, nd, nn, &src, &dst)) < 0)
 		return r;
-	if ((r = copy_up_dir(od)) < 0 || (r = copy_up_dir(nd)) < 0)
-		return r;
-	if ((r = layer_merge_lookup(v, &od->up, &od->dir, on, &src)) < 0 ||
-	    (r = layer_merge_lookup(v, &nd->up, &nd->dir, nn, &dst)) < 0)
-		return r;
-	bool src_there =
-		src.upper == L_FILE || src.upper == L_META || src.upper == L_DIR || (src.upper == L_NONE && src.lower);
-	bool dst_there =
-		dst.upper == L_FILE || dst.upper == L_META || dst.upper == L_DIR || (dst.upper == L_NONE && dst.lower);
-	if (!src_there)
+	bool dst_there = layer_merged_shows(&dst);
+	if (!layer_merged_shows(&src))
 		return -ENOENT;
 	if ((r = node_child(od, on, strlen(on), &sn)) < 0)
 		return r;
@@ -1459,19 +1466,9 @@ static int do_exchange(struct node *od, const char *on, struct node *nd, const c
 	struct node *sn, *dn;
 	int r;
 
-	if (od->kind != N_DIR || nd->kind != N_DIR)
-		return -EPERM;
-	if (od->env != nd->env)
-		return -EXDEV;
-	if ((r = node_writable(od)) < 0 || (r = node_writable(nd)) < 0 || (r = copy_up_dir(od)) < 0 ||
-	    (r = copy_up_dir(nd)) < 0)
+	if ((r = rename_prepare(od, on, nd, nn, &src, &dst)) < 0)
 		return r;
-	struct view *v = od->env->view;
-	if ((r = layer_merge_lookup(v, &od->up, &od->dir, on, &src)) < 0 ||
-	    (r = layer_merge_lookup(v, &nd->up, &nd->dir, nn, &dst)) < 0)
-		return r;
-	if (src.upper == L_WHITEOUT || (src.upper == L_NONE && !src.lower) || dst.upper == L_WHITEOUT ||
-	    (dst.upper == L_NONE && !dst.lower))
+	if (!layer_merged_shows(&src) || !layer_merged_shows(&dst))
 		return -ENOENT;
 	if ((r = node_child(od, on, strlen(on), &sn)) < 0 || (r = node_child(nd, nn, strlen(nn), &dn)) < 0)
 		return r;

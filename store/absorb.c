@@ -334,7 +334,7 @@ static int vlookup(struct absorb *a, const char *path, struct vdir **dirp, struc
 	if (r < 0)
 		return r;
 	*dirp = d;
-	if (m->upper == L_WHITEOUT || (m->upper == L_NONE && !m->lower))
+	if (!layer_merged_shows(m))
 		return -ENOENT;
 	return 0;
 }
@@ -1531,7 +1531,7 @@ static int diff_dir(struct absorb *a, const struct layer_dir *oup, const struct 
 			r = vf_error_errno(-r, "%s: %s", a->name, path->data);
 			break;
 		}
-		if (m.upper == L_WHITEOUT || (m.upper == L_NONE && !m.lower)) {
+		if (!layer_merged_shows(&m)) {
 			/* listed a moment ago, gone now */
 			r = vf_error(EAGAIN, "%s: %s changed during the absorb", a->name, path->data);
 			break;
@@ -1606,7 +1606,7 @@ static int diff_dir(struct absorb *a, const struct layer_dir *oup, const struct 
 			r = layer_merge_lookup(a->v, oup, olo, name, &m);
 			if (r < 0)
 				break;
-			if (m.upper == L_WHITEOUT || (m.upper == L_NONE && !m.lower)) {
+			if (!layer_merged_shows(&m)) {
 				r = layer_whiteout(outfd, name, a->work_fd);
 				if (r < 0)
 					r = vf_error_errno(-r, "%s: whiteout %s in %s", a->name, name, path->data);

@@ -99,6 +99,12 @@ struct merged {
 int layer_merge_lookup(struct view *v, const struct layer_dir *ld, const struct view_dir *vd, const char *name,
 		       struct merged *out);
 
+/* Does the name show anything (not whited out, not absent)? */
+static inline bool layer_merged_shows(const struct merged *m)
+{
+	return m->upper != L_WHITEOUT && (m->upper != L_NONE || m->lower);
+}
+
 /* The read-only sources of the directory at an env-relative path. */
 void layer_lower_dir_at(struct view *v, const char *path, struct view_dir *out);
 
