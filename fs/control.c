@@ -110,6 +110,13 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 			}
 			pthread_mutex_unlock(&fsd.lock);
 		}
+		if ((r == -EMFILE || r == -ENFILE) && attempt + 1 < ABSORB_TRIES) {
+			/* the nodes hold the descriptors: the kernel forgets some */
+			fs_log("absorb %s: %s; again, with descriptors given back", name, vf_last_error());
+			fd_room();
+			r = -EAGAIN;
+			continue;
+		}
 		if (r == -EAGAIN) {
 			/* a file changed under it: again, after a pause */
 			usleep(100000u << attempt);

@@ -236,7 +236,8 @@ static inline int upper_open_errno(void)
 	return errno == EMFILE || errno == ENFILE || errno == ENOENT ? -errno : -EIO;
 }
 int upper_stat(struct node *dir, const char *name, struct stat *st);
-void fd_pressure(void);
+void fd_pressure(bool urgent);
+void fd_room(void);
 void fs_wake_housekeeping(void);
 
 /* write.c */

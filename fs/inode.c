@@ -1001,6 +1001,8 @@ struct node *upper_node(struct fsenv *e, struct node *dir, const char *name)
  * handler: invalidating an entry waits for the directory's lock, which a
  * request in that directory may hold until it is answered.
  */
+static void fd_pressure_locked(bool urgent);
+
 static size_t fds_in_use(void)
 {
 	struct stat st;
@@ -1020,7 +1022,32 @@ static size_t fds_in_use(void)
 	return n > 2 ? n - 3 : 0; /* ".", "..", and d's own */
 }
 
-void fd_pressure(void)
+void fd_pressure(bool urgent)
+{
+	static pthread_mutex_t one_at_a_time = PTHREAD_MUTEX_INITIALIZER;
+
+	pthread_mutex_lock(&one_at_a_time); /* housekeeping, and an absorb */
+	fd_pressure_locked(urgent);
+	pthread_mutex_unlock(&one_at_a_time);
+}
+
+/*
+ * Room for a job of the daemon's own that met EMFILE: the kernel is asked to
+ * forget, and its forgets come back as requests, so wait (at most two
+ * seconds) until the descriptors in use are under half the limit.
+ */
+void fd_room(void)
+{
+	struct rlimit rl;
+
+	fd_pressure(true);
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return;
+	for (int i = 0; i < 40 && fds_in_use() >= (size_t)rl.rlim_cur / 2; i++)
+		usleep(50000);
+}
+
+static void fd_pressure_locked(bool urgent)
 {
 	struct rlimit rl;
 	struct victim {
@@ -1035,7 +1062,7 @@ void fd_pressure(void)
 	pthread_mutex_lock(&fsd.lock);
 	uint64_t nodes = fsd.nodes_alive, made = fsd.nodes_made;
 	pthread_mutex_unlock(&fsd.lock);
-	if (nodes < limit / 4)
+	if (nodes < limit / 4 && !urgent)
 		return; /* far from it: spare the count */
 	/*
 	 * Counting is a stat of /proc/self/fd, but before Linux 6.2 a listing
@@ -1051,15 +1078,18 @@ void fd_pressure(void)
 	static uint64_t last_made, last_ns;
 	uint64_t now = now_ns();
 	size_t bound = last_used + 3 * (size_t)(made - last_made);
-	if (last_ns && bound < limit / 4 * 3 && now - last_ns < 1000000000ull)
+	if (!urgent && last_ns && bound < limit / 4 * 3 && now - last_ns < 1000000000ull)
 		return;
 	size_t used = fds_in_use();
 	last_used = used;
 	last_made = made;
 	last_ns = now;
-	if (used < limit / 4 * 3)
+	/* urgent: a job of the daemon's own (an absorb) met EMFILE; it
+	 * needs room beside the nodes, so down to a quarter */
+	size_t mark = urgent ? limit / 4 : limit / 2;
+	if (used < (urgent ? mark : limit / 4 * 3))
 		return;
-	size_t want = used - limit / 2;
+	size_t want = used - mark;
 
 	pthread_mutex_lock(&fsd.lock);
 	for (struct fsenv *e = fsd.envs; e; e = e->next)

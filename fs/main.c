@@ -280,7 +280,7 @@ static void *housekeeping(void *arg)
 			while (read(hk_wake[0], drain, sizeof(drain)) > 0) {
 			}
 		}
-		fd_pressure();
+		fd_pressure(false);
 		trim_heap();
 		if (p[0].revents)
 			break;
