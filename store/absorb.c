@@ -71,10 +71,11 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "distinfo.h"
 #include "env.h"
 #include "layer.h"
 #include "package.h"
-#include "pyfmt.h"
+#include "pyc.h"
 #include "store.h"
 #include "template.h"
 #include "tree.h"

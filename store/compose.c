@@ -29,9 +29,10 @@
 #include <xxhash.h>
 #include <dirent.h>
 
+#include "distinfo.h"
 #include "env.h"
 #include "package.h"
-#include "pyfmt.h"
+#include "requirement.h"
 #include "store.h"
 #include "tree.h"
 #include "venv.h"

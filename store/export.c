@@ -42,7 +42,7 @@
 #include "env.h"
 #include "layer.h"
 #include "template.h"
-#include "pyfmt.h"
+#include "pyc.h"
 #include "venv.h"
 #include "view.h"
 

@@ -32,12 +32,9 @@
  * re-import reads only files that changed. Files modified within two
  * seconds of an import are never cached (the "racy git" problem).
  *
- * Bytecode normalisation: a timestamp pyc that pip compiled records its
- * source's mtime. Package files present mtime TREE_STORE_MTIME, so a
- * package pyc is stored with that value in its header, which keeps it
- * valid for the source the view shows and makes the same package imported
- * from two venvs (installed at different times) one package. The original
- * times are kept per env (the mtimes object) and restored by export.
+ * Bytecode normalisation: package.h (and pyc.h for when a pyc is valid
+ * for its source). The original times are kept per env (the mtimes
+ * object) and restored by export.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -55,9 +52,10 @@
 #include <xxhash.h>
 #include <dirent.h>
 
+#include "distinfo.h"
 #include "env.h"
 #include "package.h"
-#include "pyfmt.h"
+#include "pyc.h"
 #include "statcache.h"
 #include "store.h"
 #include "template.h"

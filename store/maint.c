@@ -15,7 +15,7 @@
 
 #include "env.h"
 #include "layer.h"
-#include "pyfmt.h"
+#include "requirement.h"
 #include "tree.h"
 #include "util.h"
 #include "view.h"

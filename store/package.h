@@ -29,7 +29,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "pyfmt.h"
+#include "distinfo.h"
+#include "pyc.h"
 #include "tree.h"
 #include "util.h"
 

@@ -8,9 +8,9 @@
  */
 #include <string.h>
 
+#include "distinfo.h"
 #include "fuzz.h"
 #include "package.h"
-#include "pyfmt.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

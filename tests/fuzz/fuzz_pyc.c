@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "pyfmt.h"
+#include "pyc.h"
 
 #define SITE   "/home/me/proj/.venv/lib/python3.11/site-packages/"
 #define SOURCE "/tmp/venvfs-seeds/tiny/lib/python3.11/site-packages/tinypkg/__init__.py"

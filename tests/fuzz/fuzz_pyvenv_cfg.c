@@ -6,8 +6,8 @@
 #include <ctype.h>
 #include <string.h>
 
+#include "distinfo.h"
 #include "fuzz.h"
-#include "pyfmt.h"
 
 /* (only the start: a NUL inside a value ends the C string before its end) */
 static bool stripped(const char *s)

@@ -7,8 +7,8 @@
  */
 #include <string.h>
 
+#include "distinfo.h"
 #include "fuzz.h"
-#include "pyfmt.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "pyfmt.h"
+#include "requirement.h"
 
 #define MAX_LINES 6
 

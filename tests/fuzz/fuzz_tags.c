@@ -6,7 +6,7 @@
  * real ones.
  */
 #include "fuzz.h"
-#include "pyfmt.h"
+#include "requirement.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -23,9 +23,11 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "distinfo.h"
 #include "env.h"
 #include "package.h"
-#include "pyfmt.h"
+#include "pyc.h"
+#include "requirement.h"
 #include "statcache.h"
 #include "store.h"
 #include "template.h"

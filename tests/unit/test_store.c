@@ -16,10 +16,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "distinfo.h"
 #include "env.h"
 #include "maint.h"
 #include "package.h"
-#include "pyfmt.h"
+#include "pyc.h"
+#include "requirement.h"
 #include "store.h"
 #include "template.h"
 #include "tree.h"
