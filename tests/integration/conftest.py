@@ -20,6 +20,11 @@ from pathlib import Path
 
 import pytest
 
+# The POSIX suite's fixtures and helpers (test_posix_*.py import them): their
+# asserts explained on failure as a test file's are (registered before the
+# first import of the module)
+pytest.register_assert_rewrite("posix_common")
+
 BIN = os.environ.get("VENVFS_BIN") or str(Path(__file__).resolve().parents[2] / "build" / "tools" / "venvfs")
 CACHE = Path(os.environ.get("VENVFS_TEST_CACHE") or Path(tempfile.gettempdir()) / "venvfs-test-cache")
 
