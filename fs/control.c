@@ -14,7 +14,7 @@
  * writing: absorb_changed()) and commits. A change in the meantime means
  * starting again, a few times, then giving up until later: an install in
  * progress is left alone. After the switch the env's nodes are brought up
- * to date in place (inode.c, env_absorbed()), and the kernel is told to
+ * to date in place (fsenv.c, fsenv_absorbed()), and the kernel is told to
  * drop what it cached about the env.
  *
  * Protocol (one request a connection, text): the client sends
@@ -90,9 +90,9 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 		int err;
 
 		pthread_mutex_lock(&fsd.lock);
-		struct fsenv *e = env_get(name, strlen(name), &err);
+		struct fsenv *e = fsenv_get(name, strlen(name), &err);
 		uint64_t gen = e ? e->gen : 0;
-		bool ours = e && (!e->readonly || env_claim(e));
+		bool ours = e && (!e->readonly || fsenv_claim(e));
 		pthread_mutex_unlock(&fsd.lock);
 		if (!e)
 			return err == ENOENT ? -ENOENT : vf_error(err, "env %s cannot be loaded (see the log)", name);
@@ -104,7 +104,7 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 			/* a failure while the env was being written (a file
 			 * gone between listing and reading it...) is a change */
 			pthread_mutex_lock(&fsd.lock);
-			if (env_current(name) != e || e->gen != gen) {
+			if (fsenv_current(name) != e || e->gen != gen) {
 				fs_log("absorb %s: %s (the env changed meanwhile); again", name, vf_last_error());
 				r = -EAGAIN;
 			}
@@ -127,23 +127,23 @@ static int absorb_one(const char *name, struct report *rp, bool unmounting, stru
 
 		pthread_mutex_lock(&fsd.lock);
 		const char *changed = NULL;
-		if (env_current(name) != e || e->gen != gen || (changed = absorb_changed(a, writer_open, e))) {
+		if (fsenv_current(name) != e || e->gen != gen || (changed = absorb_changed(a, writer_open, e))) {
 			r = -EAGAIN; /* written meanwhile: again */
 			fs_log("absorb %s: the env changed while it was prepared (%s); again", name,
-			       changed                  ? changed
-			       : env_current(name) != e ? "replaced"
-							: "written");
+			       changed                    ? changed
+			       : fsenv_current(name) != e ? "replaced"
+							  : "written");
 		} else {
 			r = absorb_commit(a);
 			if (r == 0)
 				e->absorbed_gen = gen;
 			if (r == 0 && !absorb_empty(a)) {
 				fsd.st.absorbs += st->absorbed;
-				if (env_absorbed(e, took, a, &trash) < 0) {
+				if (fsenv_absorbed(e, took, a, &trash) < 0) {
 					/* cannot show the new one in place: new lookups
 					 * load it, the old one stays for its holders */
 					e->retired_layer = steal_pointer(&st->old_layer);
-					env_retire(e);
+					fsenv_retire(e);
 				}
 			}
 		}
@@ -196,7 +196,7 @@ void absorb_dirty_envs(bool unmounting)
 			fs_log("absorb %s: %s", name, vf_last_error());
 			/* try again after the next change, not in a loop */
 			pthread_mutex_lock(&fsd.lock);
-			struct fsenv *e = env_current(name);
+			struct fsenv *e = fsenv_current(name);
 			if (e)
 				e->absorbed_gen = e->gen;
 			pthread_mutex_unlock(&fsd.lock);
@@ -278,38 +278,17 @@ static void *control_main(void *arg)
 	return NULL;
 }
 
-char *control_socket_path(struct store *s, const char *mountpoint)
-{
-	_cleanup_free_ char *run = NULL;
-	_cleanup_close_ int fd = store_run_open(s, &run);
-
-	if (fd < 0)
-		run = path_join(s->home, "run");
-	return xasprintf("%s/mount-%016" PRIx64 ".sock", run, XXH3_64bits(mountpoint, strlen(mountpoint)));
-}
-
-/* The address of name in the directory open at dirfd: its path through
- * /proc/self/fd, short whatever HOME is, and never through a symlink in
- * place of the directory. False if it does not fit. */
-static bool socket_address(int dirfd, const char *name, struct sockaddr_un *sa)
-{
-	int n = snprintf(sa->sun_path, sizeof(sa->sun_path), "/proc/self/fd/%d/%s", dirfd, name);
-
-	sa->sun_family = AF_UNIX;
-	return n > 0 && (size_t)n < sizeof(sa->sun_path);
-}
-
 void control_start(void)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 
-	ctl_path = control_socket_path(fsd.s, fsd.mountpoint);
+	ctl_path = fs_socket_path(fsd.s, fsd.mountpoint);
 	ctl_name = xstrdup(strrchr(ctl_path, '/') + 1);
 	ctl_run = store_run_open(fsd.s, NULL);
 	fsd.last_request_ns = now_ns();
 	if (ctl_run < 0) {
 		fs_log("control socket: %s: `venvfs absorb` cannot reach this daemon", vf_last_error());
-	} else if (!socket_address(ctl_run, ctl_name, &sa)) {
+	} else if (!fs_socket_address(ctl_run, ctl_name, &sa)) {
 		fs_log("control socket path %s is too long: `venvfs absorb` cannot reach this daemon", ctl_path);
 	} else {
 		unlinkat(ctl_run, ctl_name, 0);
@@ -351,80 +330,3 @@ void control_stop(void)
 }
 
 /* ---- the client side (`venvfs absorb` while an env is mounted) ---------------------- */
-
-/* Ask the daemon whose socket is sock_name in the run directory run (its
- * path: sock) to absorb env name. */
-static int ask_daemon(int run, const char *sock, const char *sock_name, const char *name,
-		      void (*say)(void *, const char *), void *ctx, struct absorb_stats *st)
-{
-	struct sockaddr_un sa;
-	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	_cleanup_free_ char *req = xasprintf("absorb %s\n", name);
-	_cleanup_buf_ struct buf in = {0};
-
-	if (fd < 0 || !socket_address(run, sock_name, &sa))
-		return -ENOENT;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || write_full(fd, req, strlen(req)) < 0)
-		return -ENOENT; /* a dead daemon's socket */
-	for (;;) {
-		char chunk[4096];
-		ssize_t n = read(fd, chunk, sizeof(chunk));
-		if (n <= 0)
-			break;
-		buf_add(&in, chunk, (size_t)n);
-	}
-	if (!in.len)
-		return vf_error(EIO, "the daemon (%s) did not answer; see its log", sock);
-	int r = vf_error(EIO, "the daemon (%s) answered nonsense", sock);
-	for (char *save, *l = strtok_r(in.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-		if (!strncmp(l, "say ", 4)) {
-			say(ctx, l + 4);
-		} else if (!strcmp(l, "not-served")) {
-			r = -ENOENT;
-		} else if (!strncmp(l, "error ", 6)) {
-			r = vf_error(EIO, "%s", l + 6);
-		} else if (!strncmp(l, "ok ", 3)) {
-			memset(st, 0, sizeof(*st));
-			sscanf(l + 3,
-			       "absorbed=%" SCNu64 " left=%" SCNu64 " dropped=%" SCNu64 " files=%" SCNu64
-			       " bytes=%" SCNu64 " linked=%" SCNu64 " copied=%" SCNu64 " dedup=%" SCNu64,
-			       &st->absorbed, &st->left, &st->dropped, &st->files, &st->bytes, &st->linked_bytes,
-			       &st->copied_bytes, &st->dedup_bytes);
-			r = 0;
-		}
-	}
-	return r;
-}
-
-/*
- * `venvfs absorb NAME`: a daemon of this store, if one runs, absorbs the env
- * (loading it if it did not serve it yet, which takes its lock); only
- * without one does the command absorb it itself.
- */
-int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx, struct absorb_stats *st)
-{
-	struct absorb_opts o = {.say = say, .say_ctx = ctx, .progress = true};
-	_cleanup_free_ char *run = NULL;
-	_cleanup_close_ int run_fd = store_run_open(s, &run);
-	DIR *d = run_fd >= 0 ? opendir_at(run_fd, ".") : NULL;
-	struct dirent *de;
-	int r = -ENOENT;
-
-	if (run_fd < 0)
-		return run_fd;
-	while (d && r == -ENOENT && (de = readdir(d))) {
-		if (!str_has_prefix(de->d_name, "mount-") || !str_has_suffix(de->d_name, ".sock"))
-			continue;
-		_cleanup_free_ char *sock = path_join(run, de->d_name);
-		r = ask_daemon(run_fd, sock, de->d_name, name, say, ctx, st);
-	}
-	if (d)
-		closedir(d);
-	if (r != -ENOENT)
-		return r;
-	r = venv_absorb(s, name, &o, st);
-	if (r == -EBUSY)
-		return vf_error(EBUSY, "env %s is locked (%s/run/env-%s.lock: another venvfs absorb?); try again", name,
-				s->home, name);
-	return r;
-}

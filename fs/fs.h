@@ -23,7 +23,7 @@ struct fs_opts {
 	unsigned absorb_idle_s;    /* absorb changed envs after this long idle; 0: never */
 	bool no_absorb_on_unmount; /* do not absorb changed envs when unmounted */
 	unsigned max_fds;          /* descriptors the daemon may use; 0: as many as allowed */
-	bool xattrs;               /* serve extended attributes (ops.c: what they cost) */
+	bool xattrs;               /* serve extended attributes (ops.c, above op_getxattr(): what they cost) */
 };
 
 /*
@@ -55,5 +55,23 @@ int fs_stats(struct store *s, const char *mountpoint, char **out);
  * (holding its lock), by asking that daemon. say gets the report lines.
  */
 int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx, struct absorb_stats *st);
+
+/* ---- shared by the daemon and its clients (client.c) ---- */
+
+/* "mount-<hash of the mount point>.EXT": the daemon's files in the run
+ * directory (ext: "pid", "stats", "sock"). */
+char *fs_run_name(const char *mountpoint, const char *ext);
+
+/* The control socket's path (for messages). */
+char *fs_socket_path(struct store *s, const char *mountpoint);
+
+/* The address of name in the directory open at dirfd: its path through
+ * /proc/self/fd, short whatever HOME is, and never through a symlink in
+ * place of the directory. False if it does not fit. */
+struct sockaddr_un;
+bool fs_socket_address(int dirfd, const char *name, struct sockaddr_un *sa);
+
+/* A mount whose daemon was killed answers ENOTCONN: detach it. */
+int fs_cleanup_dead_mount(const char *mp);
 
 #endif

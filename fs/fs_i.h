@@ -1,7 +1,9 @@
 /*
  * fs_i.h - private to the daemon: nodes (our inodes), mounted envs, the
- * daemon's state, counters and logging. inode.c explains the inode model,
- * write.c copy-up and the writable layer as the daemon uses it.
+ * daemon's state, counters and logging; then what each file of fs/ offers
+ * the others. inode.c explains the inode model, union.c copy-up, shared.c
+ * how store files are checked and served, housekeeping.c descriptor
+ * pressure.
  */
 #ifndef VENVFS_FS_I_H
 #define VENVFS_FS_I_H
@@ -12,6 +14,7 @@
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -75,8 +78,8 @@ struct node {
 	struct objid obj;
 	int fd;        /* N_SHARED: object; N_UPPER: O_PATH of the file */
 	int state;     /* 0 unchecked, 1 good, <0 errno (damaged) */
-	uint8_t fill;  /* FILL_*: its first open puts it in the page cache (ops.c) */
-	bool foreign;  /* another account's object in a group store (inode.c) */
+	uint8_t fill;  /* FILL_*: its first open puts it in the page cache (shared.c) */
+	bool foreign;  /* another account's object in a group store (shared.c) */
 	char *seen_as; /* "env/path" where first met, for messages */
 
 	/* N_UPPER: identity in the writable layer, open write handles */
@@ -187,33 +190,68 @@ struct fsd {
 	unsigned absorb_idle_s;   /* 0: never on idle */
 	bool absorb_on_unmount;
 	struct strmap env_locks; /* env name -> its lock's fd + 2 (1: busy) */
+	int run_fd;              /* the store's run directory (store_run_open()) */
+	bool many_new_nodes;     /* 64 more: housekeeping to look at fd_pressure() */
 };
 
 extern struct fsd fsd;
 
+/* Open files */
+/* /proc/self/fd/N: how to reach a file we hold an O_PATH descriptor of. */
+static inline void fd_path(int fd, char out[32])
+{
+	snprintf(out, 32, "/proc/self/fd/%d", fd);
+}
+
+/*
+ * An open file of a writable layer: fh holds its descriptor, and in its
+ * high half the passthrough backing id, if the kernel serves its reads and
+ * writes itself (passthrough.c). A large store file in passthrough: the id
+ * alone.
+ */
+static inline int fh_fd(const struct fuse_file_info *fi)
+{
+	return (int)(uint32_t)fi->fh;
+}
+
+static inline uint32_t fh_backing(const struct fuse_file_info *fi)
+{
+	return (uint32_t)(fi->fh >> 32);
+}
+
+static inline void fh_set_backing(struct fuse_file_info *fi, uint32_t id)
+{
+	fi->fh |= (uint64_t)id << 32;
+}
+
+/* daemon.c: what every part of the daemon stands on */
 /* logging: timestamped lines in the log (and stderr in the foreground) */
 void fs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* main.c: pthread_create() for helper threads: exit signals blocked from birth */
+/* the log: --log FILE as given, else the default one (fs.h) */
+FILE *log_open(struct store *s, const char *explicit_path, char **path);
+/* pthread_create() for helper threads: exit signals blocked from birth */
 int fs_thread_create(pthread_t *t, void *(*fn)(void *), void *arg);
-
-/* main.c: run fn(arg) on a worker thread (it replies to its request) */
+/* the worker pool: fs_defer() runs fn(arg) on a worker (it replies to its
+ * request); without a pool (libfuse's loop), in the caller */
+void pool_start(unsigned n);
 void fs_defer(void (*fn)(void *), void *arg);
+void pool_stop(void); /* after the unmount: io_uring threads may defer until then */
+#define fs_count(op) __atomic_add_fetch(&fsd.st.calls[op], 1, __ATOMIC_RELAXED)
+void reply_err(fuse_req_t req, enum fs_op op, int err);
 
-/* inode.c */
+/* inode.c: the node table */
 void node_init_root(void);
 struct node *node_of(fuse_ino_t ino);
-uint64_t env_root_ino(const char *name, size_t len);
-struct fsenv *env_get(const char *name, size_t len, int *err);
-struct fsenv *env_current(const char *name);
-void env_retire(struct fsenv *e);
-int env_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx, char **trash);
+uint64_t node_root_ino(const char *name, size_t len);
 struct node *upper_lookup(struct fsenv *e, dev_t dev, ino_t ino);
 int node_child(struct node *dir, const char *name, size_t len, struct node **out);
 void node_ref_lookup(struct node *n, uint64_t count);
 void node_forget(struct node *n, uint64_t count);
 void node_unref(struct node *n);
 void node_unhash(struct node *n);
+void node_free(struct node *n);
+void node_gone(struct node *n); /* names nothing in its env any more (absorb.c moved it) */
+struct node *node_new_root(struct fsenv *e);
 void node_rehash_upper(struct node *n);
 void node_rehash_named(struct node *n, struct node *parent, const char *name);
 int node_stat(struct node *n, struct stat *st);
@@ -221,10 +259,6 @@ int node_list(struct node *dir);
 void node_list_drop(struct node *dir);
 size_t list_seek(const uint64_t *cookies, size_t n, uint64_t off);
 int root_list(void);
-int shared_open_object(struct node *n, int *fd_out);
-/* After bytes of n's object were read from fd: were they the checked ones? */
-bool shared_still_checked(struct node *n, int fd);
-void envs_changed(void);
 char *node_path(const struct node *dir, const char *name);
 struct node *upper_node(struct fsenv *e, struct node *dir, const char *name);
 
@@ -236,36 +270,61 @@ static inline int upper_open_errno(void)
 	return errno == EMFILE || errno == ENFILE || errno == ENOENT ? -errno : -EIO;
 }
 int upper_stat(struct node *dir, const char *name, struct stat *st);
-void fd_pressure(bool urgent);
-void fd_room(void);
-void fs_wake_housekeeping(void);
 
-/* write.c */
+/* fsenv.c: the envs being served */
+void fsenv_put(struct fsenv *e);
+struct fsenv *fsenv_get(const char *name, size_t len, int *err);
+struct fsenv *fsenv_current(const char *name);
+void fsenv_retire(struct fsenv *e);
+int fsenv_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ctx, char **trash);
+bool fsenv_claim(struct fsenv *e);
+
+int fsenv_writable(struct fsenv *e); /* 0, or why e cannot be changed now */
+int node_writable(const struct node *n);
+void envs_changed(void);
+
+static inline void fsenv_touch(struct fsenv *e)
+{
+	e->gen++;
+}
+
+/* shared.c: serving store files */
+#define SHARED_PASSTHROUGH_MIN (256u << 10) /* from this size, opened in passthrough */
+int shared_open_object(struct node *n, int *fd_out);
+/* After bytes of n's object were read from fd: were they the checked ones? */
+bool shared_still_checked(struct node *n, int fd);
+bool shared_open(fuse_req_t req, struct node *n, struct fuse_file_info *fi, int *r);
+void shared_drop_pages(int fd, off_t off, size_t size);
+
+/* housekeeping.c */
+void housekeeping_start(void);
+void housekeeping_stop(void);
+void fs_wake_housekeeping(void); /* look at descriptor pressure now */
+void fd_pressure(bool urgent);
+void fd_room(void); /* a job of the daemon's own met EMFILE */
+/* the counters, as `venvfs stats` shows them; written to the run directory */
+void stats_format(struct buf *b);
+void stats_write(void);
+
+/* union.c: the union of an env's layers as the daemon changes it: copy-up,
+ * and making, removing and renaming names */
 int copy_up_dir(struct node *dir);
 int copy_up_node(struct node *n);
 int copy_up_shared(struct node *dir, const char *name, struct node *shared, bool empty, struct node **out);
 void intent_add(pid_t pid, struct node *n, bool trunc);
 bool intent_take(pid_t pid, struct node *n, bool *trunc);
 char *dir_lower_path(const struct node *dir);
-bool env_claim(struct fsenv *e);
-
-/* Changing env e: 0, or -ESTALE (replaced) / -EROFS (not ours to change) /
- * -EIO (its work directory could not be opened: logged when it was met). */
-static inline int env_writable(struct fsenv *e)
-{
-	return e->stale ? -ESTALE : e->readonly && !env_claim(e) ? -EROFS : e->workfd < 0 ? -EIO : 0;
-}
-
-/* Changing through node n: also -ESTALE if it names nothing any more. */
-static inline int node_writable(const struct node *n)
-{
-	return n->gone ? -ESTALE : env_writable(n->env);
-}
-
-static inline void env_touch(struct fsenv *e)
-{
-	e->gen++;
-}
+int union_prepare_new(struct node *dir, const char *name, bool *whiteout);
+void union_own(struct node *dir, int dirfd, const char *name, const struct fuse_ctx *ctx);
+const char *union_new_at(struct node *dir, const char *name, bool whiteout, char tmp[32], int *dirfd);
+int union_place_new(struct node *dir, const char *tmp, const char *name, bool is_dir);
+bool union_lower_has(struct node *dir, const char *name);
+void union_undo_new(struct node *dir, const char *name);
+void union_unhash_name(struct node *dir, const char *name);
+int union_remove_dir(struct node *dir, const char *name, struct node *child);
+int union_dir_is_empty(struct node *child);
+int union_rename(struct node *od, const char *on, struct node *nd, const char *nn, unsigned int flags);
+int union_exchange(struct node *od, const char *on, struct node *nd, const char *nn);
 
 /* passthrough.c */
 void passthrough_setup(struct fuse_session *se);
@@ -273,6 +332,11 @@ bool passthrough_on(void);
 uint32_t passthrough_open(int fd);
 void passthrough_reply_next(uint32_t id);
 void passthrough_close(uint32_t id);
+void want_passthrough(struct node *n, struct fuse_file_info *fi);
+void drop_passthrough(struct node *n, uint32_t *id, int *fd);
+void close_later(int fd, uint32_t backing_id, int backing_fd);
+void reply_passthrough(struct fuse_file_info *fi);
+void reply_open(fuse_req_t req, int r, struct fuse_file_info *fi);
 
 /* uring.c: FUSE over io_uring, when the kernel offers it */
 void uring_ask_offer(void);  /* before the mount */
@@ -286,11 +350,13 @@ bool uring_on(void);
  * on this ring thread if it has nothing else to serve: true if it ran. */
 bool uring_run_here(void (*fn)(void *), void *arg);
 ssize_t uring_reply(const struct iovec *iov, int count);
+/* Run a job that may wait for the disk and replies to its request: on this
+ * ring thread if idle (uring_run_here()), else on a worker. */
+void run_blocking(void (*fn)(void *), void *arg);
 void uring_stop(void); /* after the unmount: the threads */
 void uring_free(void); /* after the workers: the memory */
 
 /* control.c */
-char *control_socket_path(struct store *s, const char *mountpoint);
 void control_start(void);
 void control_stop(void);
 void absorb_dirty_envs(bool unmounting);

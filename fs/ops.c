@@ -1,12 +1,13 @@
 /*
- * ops.c - the FUSE low-level handlers: thin glue from requests to nodes
- * (inode.c), the union of layers (store/layer.h) and copy-up (write.c).
+ * ops.c - the FUSE low-level handlers: each request turned into calls on
+ * nodes (inode.c), envs (fsenv.c), store files (shared.c) and the union of
+ * layers (union.c), and answered.
  *
  * Every handler replies exactly once, through reply_err() or one of the
  * fuse_reply_* calls at its end; every failure goes through reply_err(),
  * which counts it by operation and errno (`venvfs stats` shows them).
  * Handlers run under fsd.lock, except the data path (reads and writes of
- * open files) and the jobs workers run (main.c).
+ * open files) and the jobs workers run (daemon.c).
  *
  * Caching (the kernel does most of the work, the daemon stays out of the
  * way): env content changes only through this daemon (or absorb, which
@@ -32,25 +33,6 @@
 #include "fs_i.h"
 #include "tree.h"
 
-#define count(op) __atomic_add_fetch(&fsd.st.calls[op], 1, __ATOMIC_RELAXED)
-
-static void reply_err(fuse_req_t req, enum fs_op op, int err)
-{
-	static bool told_emfile;
-
-	__atomic_add_fetch(&fsd.st.errors[op], 1, __ATOMIC_RELAXED);
-	if (err > 0 && err < STAT_ERRNO_MAX)
-		__atomic_add_fetch(&fsd.st.by_errno[err], 1, __ATOMIC_RELAXED);
-	if (err == EMFILE && !__atomic_exchange_n(&told_emfile, true, __ATOMIC_RELAXED)) {
-		struct rlimit rl;
-		getrlimit(RLIMIT_NOFILE, &rl);
-		fs_log("out of file descriptors (limit %llu; each file of a writable layer the kernel caches holds "
-		       "one): requests fail with EMFILE; raise the hard limit (ulimit -Hn) before mounting",
-		       (unsigned long long)rl.rlim_cur);
-	}
-	fuse_reply_err(req, err);
-}
-
 static void lock(void)
 {
 	pthread_mutex_lock(&fsd.lock);
@@ -59,7 +41,12 @@ static void lock(void)
 
 static void unlock(void)
 {
+	bool wake = fsd.many_new_nodes;
+
+	fsd.many_new_nodes = false;
 	pthread_mutex_unlock(&fsd.lock);
+	if (wake)
+		fs_wake_housekeeping();
 }
 
 static double entry_timeout(const struct node *parent)
@@ -76,151 +63,11 @@ static int fill_entry(struct fuse_entry_param *e, struct node *n, double timeout
 	return node_stat(n, &e->attr);
 }
 
-/* /proc/self/fd/N: how to reach a file we hold an O_PATH descriptor of. */
-static void fd_path(int fd, char out[32])
-{
-	snprintf(out, 32, "/proc/self/fd/%d", fd);
-}
-
-/*
- * An open file of a writable layer: fh holds its descriptor, and in its
- * high half the passthrough backing id, if the kernel serves its reads and
- * writes itself (passthrough.c). A large store file in passthrough: the id
- * alone.
- */
-static int fh_fd(const struct fuse_file_info *fi)
-{
-	return (int)(uint32_t)fi->fh;
-}
-
-static uint32_t fh_backing(const struct fuse_file_info *fi)
-{
-	return (uint32_t)(fi->fh >> 32);
-}
-
-static void fh_set_backing(struct fuse_file_info *fi, uint32_t id)
-{
-	fi->fh |= (uint64_t)id << 32;
-}
-
-/*
- * Ask for passthrough of the open file fi of node n (under the lock). The
- * kernel wants one backing file per inode, for all its opens: the node
- * keeps one, opened for reading and writing, while any open file uses it.
- */
-static void want_passthrough(struct node *n, struct fuse_file_info *fi)
-{
-	if (n->no_passthrough || !passthrough_on())
-		return;
-	if (!n->backing_id) {
-		char p[32];
-		fd_path(n->fd, p);
-		int fd = open(p, O_RDWR | O_CLOEXEC);
-		if (fd < 0)
-			fd = open(p, O_RDONLY | O_CLOEXEC);
-		n->backing_id = fd >= 0 ? passthrough_open(fd) : 0;
-		if (!n->backing_id) {
-			if (fd >= 0)
-				close(fd);
-			n->no_passthrough = true;
-			return;
-		}
-		n->backing_fd = fd;
-	}
-	n->backing_users++;
-	fh_set_backing(fi, n->backing_id);
-}
-
-/* An open file that used n's backing file was released (under the lock):
- * the last one hands back the backing file, for close_later(). */
-static void drop_passthrough(struct node *n, uint32_t *id, int *fd)
-{
-	if (n->backing_users && --n->backing_users == 0) {
-		*id = n->backing_id;
-		*fd = n->backing_fd;
-		n->backing_id = 0;
-		n->backing_fd = -1;
-	}
-}
-
-/*
- * What a released file held: its descriptor and, from the node's last
- * passthrough user, the backing file (FUSE_DEV_IOC_BACKING_CLOSE alone costs
- * ~40 us, more than the rest of a release). Over io_uring a release is
- * handled on the CPU of the process that closed the file, which it would
- * slow down (a pip install: ~1,200 releases), so a worker closes them, a
- * batch per wake-up. Through /dev/fuse the serving thread is on another
- * CPU already: closed at once.
- */
-struct closing {
-	int fd, backing_fd;
-	uint32_t backing_id;
-	struct closing *next;
-};
-
-static pthread_mutex_t closing_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct closing *closing_list;
-static unsigned closing_n; /* on the list: descriptors still held */
-#define CLOSING_MAX 256    /* past this, close at once (descriptor pressure) */
-
-static void close_now(int fd, uint32_t backing_id, int backing_fd)
-{
-	if (fd >= 0)
-		close(fd);
-	if (backing_id) {
-		passthrough_close(backing_id);
-		close(backing_fd);
-	}
-}
-
-static void closing_run(void *arg)
-{
-	(void)arg;
-	pthread_mutex_lock(&closing_lock);
-	struct closing *c = closing_list;
-	closing_list = NULL;
-	__atomic_store_n(&closing_n, 0, __ATOMIC_RELAXED);
-	pthread_mutex_unlock(&closing_lock);
-	while (c) {
-		struct closing *next = c->next;
-		close_now(c->fd, c->backing_id, c->backing_fd);
-		free(c);
-		c = next;
-	}
-}
-
-static void close_later(int fd, uint32_t backing_id, int backing_fd)
-{
-	if (!uring_on() || __atomic_load_n(&closing_n, __ATOMIC_RELAXED) >= CLOSING_MAX) {
-		close_now(fd, backing_id, backing_fd);
-		return;
-	}
-	struct closing *c = xmalloc(sizeof(*c));
-	*c = (struct closing){fd, backing_fd, backing_id, NULL};
-	pthread_mutex_lock(&closing_lock);
-	bool first = !closing_list;
-	c->next = closing_list;
-	closing_list = c;
-	__atomic_add_fetch(&closing_n, 1, __ATOMIC_RELAXED);
-	pthread_mutex_unlock(&closing_lock);
-	if (first)
-		fs_defer(closing_run, NULL);
-}
-
-/* The open reply about to be sent for fi carries its backing file. */
-static void reply_passthrough(struct fuse_file_info *fi)
-{
-	if (fh_backing(fi)) {
-		fi->keep_cache = 0;
-		passthrough_reply_next(fh_backing(fi));
-	}
-}
-
 /* ---- lookup and attributes ---------------------------------------------------- */
 
 /*
  * Resolve name in dir; a lookup that follows a refused write-open of a
- * shared store file (write.c) copies it into this env first.
+ * shared store file (union.c) copies it into this env first.
  */
 static int lookup_locked(fuse_req_t req, struct node *dir, const char *name, struct node **out)
 {
@@ -242,7 +89,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct node *dir = node_of(parent), *n;
 	int r;
 
-	count(OP_LOOKUP);
+	fs_count(OP_LOOKUP);
 	lock();
 	r = lookup_locked(req, dir, name, &n);
 	if (r == 0 && (r = fill_entry(&e, n, entry_timeout(dir))) == 0)
@@ -264,7 +111,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	count(OP_FORGET);
+	fs_count(OP_FORGET);
 	lock();
 	node_forget(node_of(ino), nlookup);
 	unlock();
@@ -273,7 +120,7 @@ static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 
 static void op_forget_multi(fuse_req_t req, size_t count_, struct fuse_forget_data *forgets)
 {
-	count(OP_FORGET);
+	fs_count(OP_FORGET);
 	lock();
 	for (size_t i = 0; i < count_; i++)
 		node_forget(node_of(forgets[i].ino), forgets[i].nlookup);
@@ -288,7 +135,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	int r;
 
 	(void)fi;
-	count(OP_GETATTR);
+	fs_count(OP_GETATTR);
 	lock();
 	if (n->kind == N_ROOT)
 		root_list();
@@ -305,7 +152,7 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	struct node *n = node_of(ino);
 	char target[PATH_MAX + 1];
 
-	count(OP_READLINK);
+	fs_count(OP_READLINK);
 	lock();
 	if (n->kind == N_FILE && S_ISLNK(n->mode)) {
 		struct tree *t = n->env->view->layers[n->src.layer].tree;
@@ -397,7 +244,7 @@ static int setattr_upper(struct node *n, const struct stat *a, int to_set, int f
 			return -errno;
 		}
 	}
-	env_touch(n->env);
+	fsenv_touch(n->env);
 	return 0;
 }
 
@@ -420,7 +267,7 @@ static int setattr_dir(struct node *n, const struct stat *a, int to_set)
 		if (futimens(n->up.fd, ts) < 0)
 			return -errno;
 	}
-	env_touch(n->env);
+	fsenv_touch(n->env);
 	return 0;
 }
 
@@ -430,7 +277,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct stat st;
 	int r = 0;
 
-	count(OP_SETATTR);
+	fs_count(OP_SETATTR);
 	lock();
 	if (n->kind != N_ROOT && n->kind != N_SHARED)
 		r = node_writable(n);
@@ -439,7 +286,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		r = r ? r : -EPERM;
 		break;
 	case N_SHARED:
-		/* which env? the retried lookup will say (write.c) */
+		/* which env? the retried lookup will say (union.c) */
 		intent_add(fuse_req_ctx(req)->pid, n, (to_set & FUSE_SET_ATTR_SIZE) && attr->st_size == 0);
 		r = -ESTALE;
 		break;
@@ -467,195 +314,12 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 
 /* ---- files ------------------------------------------------------------------------- */
 
-/*
- * Run a job that may wait for the disk and replies to its request: on the
- * ring thread that holds the request if it is idle (uring.c explains why),
- * else on a worker.
- */
-static void run_blocking(void (*fn)(void *), void *arg)
-{
-	if (!uring_run_here(fn, arg))
-		fs_defer(fn, arg);
-}
-
-static void reply_open(fuse_req_t req, int r, struct fuse_file_info *fi)
-{
-	if (r < 0) {
-		reply_err(req, OP_OPEN, -r);
-		return;
-	}
-	fi->keep_cache = 1; /* every change to the file goes through us */
-	fi->noflush = 1;    /* nothing to flush on close */
-	reply_passthrough(fi);
-	fuse_reply_open(req, fi);
-}
-
-/*
- * Large store files are opened in passthrough mode, their object the
- * backing file: the kernel reads and maps them straight from the object,
- * with its own readahead, as natively, and its page cache is the object's,
- * one copy for every env and for the store. Small ones are served from the
- * view inode's page cache (READ requests the first time): the kernel
- * invalidates a passthrough file's atime at each read or mmap, so the next
- * stat of it is a GETATTR round trip, one per module a warm import would
- * pay (Python opens, fstats, reads each .pyc). Shared libraries and other
- * large files are few (54 of the 900 files a heavy import opens are 256
- * KiB or more, 80% of the bytes) and mostly mapped, where what passthrough
- * saves counts most. Measured, cold heavy import on a RAM-backed store,
- * medians of 12 paired runs: 1.16x native with no store file passthrough,
- * 1.07x from 256 KiB, 1.08x from 64 KiB, 1.04x for every file; warm 1.04x,
- * 1.04x, 1.06x, 1.06x.
- *
- * The node keeps its backing file for as long as the kernel knows it, so
- * every open of the inode uses the same one (the kernel refuses to mix
- * passthrough and cached opens of an inode). The object is opened and
- * checked (inode.c) before the first open is answered, since the kernel
- * then reads it without us: one whose check runs in the background (over
- * CHECK_SYNC_MAX) and fails is refused to later opens, but files already
- * open read on, as reads served before the check ended did already.
- */
-#define SHARED_PASSTHROUGH_MIN (256u << 10)
-
-static bool shared_passthrough(const struct node *n)
-{
-	return n->size >= SHARED_PASSTHROUGH_MIN && !n->no_passthrough && passthrough_on();
-}
-
-struct open_job {
-	fuse_req_t req;
-	struct node *n;
-	struct fuse_file_info fi;
-};
-
-/* The first passthrough open of a shared node: its object, its backing id. */
-static void shared_open_run(void *arg)
-{
-	struct open_job *j = arg;
-	struct node *n = j->n;
-	int r = shared_open_object(n, NULL);
-
-	lock();
-	if (r == 0 && !n->backing_id && !n->no_passthrough) {
-		n->backing_id = passthrough_open(n->fd);
-		n->no_passthrough = !n->backing_id;
-	}
-	if (r == 0 && n->backing_id)
-		fh_set_backing(&j->fi, n->backing_id);
-	node_unref(n);
-	unlock();
-	reply_open(j->req, r, &j->fi);
-	free(j);
-}
-
-/*
- * Pages of a store file are cached by the kernel in the view's inode, which
- * every env shares; the object's own copy, read to fill it, would be a
- * second one, so it is dropped once served (a hint: pages in use elsewhere
- * stay). Measured over a cold heavy import: page cache +459 MB kept, +430
- * MB dropped, +410 MB natively; no change in time. Large objects, hashed
- * whole in the background (inode.c), are dropped whole when it is done.
- */
-static void drop_object_pages(int fd, off_t off, size_t size)
-{
-	posix_fadvise(fd, off, (off_t)size, POSIX_FADV_DONTNEED);
-}
-
-/*
- * A small store file's first open puts the whole file in the page cache
- * (FUSE_NOTIFY_STORE) before it is answered: the node is new, so is the
- * kernel's inode, and nothing has cached a page of it yet. The caller was
- * waiting for this open anyway; its read then finds the pages, where a READ
- * request would have been one more round trip for each file a cold import
- * opens (961 of them). Opens after the first, and every open of a warm
- * cache, cost nothing more. The object is checked first
- * (shared_open_object()), so what is stored is what its name says, and a
- * damaged one fails the open with EIO, as later opens of it fail.
- *
- * Other opens of the node wait until the pages are stored, with the first:
- * the kernel stores into a page under its lock, and a reader holds the
- * locks of the pages it asked us for until the READ is answered, which a
- * ring busy storing would never do. No open file, no reader.
- */
-enum { FILL_NOT, FILL_RUNNING, FILL_DONE };
-
-struct fill_wait {
-	struct fill_wait *next;
-	struct node *n;
-	fuse_req_t req;
-	struct fuse_file_info fi;
-};
-
-static struct fill_wait *fill_waiters; /* under fsd.lock */
-
-static void fill_page_cache(struct node *n, int fd)
-{
-	size_t size = n->size;
-	char *b = xmalloc(size);
-	if (pread_full(fd, b, size, 0) == (ssize_t)size && shared_still_checked(n, fd)) {
-		struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
-		buf.buf[0].mem = b;
-		/* fails only if the kernel forgot the inode meanwhile: then READs fill it */
-		if (fuse_lowlevel_notify_store(fsd.se, (fuse_ino_t)(uintptr_t)n, 0, &buf, 0) == 0)
-			__atomic_add_fetch(&fsd.st.filled_at_open, 1, __ATOMIC_RELAXED);
-		drop_object_pages(fd, 0, size);
-	}
-	free(b);
-}
-
-static void shared_fill_run(void *arg)
-{
-	struct open_job *j = arg;
-	struct node *n = j->n;
-	int fd = -1;
-	int r = shared_open_object(n, &fd);
-
-	if (r == 0) {
-		fill_page_cache(n, fd);
-		close(fd);
-	}
-	struct fill_wait *w = NULL;
-	lock();
-	n->fill = FILL_DONE;
-	for (struct fill_wait **p = &fill_waiters; *p;) {
-		struct fill_wait *x = *p;
-		if (x->n == n) {
-			*p = x->next;
-			x->next = w;
-			w = x;
-			node_unref(n);
-		} else {
-			p = &x->next;
-		}
-	}
-	node_unref(n);
-	unlock();
-	reply_open(j->req, r, &j->fi);
-	free(j);
-	while (w) {
-		struct fill_wait *x = w;
-		w = x->next;
-		reply_open(x->req, r, &x->fi);
-		free(x);
-	}
-}
-
-/* Under fsd.lock, which it releases: answer the open from a job (run_blocking()). */
-static void open_later(fuse_req_t req, struct node *n, struct fuse_file_info *fi, void (*fn)(void *))
-{
-	struct open_job *j = xmalloc(sizeof(*j));
-
-	*j = (struct open_job){req, n, *fi};
-	n->refs++;
-	unlock();
-	run_blocking(fn, j);
-}
-
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct node *n = node_of(ino);
 	int r = 0;
 
-	count(OP_OPEN);
+	fs_count(OP_OPEN);
 	lock();
 	if (n->kind == N_DIR || n->kind == N_ROOT) {
 		r = -EISDIR;
@@ -663,23 +327,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (wants_write(fi->flags)) {
 			intent_add(fuse_req_ctx(req)->pid, n, fi->flags & O_TRUNC);
 			r = -ESTALE;
-		} else if (n->state < 0) {
-			r = n->state;
-		} else if (n->backing_id) {
-			fh_set_backing(fi, n->backing_id);
-		} else if (shared_passthrough(n)) {
-			open_later(req, n, fi, shared_open_run);
-			return;
-		} else if (n->fill == FILL_RUNNING) {
-			struct fill_wait *w = xmalloc(sizeof(*w));
-			*w = (struct fill_wait){fill_waiters, n, req, *fi};
-			fill_waiters = w;
-			n->refs++;
-			unlock();
-			return;
-		} else if (n->fill == FILL_NOT && n->size && n->size < SHARED_PASSTHROUGH_MIN) {
-			n->fill = FILL_RUNNING;
-			open_later(req, n, fi, shared_fill_run);
+		} else if (shared_open(req, n, fi, &r)) {
 			return;
 		}
 	} else if (n->kind == N_FILE) {
@@ -701,7 +349,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			want_passthrough(n, fi);
 			if (wants_write(fi->flags)) {
 				n->writers++;
-				env_touch(n->env);
+				fsenv_touch(n->env);
 			}
 		}
 	}
@@ -724,7 +372,7 @@ static void read_job_run(void *arg)
 	struct node *n = j->n;
 	int own = -1, fd = j->fd, r = 0;
 
-	if (fd < 0) { /* a store file: small ones hold no descriptor (inode.c) */
+	if (fd < 0) { /* a store file: small ones hold no descriptor (shared.c) */
 		r = shared_open_object(n, n->size < SHARED_PASSTHROUGH_MIN ? &own : NULL);
 		fd = own >= 0 ? own : n->fd;
 	}
@@ -734,7 +382,7 @@ static void read_job_run(void *arg)
 	if (r < 0) {
 		reply_err(j->req, OP_READ, r == -ENFILE ? EIO : -r);
 	} else if (foreign) {
-		/* read here, then looked at: never spliced (inode.c) */
+		/* read here, then looked at: never spliced (shared.c) */
 		size_t want = j->off >= 0 && (uint64_t)j->off < n->size ? MIN(j->size, n->size - (uint64_t)j->off) : 0;
 		char *b = xmalloc(want + 1);
 		ssize_t got = pread_full(fd, b, want, j->off);
@@ -750,7 +398,7 @@ static void read_job_run(void *arg)
 		buf.buf[0].pos = j->off;
 		fuse_reply_data(j->req, &buf, FUSE_BUF_SPLICE_MOVE);
 		if (j->fd < 0)
-			drop_object_pages(fd, j->off, j->size);
+			shared_drop_pages(fd, j->off, j->size);
 	}
 	if (own >= 0)
 		close(own);
@@ -788,7 +436,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	struct node *n = node_of(ino);
 	int fd = -1;
 
-	count(OP_READ);
+	fs_count(OP_READ);
 	if (n->kind == N_FILE && S_ISREG(n->mode)) {
 		if (n->state < 0) {
 			reply_err(req, OP_READ, EIO);
@@ -809,7 +457,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 			return;
 	} else if (n->kind == N_SHARED) {
 		if (n->fd >= 0 && n->state > 0 && !n->foreign && read_cached(req, n->fd, n->size, size, off)) {
-			drop_object_pages(n->fd, off, size);
+			shared_drop_pages(n->fd, off, size);
 			return;
 		}
 	} else {
@@ -828,7 +476,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 {
 	struct node *n = node_of(ino);
 
-	count(OP_WRITE);
+	fs_count(OP_WRITE);
 	if (n->kind != N_UPPER) {
 		reply_err(req, OP_WRITE, EBADF);
 		return;
@@ -845,7 +493,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct node *n = node_of(ino);
 
-	count(OP_RELEASE);
+	fs_count(OP_RELEASE);
 	if (n->kind == N_UPPER && fi->fh) {
 		uint32_t backing_id = 0;
 		int backing_fd = -1;
@@ -902,7 +550,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 {
 	struct node *n = node_of(ino);
 
-	count(OP_FSYNC);
+	fs_count(OP_FSYNC);
 	if (n->kind != N_UPPER || !fi || !fi->fh) {
 		fuse_reply_err(req, 0); /* store content is durable already */
 		return;
@@ -914,114 +562,6 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 
 /* ---- making and removing names ---------------------------------------------------- */
 
-/*
- * Prepare dir for a new entry name: a writable part, and nothing of that
- * name showing. *whiteout says a whiteout holds the name (the new entry
- * replaces it; a new directory then hides what is below: opaque).
- */
-static int prepare_new(struct node *dir, const char *name, bool *whiteout)
-{
-	struct merged m;
-	int r;
-
-	if (dir->kind == N_ROOT)
-		return -EPERM; /* envs are made with venvfs create/clone/import */
-	if (dir->kind != N_DIR)
-		return -ENOTDIR;
-	if (strlen(name) > 255)
-		return -ENAMETOOLONG;
-	if ((r = node_writable(dir)) < 0)
-		return r;
-	if ((r = copy_up_dir(dir)) < 0)
-		return r;
-	if ((r = layer_merge_lookup(dir->env->view, &dir->up, &dir->dir, name, &m)) < 0)
-		return r;
-	if (m.upper != L_NONE && m.upper != L_WHITEOUT)
-		return -EEXIST;
-	if (m.upper == L_NONE && m.lower)
-		return -EEXIST;
-	*whiteout = m.upper == L_WHITEOUT;
-	return 0;
-}
-
-/* Give a newly made entry to its creator (as root, with allow_other). */
-/*
- * A new entry at dirfd/name, made for the caller in directory dir: the
- * caller's (a root daemon makes it as root), and, as ext4 does, in dir's
- * group if dir is setgid, a new directory setgid too. (Entries made in
- * work/ and renamed over a whiteout get none of that from the kernel.)
- */
-static void own(struct node *dir, int dirfd, const char *name, const struct fuse_ctx *ctx)
-{
-	struct stat d, st;
-	bool setgid = dir->up.fd >= 0 && fstat(dir->up.fd, &d) == 0 && (d.st_mode & S_ISGID);
-	gid_t gid = setgid ? d.st_gid : ctx->gid;
-
-	if (fsd.uid == 0 && (ctx->uid != 0 || gid != 0))
-		fchownat(dirfd, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW);
-	if (setgid && fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode) &&
-	    !(st.st_mode & S_ISGID))
-		fchmodat(dirfd, name, (st.st_mode & 07777) | S_ISGID, 0);
-}
-
-/*
- * Where a new entry is made: at dir/name itself when the name is free (an
- * O_EXCL open, mknod, mkdir, symlink and link fail rather than replace),
- * as overlayfs does; over a whiteout, as work/TMP, set up there and then
- * renamed over the whiteout by place_new(), so that what the whiteout
- * hides never shows through. Returns the name to make, in *dirfd.
- */
-static const char *new_at(struct node *dir, const char *name, bool whiteout, char tmp[32], int *dirfd)
-{
-	if (!whiteout) {
-		*dirfd = dir->up.fd;
-		return name;
-	}
-	snprintf(tmp, 32, "new.%016llx", (unsigned long long)random_u64());
-	*dirfd = dir->env->workfd;
-	return tmp;
-}
-
-/* Put work/tmp at dir/name, over the whiteout there (atomically). */
-static int place_new(struct node *dir, const char *tmp, const char *name, bool is_dir)
-{
-	struct fsenv *e = dir->env;
-
-	if (!is_dir) {
-		if (renameat(e->workfd, tmp, dir->up.fd, name) < 0)
-			return -errno;
-		return 0;
-	}
-	/* a directory cannot be renamed over a file: swap, then drop it */
-	if (renameat2(e->workfd, tmp, dir->up.fd, name, RENAME_EXCHANGE) < 0)
-		return -errno;
-	unlinkat(e->workfd, tmp, 0);
-	return 0;
-}
-
-/* Does the read-only side of dir have name (showing through)? */
-static bool lower_has(struct node *dir, const char *name)
-{
-	struct view_src s;
-
-	return !dir->up.opaque && dir->dir.n && view_lookup(dir->env->view, &dir->dir, name, strlen(name), &s);
-}
-
-/*
- * A new entry made, but its answer failed (out of descriptors for its
- * node): take it back, so a failed create leaves nothing behind, and what
- * it had replaced (a whiteout) is whiteout again.
- */
-static void undo_new(struct node *dir, const char *name)
-{
-	struct stat st;
-	bool is_dir = fstatat(dir->up.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
-
-	if (unlinkat(dir->up.fd, name, is_dir ? AT_REMOVEDIR : 0) == 0 && lower_has(dir, name))
-		layer_whiteout(dir->up.fd, name, dir->env->workfd);
-	node_list_drop(dir);
-}
-
 static void reply_new(fuse_req_t req, enum fs_op op, struct node *dir, const char *name, int r,
 		      struct fuse_file_info *fi)
 {
@@ -1031,7 +571,7 @@ static void reply_new(fuse_req_t req, enum fs_op op, struct node *dir, const cha
 
 	if (r == 0) {
 		node_list_drop(dir);
-		env_touch(dir->env);
+		fsenv_touch(dir->env);
 		r = node_child(dir, name, strlen(name), &n);
 	}
 	if (r == 0 && (r = fill_entry(&e, n, TIMEOUT_FOREVER)) == 0) {
@@ -1042,7 +582,7 @@ static void reply_new(fuse_req_t req, enum fs_op op, struct node *dir, const cha
 		}
 	}
 	if (r < 0 && made && !n) /* no node was made for it: nothing names it */
-		undo_new(dir, name);
+		union_undo_new(dir, name);
 	unlock();
 	if (r < 0) {
 		if (fi && fi->fh)
@@ -1064,18 +604,18 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	bool wh;
 	int r;
 
-	count(OP_MKNOD);
+	fs_count(OP_MKNOD);
 	lock();
-	r = prepare_new(dir, name, &wh);
+	r = union_prepare_new(dir, name, &wh);
 	if (r == 0) {
 		char tmp[32];
 		int at;
-		const char *nm = new_at(dir, name, wh, tmp, &at);
+		const char *nm = union_new_at(dir, name, wh, tmp, &at);
 		if (mknodat(at, nm, mode, rdev) < 0) {
 			r = -errno;
 		} else {
-			own(dir, at, nm, fuse_req_ctx(req));
-			if (wh && (r = place_new(dir, tmp, name, false)) < 0)
+			union_own(dir, at, nm, fuse_req_ctx(req));
+			if (wh && (r = union_place_new(dir, tmp, name, false)) < 0)
 				unlinkat(at, tmp, 0);
 		}
 	}
@@ -1088,13 +628,13 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	bool wh;
 	int r;
 
-	count(OP_MKDIR);
+	fs_count(OP_MKDIR);
 	lock();
-	r = prepare_new(dir, name, &wh);
+	r = union_prepare_new(dir, name, &wh);
 	if (r == 0) {
 		char tmp[32];
 		int at, fd;
-		const char *nm = new_at(dir, name, wh, tmp, &at);
+		const char *nm = union_new_at(dir, name, wh, tmp, &at);
 		if (mkdirat(at, nm, mode & 07777) < 0) {
 			r = -errno;
 		} else if (wh) {
@@ -1107,9 +647,9 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 			}
 		}
 		if (r == 0) {
-			own(dir, at, nm, fuse_req_ctx(req));
+			union_own(dir, at, nm, fuse_req_ctx(req));
 			if (wh)
-				r = place_new(dir, tmp, name, true);
+				r = union_place_new(dir, tmp, name, true);
 		}
 		if (r < 0 && wh)
 			unlinkat(at, tmp, AT_REMOVEDIR);
@@ -1123,18 +663,18 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 	bool wh;
 	int r;
 
-	count(OP_SYMLINK);
+	fs_count(OP_SYMLINK);
 	lock();
-	r = prepare_new(dir, name, &wh);
+	r = union_prepare_new(dir, name, &wh);
 	if (r == 0) {
 		char tmp[32];
 		int at;
-		const char *nm = new_at(dir, name, wh, tmp, &at);
+		const char *nm = union_new_at(dir, name, wh, tmp, &at);
 		if (symlinkat(link, at, nm) < 0) {
 			r = -errno;
 		} else {
-			own(dir, at, nm, fuse_req_ctx(req));
-			if (wh && (r = place_new(dir, tmp, name, false)) < 0)
+			union_own(dir, at, nm, fuse_req_ctx(req));
+			if (wh && (r = union_place_new(dir, tmp, name, false)) < 0)
 				unlinkat(at, tmp, 0);
 		}
 	}
@@ -1147,21 +687,21 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	bool wh;
 	int r;
 
-	count(OP_CREATE);
+	fs_count(OP_CREATE);
 	lock();
 	fi->fh = 0;
-	r = prepare_new(dir, name, &wh);
+	r = union_prepare_new(dir, name, &wh);
 	if (r == 0) {
 		char tmp[32];
 		int at;
-		const char *nm = new_at(dir, name, wh, tmp, &at);
+		const char *nm = union_new_at(dir, name, wh, tmp, &at);
 		int flags = (open_flags(fi->flags) & ~O_TRUNC) | O_CREAT | O_EXCL;
 		int fd = openat(at, nm, flags, mode & 07777);
 		if (fd < 0) {
 			r = -errno;
 		} else {
-			own(dir, at, nm, fuse_req_ctx(req));
-			if (wh && (r = place_new(dir, tmp, name, false)) < 0) {
+			union_own(dir, at, nm, fuse_req_ctx(req));
+			if (wh && (r = union_place_new(dir, tmp, name, false)) < 0) {
 				close(fd);
 				unlinkat(at, tmp, 0);
 			} else {
@@ -1172,22 +712,13 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	reply_new(req, OP_CREATE, dir, name, r, fi);
 }
 
-/* Forget what names dir/name stood for (the name now means something else). */
-static void unhash_name(struct node *dir, const char *name)
-{
-	struct node *n;
-
-	if (node_child(dir, name, strlen(name), &n) == 0 && (n->kind == N_DIR || n->kind == N_FILE))
-		node_unhash(n);
-}
-
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct node *dir = node_of(parent);
 	struct merged m;
 	int r;
 
-	count(OP_UNLINK);
+	fs_count(OP_UNLINK);
 	lock();
 	r = dir->kind != N_DIR ? -EPERM : node_writable(dir);
 	if (r == 0)
@@ -1203,13 +734,13 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		else if (is_dir)
 			r = -EISDIR;
 		else {
-			unhash_name(dir, name);
-			if (lower_has(dir, name))
+			union_unhash_name(dir, name);
+			if (union_lower_has(dir, name))
 				r = layer_whiteout(dir->up.fd, name, dir->env->workfd); /* atomic: replaces */
 			else if (unlinkat(dir->up.fd, name, 0) < 0)
 				r = -errno;
 			node_list_drop(dir);
-			env_touch(dir->env);
+			fsenv_touch(dir->env);
 		}
 	}
 	unlock();
@@ -1219,42 +750,12 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, 0);
 }
 
-/* Remove the (merged-empty) directory child from the writable layer. */
-static int remove_dir(struct node *dir, const char *name, struct node *child)
-{
-	struct fsenv *e = dir->env;
-	int r = 0;
-
-	node_unhash(child);
-	if (child->up.fd >= 0) {
-		/* move it aside first (it holds whiteouts at most), then delete */
-		_cleanup_free_ char *tmp = xasprintf("rm.%016llx", (unsigned long long)random_u64());
-		if (renameat(dir->up.fd, name, e->workfd, tmp) < 0)
-			return -errno;
-		rm_rf_at(e->workfd, tmp);
-	}
-	if (lower_has(dir, name))
-		r = layer_whiteout(dir->up.fd, name, e->workfd);
-	node_list_drop(dir);
-	env_touch(e);
-	return r;
-}
-
-static int dir_is_empty(struct node *child)
-{
-	int r = node_list(child);
-
-	if (r < 0)
-		return r;
-	return child->nlist == 0 ? 0 : -ENOTEMPTY;
-}
-
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct node *dir = node_of(parent), *child;
 	int r;
 
-	count(OP_RMDIR);
+	fs_count(OP_RMDIR);
 	lock();
 	r = dir->kind != N_DIR ? -EPERM : node_writable(dir);
 	if (r == 0)
@@ -1264,9 +765,9 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (r == 0 && child->kind != N_DIR)
 		r = -ENOTDIR;
 	if (r == 0)
-		r = dir_is_empty(child);
+		r = union_dir_is_empty(child);
 	if (r == 0)
-		r = remove_dir(dir, name, child);
+		r = union_remove_dir(dir, name, child);
 	unlock();
 	if (r < 0)
 		reply_err(req, OP_RMDIR, -r);
@@ -1285,226 +786,19 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
  *     upgrading, and kernel overlayfs answering EXDEV there broke it
  *     (pip#6943);
  *   - the old name is whited out if something below would show through.
- * RENAME_NOREPLACE works; RENAME_EXCHANGE too (do_exchange()), but for a
+ * RENAME_NOREPLACE works; RENAME_EXCHANGE too (union_exchange()), but for a
  * directory with read-only content (EXDEV: callers copy); RENAME_WHITEOUT
  * answers EINVAL (it is overlayfs's own, and needs CAP_MKNOD on ext4).
  */
-static int do_exchange(struct node *od, const char *on, struct node *nd, const char *nn);
-
-/* What every rename starts with: both directories of one env, writable,
- * each with its writable part, and what each name shows there. */
-static int rename_prepare(struct node *od, const char *on, struct node *nd, const char *nn, struct merged *src,
-			  struct merged *dst)
-{
-	int r;
-
-	if (od->kind != N_DIR || nd->kind != N_DIR)
-		return -EPERM; /* envs are renamed by no one: the mount root is the store's */
-	if (od->env != nd->env)
-		return -EXDEV;
-	if ((r = node_writable(od)) < 0 || (r = node_writable(nd)) < 0 || (r = copy_up_dir(od)) < 0 ||
-	    (r = copy_up_dir(nd)) < 0)
-		return r;
-	struct view *v = od->env->view;
-	if ((r = layer_merge_lookup(v, &od->up, &od->dir, on, src)) < 0)
-		return r;
-	return layer_merge_lookup(v, &nd->up, &nd->dir, nn, dst);
-}
-
-static int do_rename(struct node *od, const char *on, struct node *nd, const char *nn, unsigned int flags)
-{
-	struct merged src, dst;
-	struct node *sn = NULL, *dn = NULL;
-	int r;
-
-	if (flags == RENAME_EXCHANGE)
-		return do_exchange(od, on, nd, nn);
-	if (flags & ~RENAME_NOREPLACE)
-		return -EINVAL;
-	if ((r = rename_prepare(od, on, nd, nn, &src, &dst)) < 0)
-		return r;
-	bool dst_there = layer_merged_shows(&dst);
-	if (!layer_merged_shows(&src))
-		return -ENOENT;
-	if ((r = node_child(od, on, strlen(on), &sn)) < 0)
-		return r;
-	if (dst_there && (flags & RENAME_NOREPLACE))
-		return -EEXIST;
-	if (od == nd && !strcmp(on, nn))
-		return 0;
-	bool src_dir = sn->kind == N_DIR;
-	if (dst_there) {
-		if ((r = node_child(nd, nn, strlen(nn), &dn)) < 0)
-			return r;
-		if (dn == sn)
-			return 0; /* two names of one file: nothing to do */
-		if (src_dir && dn->kind != N_DIR)
-			return -ENOTDIR;
-		if (!src_dir && dn->kind == N_DIR)
-			return -EISDIR;
-		if (src_dir && (r = dir_is_empty(dn)) < 0)
-			return r;
-	}
-	/* a directory cannot move below itself */
-	for (struct node *p = nd; src_dir && p; p = p->parent)
-		if (p == sn)
-			return -EINVAL;
-
-	bool src_lower = lower_has(od, on);
-	if (!src_dir) {
-		if (sn->kind == N_FILE && (r = copy_up_node(sn)) < 0)
-			return r;
-		if (dst_there && dn->kind != N_DIR)
-			unhash_name(nd, nn);
-		if (sn->kind == N_UPPER || src.upper == L_META) {
-			if (renameat(od->up.fd, on, nd->up.fd, nn) < 0)
-				return -errno;
-		} else if (sn->kind == N_SHARED) {
-			r = layer_metacopy(nd->up.fd, nn, nd->env->workfd, &sn->obj, sn->size, sn->mode, &sn->mtime);
-			if (r < 0)
-				return r;
-		} else {
-			return -EIO;
-		}
-		if (src_lower && (r = layer_whiteout(od->up.fd, on, od->env->workfd)) < 0)
-			return r;
-	} else {
-		/* where the read-only part of the moving directory lives */
-		_cleanup_free_ char *lowerpath = sn->dir.n && !sn->up.opaque ? dir_lower_path(sn) : NULL;
-		if (dst_there && (r = remove_dir(nd, nn, dn)) < 0)
-			return r;
-		bool dst_lower = lower_has(nd, nn);
-		struct layer_ent at_dst;
-		if ((r = layer_lookup(&nd->up, nn, &at_dst)) < 0)
-			return r;
-		bool over_whiteout = at_dst.kind == L_WHITEOUT, src_hidden = false;
-		if (sn->up.fd >= 0 && over_whiteout) {
-			/* a directory cannot replace a file: swap it with the
-			 * whiteout, which then hides the old name, or goes */
-			if (renameat2(od->up.fd, on, nd->up.fd, nn, RENAME_EXCHANGE) < 0)
-				return -errno;
-			if (!src_lower)
-				unlinkat(od->up.fd, on, 0);
-			src_hidden = true;
-		} else if (sn->up.fd >= 0) {
-			if (renameat(od->up.fd, on, nd->up.fd, nn) < 0)
-				return -errno;
-		} else {
-			char tmp[32];
-			int at;
-			const char *nm = new_at(nd, nn, over_whiteout, tmp, &at);
-			if (mkdirat(at, nm, sn->mode & 07777) < 0 || fchmodat(at, nm, sn->mode & 07777, 0) < 0)
-				return -errno;
-			if (over_whiteout && (r = place_new(nd, tmp, nn, true)) < 0) {
-				unlinkat(at, tmp, AT_REMOVEDIR);
-				return r;
-			}
-		}
-		if (src_lower && !src_hidden && (r = layer_whiteout(od->up.fd, on, od->env->workfd)) < 0)
-			return r;
-		struct layer_dir moved;
-		if ((r = layer_dir_open(nd->up.fd, nn, &moved)) < 0 || moved.fd < 0)
-			return r < 0 ? r : -EIO;
-		if (lowerpath && !moved.opaque) {
-			if ((r = layer_set_dir(moved.fd, false, lowerpath)) == 0) {
-				free(moved.redirect);
-				moved.redirect = steal_pointer(&lowerpath);
-			}
-		} else if (!lowerpath && dst_lower) {
-			if ((r = layer_set_dir(moved.fd, true, NULL)) == 0) {
-				free(moved.redirect);
-				moved.redirect = NULL;
-				moved.opaque = true;
-			}
-		}
-		if (r < 0) {
-			layer_dir_close(&moved);
-			return r;
-		}
-		/* the node moves with its new key and the descriptor just
-		 * opened (no second open that could fail with EMFILE); its
-		 * read-only part stays */
-		layer_dir_close(&sn->up);
-		sn->up = moved;
-		node_rehash_named(sn, nd, nn);
-	}
-	node_list_drop(od);
-	node_list_drop(nd);
-	env_touch(od->env);
-	return 0;
-}
-
-/* Make the entry at dir/name (node n) one of the writable layer, ready to be
- * renamed there: a file copied up, a store file as a metacopy. */
-static int exchange_side(struct node *dir, const char *name, struct node *n, const struct merged *m)
-{
-	if (n->kind == N_DIR)
-		/* only a directory of the writable layer alone moves as it is */
-		return n->dir.n || n->up.redirect || m->lower ? -EXDEV : 0;
-	if (n->kind == N_FILE)
-		return copy_up_node(n);
-	if (n->kind == N_SHARED && m->upper == L_NONE)
-		return layer_metacopy(dir->up.fd, name, dir->env->workfd, &n->obj, n->size, n->mode, &n->mtime);
-	return 0;
-}
-
-/* A directory n just put at dir/name: opaque if the read-only layers have
- * something there, which would otherwise show through it. */
-static int exchange_landed(struct node *dir, const char *name, struct node *n)
-{
-	if (n->kind != N_DIR || !lower_has(dir, name) || n->up.opaque)
-		return 0;
-	int r = layer_set_dir(n->up.fd, true, NULL);
-	if (r == 0)
-		n->up.opaque = true;
-	return r;
-}
-
-static int do_exchange(struct node *od, const char *on, struct node *nd, const char *nn)
-{
-	struct merged src, dst;
-	struct node *sn, *dn;
-	int r;
-
-	if ((r = rename_prepare(od, on, nd, nn, &src, &dst)) < 0)
-		return r;
-	if (!layer_merged_shows(&src) || !layer_merged_shows(&dst))
-		return -ENOENT;
-	if ((r = node_child(od, on, strlen(on), &sn)) < 0 || (r = node_child(nd, nn, strlen(nn), &dn)) < 0)
-		return r;
-	if (sn == dn)
-		return 0;
-	/* neither may end up below itself */
-	for (struct node *p = nd; p; p = p->parent)
-		if (p == sn)
-			return -EINVAL;
-	for (struct node *p = od; p; p = p->parent)
-		if (p == dn)
-			return -EINVAL;
-	if ((r = exchange_side(od, on, sn, &src)) < 0 || (r = exchange_side(nd, nn, dn, &dst)) < 0)
-		return r;
-	if (renameat2(od->up.fd, on, nd->up.fd, nn, RENAME_EXCHANGE) < 0)
-		return -errno;
-	if (sn->kind == N_DIR)
-		node_rehash_named(sn, nd, nn);
-	if (dn->kind == N_DIR)
-		node_rehash_named(dn, od, on);
-	if ((r = exchange_landed(nd, nn, sn)) < 0 || (r = exchange_landed(od, on, dn)) < 0)
-		return r;
-	node_list_drop(od);
-	node_list_drop(nd);
-	env_touch(od->env);
-	return 0;
-}
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname,
 		      unsigned int flags)
 {
 	int r;
 
-	count(OP_RENAME);
+	fs_count(OP_RENAME);
 	lock();
-	r = do_rename(node_of(parent), name, node_of(newparent), newname, flags);
+	r = union_rename(node_of(parent), name, node_of(newparent), newname, flags);
 	unlock();
 	if (r < 0)
 		reply_err(req, OP_RENAME, -r);
@@ -1518,22 +812,22 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	bool wh;
 	int r;
 
-	count(OP_LINK);
+	fs_count(OP_LINK);
 	lock();
 	/* a store file has no single place to link from: callers copy (uv does) */
 	r = n->kind != N_UPPER ? -EXDEV : dir->kind != N_DIR || dir->env != n->env ? -EXDEV : 0;
 	if (r == 0)
 		r = node_writable(n); /* gone: its inode may be a store object now */
 	if (r == 0)
-		r = prepare_new(dir, newname, &wh);
+		r = union_prepare_new(dir, newname, &wh);
 	if (r == 0) {
 		char tmp[32], p[32];
 		int at;
-		const char *nm = new_at(dir, newname, wh, tmp, &at);
+		const char *nm = union_new_at(dir, newname, wh, tmp, &at);
 		fd_path(n->fd, p);
 		if (linkat(AT_FDCWD, p, at, nm, AT_SYMLINK_FOLLOW) < 0)
 			r = -errno;
-		else if (wh && (r = place_new(dir, tmp, newname, false)) < 0)
+		else if (wh && (r = union_place_new(dir, tmp, newname, false)) < 0)
 			unlinkat(at, tmp, 0);
 	}
 	reply_new(req, OP_LINK, dir, newname, r, NULL);
@@ -1580,7 +874,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	size_t rem = size;
 	int r;
 
-	count(op);
+	fs_count(op);
 	lock();
 	r = dir->kind == N_ROOT ? root_list() : dir->kind == N_DIR ? node_list(dir) : -ENOTDIR;
 	if (r < 0) {
@@ -1618,7 +912,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			/* listing the envs loads none of them (1,000 envs stay cheap):
 			 * names and types only, no readdirplus attributes */
 			st.st_mode = S_IFDIR;
-			st.st_ino = env_root_ino(name, len);
+			st.st_ino = node_root_ino(name, len);
 		} else if (i >= 2) {
 			int cr = node_child(dir, name, len, &n);
 			if ((cr == -EMFILE || cr == -ENFILE) && upper_stat(dir, z, &st) == 0) {
@@ -1676,7 +970,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	struct statvfs sv;
 
 	(void)ino;
-	count(OP_STATFS);
+	fs_count(OP_STATFS);
 	if (fstatvfs(fsd.s->fd, &sv) < 0) {
 		reply_err(req, OP_STATFS, errno);
 		return;
@@ -1723,7 +1017,7 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 	struct stat st;
 	int r;
 
-	count(OP_ACCESS);
+	fs_count(OP_ACCESS);
 	lock();
 	r = node_stat(n, &st);
 	unlock();
@@ -1790,7 +1084,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	ssize_t r;
 	int fd = -1;
 
-	count(OP_GETXATTR);
+	fs_count(OP_GETXATTR);
 	lock();
 	r = xattr_reserved(name) ? -ENODATA : xattr_where(n, p, &fd);
 	if (r == 0 && (r = fd >= 0 ? fgetxattr(fd, name, b, size) : getxattr(p, name, b, size)) < 0)
@@ -1813,7 +1107,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	int fd = -1;
 	_cleanup_free_ char *all = NULL;
 
-	count(OP_LISTXATTR);
+	fs_count(OP_LISTXATTR);
 	lock();
 	r = xattr_where(n, p, &fd);
 	if (r == 0) {
@@ -1854,7 +1148,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	char p[32];
 	int r = 0, fd = -1;
 
-	count(OP_SETXATTR);
+	fs_count(OP_SETXATTR);
 	lock();
 	if (xattr_reserved(name))
 		r = -EPERM;
@@ -1863,7 +1157,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	else if (n->kind != N_SHARED)
 		r = node_writable(n);
 	if (r == 0 && n->kind == N_SHARED) {
-		/* which env? the retried lookup says (write.c), as for chmod */
+		/* which env? the retried lookup says (union.c), as for chmod */
 		intent_add(fuse_req_ctx(req)->pid, n, false);
 		r = -ESTALE;
 	}
@@ -1876,7 +1170,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	if (r == 0 && (fd >= 0 ? fsetxattr(fd, name, value, size, flags) : setxattr(p, name, value, size, flags)) < 0)
 		r = -errno;
 	if (r == 0)
-		env_touch(n->env);
+		fsenv_touch(n->env);
 	unlock();
 	if (r < 0)
 		reply_err(req, OP_SETXATTR, -r);
@@ -1890,7 +1184,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	char p[32];
 	int r = 0, fd = -1;
 
-	count(OP_REMOVEXATTR);
+	fs_count(OP_REMOVEXATTR);
 	lock();
 	if (xattr_reserved(name))
 		r = -ENODATA;
@@ -1901,7 +1195,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	if (r == 0 && (fd >= 0 ? fremovexattr(fd, name) : removexattr(p, name)) < 0)
 		r = -errno;
 	if (r == 0)
-		env_touch(n->env);
+		fsenv_touch(n->env);
 	unlock();
 	if (r < 0)
 		reply_err(req, OP_REMOVEXATTR, -r);
@@ -1916,7 +1210,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 {
 	struct node *n = node_of(ino);
 
-	count(OP_FALLOCATE);
+	fs_count(OP_FALLOCATE);
 	if (n->kind != N_UPPER || !fi) {
 		reply_err(req, OP_FALLOCATE, EBADF);
 		return;
@@ -1927,7 +1221,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 		return;
 	}
 	lock();
-	env_touch(n->env);
+	fsenv_touch(n->env);
 	unlock();
 	fuse_reply_err(req, 0);
 }
@@ -1942,7 +1236,7 @@ static void op_ioctl(fuse_req_t req, fuse_ino_t ino, int cmd, void *arg, struct 
 		     const void *in_buf, size_t in_bufsz, size_t out_bufsz)
 {
 	(void)ino, (void)cmd, (void)arg, (void)fi, (void)flags, (void)in_buf, (void)in_bufsz, (void)out_bufsz;
-	count(OP_IOCTL);
+	fs_count(OP_IOCTL);
 	reply_err(req, OP_IOCTL, ENOTTY);
 }
 

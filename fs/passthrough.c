@@ -212,3 +212,131 @@ void passthrough_close(uint32_t id)
 	if (id && ioctl(dev_fd, PT_IOC_BACKING_CLOSE, &id) < 0)
 		fs_log("releasing backing file %u: %s", id, strerror(errno));
 }
+
+/* ---- passthrough as the handlers use it ------------------------------------------ */
+
+/*
+ * Ask for passthrough of the open file fi of node n (under the lock). The
+ * kernel wants one backing file per inode, for all its opens: the node
+ * keeps one, opened for reading and writing, while any open file uses it.
+ */
+void want_passthrough(struct node *n, struct fuse_file_info *fi)
+{
+	if (n->no_passthrough || !passthrough_on())
+		return;
+	if (!n->backing_id) {
+		char p[32];
+		fd_path(n->fd, p);
+		int fd = open(p, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			fd = open(p, O_RDONLY | O_CLOEXEC);
+		n->backing_id = fd >= 0 ? passthrough_open(fd) : 0;
+		if (!n->backing_id) {
+			if (fd >= 0)
+				close(fd);
+			n->no_passthrough = true;
+			return;
+		}
+		n->backing_fd = fd;
+	}
+	n->backing_users++;
+	fh_set_backing(fi, n->backing_id);
+}
+
+/* An open file that used n's backing file was released (under the lock):
+ * the last one hands back the backing file, for close_later(). */
+void drop_passthrough(struct node *n, uint32_t *id, int *fd)
+{
+	if (n->backing_users && --n->backing_users == 0) {
+		*id = n->backing_id;
+		*fd = n->backing_fd;
+		n->backing_id = 0;
+		n->backing_fd = -1;
+	}
+}
+
+/*
+ * What a released file held: its descriptor and, from the node's last
+ * passthrough user, the backing file (FUSE_DEV_IOC_BACKING_CLOSE alone costs
+ * ~40 us, more than the rest of a release). Over io_uring a release is
+ * handled on the CPU of the process that closed the file, which it would
+ * slow down (a pip install: ~1,200 releases), so a worker closes them, a
+ * batch per wake-up. Through /dev/fuse the serving thread is on another
+ * CPU already: closed at once.
+ */
+struct closing {
+	int fd, backing_fd;
+	uint32_t backing_id;
+	struct closing *next;
+};
+
+static pthread_mutex_t closing_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct closing *closing_list;
+static unsigned closing_n; /* on the list: descriptors still held */
+#define CLOSING_MAX 256    /* past this, close at once (descriptor pressure) */
+
+static void close_now(int fd, uint32_t backing_id, int backing_fd)
+{
+	if (fd >= 0)
+		close(fd);
+	if (backing_id) {
+		passthrough_close(backing_id);
+		close(backing_fd);
+	}
+}
+
+static void closing_run(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&closing_lock);
+	struct closing *c = closing_list;
+	closing_list = NULL;
+	__atomic_store_n(&closing_n, 0, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&closing_lock);
+	while (c) {
+		struct closing *next = c->next;
+		close_now(c->fd, c->backing_id, c->backing_fd);
+		free(c);
+		c = next;
+	}
+}
+
+void close_later(int fd, uint32_t backing_id, int backing_fd)
+{
+	if (!uring_on() || __atomic_load_n(&closing_n, __ATOMIC_RELAXED) >= CLOSING_MAX) {
+		close_now(fd, backing_id, backing_fd);
+		return;
+	}
+	struct closing *c = xmalloc(sizeof(*c));
+	*c = (struct closing){fd, backing_fd, backing_id, NULL};
+	pthread_mutex_lock(&closing_lock);
+	bool first = !closing_list;
+	c->next = closing_list;
+	closing_list = c;
+	__atomic_add_fetch(&closing_n, 1, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&closing_lock);
+	if (first)
+		fs_defer(closing_run, NULL);
+}
+
+/* The open reply about to be sent for fi carries its backing file. */
+void reply_passthrough(struct fuse_file_info *fi)
+{
+	if (fh_backing(fi)) {
+		fi->keep_cache = 0;
+		passthrough_reply_next(fh_backing(fi));
+	}
+}
+
+/* Answer an open: r, or fi with its caching flags and backing file. */
+void reply_open(fuse_req_t req, int r, struct fuse_file_info *fi)
+{
+	if (r < 0) {
+		reply_err(req, OP_OPEN, -r);
+		return;
+	}
+	fi->keep_cache = 1; /* every change to the file goes through us */
+	fi->noflush = 1;    /* nothing to flush on close */
+	reply_passthrough(fi);
+	fuse_reply_open(req, fi);
+}

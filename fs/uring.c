@@ -66,7 +66,7 @@
  * disk wait is its own, as on a native file system, instead of a wake-up
  * of a worker and of this thread again for the answer. Measured, cold
  * heavy import on a RAM-backed store (so the software path shows), large
- * store files in passthrough (ops.c), medians of 16 paired runs: 1.21x
+ * store files in passthrough (shared.c), medians of 16 paired runs: 1.21x
  * native with these jobs on the workers, 1.15x on the ring. A request that
  * comes meanwhile waits for the disk too: the cost of a busy ring, which is
  * why it must be idle.
@@ -697,4 +697,15 @@ bool uring_run_here(void (*fn)(void *), void *arg)
 	fn(arg);
 	pthread_mutex_lock(&fsd.dispatch);
 	return true;
+}
+
+/*
+ * Run a job that may wait for the disk and replies to its request: on the
+ * ring thread that holds the request if it is idle (uring.c explains why),
+ * else on a worker.
+ */
+void run_blocking(void (*fn)(void *), void *arg)
+{
+	if (!uring_run_here(fn, arg))
+		fs_defer(fn, arg);
 }
