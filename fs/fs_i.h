@@ -40,60 +40,85 @@ enum node_kind {
 
 struct fsenv;
 
+/*
+ * A node: what every kind has, then one of two parts. Directories (nine in
+ * ten nodes of a scanned env) hold the dir part; every other kind the file
+ * part. N_FILE becomes N_UPPER in place on copy-up (its fuse_ino_t is its
+ * address), so both are the file part. node_new() allocates only the part
+ * of the node's kind: a field of the other part is past the allocation,
+ * which the ASan build reports at its first use. 1,000 scanned envs:
+ * 328 bytes a node before the split, docs/benchmarks.md.
+ */
 struct node {
 	enum node_kind kind;
+	uint32_t refs;      /* ours: children naming it as parent, jobs */
 	uint64_t ino;       /* st_ino: stable across mounts (inode.c) */
 	uint64_t nlookup;   /* the kernel's references (lookups not forgotten) */
-	uint32_t refs;      /* ours: children naming it as parent, jobs */
 	struct node *hnext; /* hash chain */
 	uint64_t hash;      /* of its key in the node table */
-	bool hashed;        /* in the table (unlinked nodes are not) */
 
 	/* N_DIR, N_FILE: where it is; all but N_SHARED: the env's node list */
 	struct fsenv *env;
 	struct node *env_prev, *env_next;
-	bool gone; /* names nothing in its env any more (absorb) */
 	struct node *parent;
 	char *name;
 	uint16_t name_len;
+	bool hashed; /* in the table (unlinked nodes are not) */
+	bool gone;   /* names nothing in its env any more (absorb) */
 
 	/* attributes (N_UPPER: read from the file each time) */
 	uint32_t mode;
 	uint64_t size;
 	struct timespec mtime;
 
-	/* N_DIR: its writable part, its read-only sources, its listing */
-	struct layer_dir up;
-	struct view_dir dir;
-	struct merged_name *list; /* ordered by cookie (inode.c) */
-	uint64_t *cookies;
-	size_t nlist;
-	bool listed;
+	union {
+		/* N_DIR (and N_ROOT): its writable part, its read-only sources,
+		 * its listing */
+		struct {
+			struct layer_dir up;
+			struct view_dir dir;
+			struct merged_name *list; /* ordered by cookie (inode.c) */
+			uint64_t *cookies;
+			size_t nlist;
+			bool listed;
+		};
+		/* N_FILE, N_SHARED, N_UPPER */
+		struct {
+			/* N_FILE: the tree node that defines it; templates:
+			 * rendered while read (node_render()) */
+			struct view_src src;
+			struct buf rendered;
 
-	/* N_FILE: the tree node that defines it; templates: rendered */
-	struct view_src src;
-	struct buf rendered;
+			/* N_SHARED: the object, opened on first read and checked once */
+			struct objid obj;
+			int fd;              /* N_SHARED: object; N_UPPER: O_PATH of the file */
+			int state;           /* 0 unchecked, 1 good, <0 errno (damaged) */
+			uint8_t fill;        /* FILL_*: its first open puts it in the page cache (shared.c) */
+			bool foreign;        /* another account's object in a group store (shared.c) */
+			bool no_passthrough; /* was an N_FILE (opens of it may be cached
+						ones), or passthrough was refused */
+			char *seen_as;       /* "env/path" where first met, for messages */
 
-	/* N_SHARED: the object, opened on first read and checked once */
-	struct objid obj;
-	int fd;        /* N_SHARED: object; N_UPPER: O_PATH of the file */
-	int state;     /* 0 unchecked, 1 good, <0 errno (damaged) */
-	uint8_t fill;  /* FILL_*: its first open puts it in the page cache (shared.c) */
-	bool foreign;  /* another account's object in a group store (shared.c) */
-	char *seen_as; /* "env/path" where first met, for messages */
-
-	/* N_UPPER: identity in the writable layer, open write handles */
-	dev_t dev;
-	ino_t upper_ino;
-	fuse_ino_t met_in; /* the directory and name it was looked up by */
-	char *met_as;      /* (fd_pressure(): what to ask the kernel to drop) */
-	uint32_t writers;
-	bool no_passthrough; /* was an N_FILE (opens of it may be cached ones),
-				or passthrough was refused */
-	uint32_t backing_id; /* passthrough: the kernel's id of backing_fd */
-	int backing_fd;
-	uint32_t backing_users; /* open files using it */
+			/* N_UPPER: identity in the writable layer, open write handles */
+			dev_t dev;
+			ino_t upper_ino;
+			fuse_ino_t met_in; /* the directory and name it was looked up by */
+			char *met_as;      /* (fd_pressure(): what to ask the kernel to drop) */
+			uint32_t writers;
+			uint32_t backing_id; /* passthrough: the kernel's id of backing_fd */
+			int backing_fd;
+			uint32_t backing_users; /* open files using it */
+		};
+	};
 };
+
+/* The dir part and the file part: what node_new() allocates for each kind. */
+#define NODE_DIR_SIZE  (offsetof(struct node, listed) + sizeof(bool))
+#define NODE_FILE_SIZE sizeof(struct node)
+static inline bool node_is_dir(const struct node *n)
+{
+	return n->kind == N_DIR || n->kind == N_ROOT;
+}
 
 /* One env being served. */
 struct fsenv {
@@ -260,6 +285,7 @@ void node_list_drop(struct node *dir);
 size_t list_seek(const uint64_t *cookies, size_t n, uint64_t off);
 int root_list(void);
 char *node_path(const struct node *dir, const char *name);
+int node_render(struct node *n); /* a template's content in n->rendered */
 struct node *upper_node(struct fsenv *e, struct node *dir, const char *name);
 
 /* What to answer when a file of a writable layer could not be opened

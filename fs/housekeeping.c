@@ -295,10 +295,12 @@ void stats_format(struct buf *b)
 	for (struct fsenv *e = fsd.envs; e; e = e->next)
 		for (struct node *n = e->nodes; n; n = n->env_next) {
 			kinds[n->kind]++;
-			rendered += n->rendered.cap;
-			names += (n->name ? n->name_len + 1u : 0) + (n->seen_as ? strlen(n->seen_as) + 1 : 0) +
-				 (n->met_as ? strlen(n->met_as) + 1 : 0);
-			if (n->kind == N_DIR) {
+			names += n->name ? n->name_len + 1u : 0;
+			if (!node_is_dir(n)) {
+				rendered += n->rendered.cap;
+				names += (n->seen_as ? strlen(n->seen_as) + 1 : 0) +
+					 (n->met_as ? strlen(n->met_as) + 1 : 0);
+			} else {
 				listed += n->nlist * (sizeof(*n->list) + sizeof(*n->cookies)) +
 					  n->dir.n * sizeof(*n->dir.src);
 				for (size_t i = 0; i < n->nlist; i++)
@@ -310,8 +312,8 @@ void stats_format(struct buf *b)
 		   "nodes_dir %" PRIu64 "\nnodes_file %" PRIu64 "\nnodes_shared %" PRIu64 "\nnodes_upper %" PRIu64
 		   "\nnode_bytes_dir %zu\nnode_bytes_file %zu\nrendered_kb %" PRIu64 "\nlisted_kb %" PRIu64
 		   "\nnames_kb %" PRIu64 "\n",
-		   kinds[N_DIR], kinds[N_FILE], kinds[N_SHARED], kinds[N_UPPER], sizeof(struct node),
-		   sizeof(struct node), rendered / 1024, listed / 1024, names / 1024);
+		   kinds[N_DIR], kinds[N_FILE], kinds[N_SHARED], kinds[N_UPPER], NODE_DIR_SIZE, NODE_FILE_SIZE,
+		   rendered / 1024, listed / 1024, names / 1024);
 	buf_printf(b, "transport %s\n", uring_on() ? "io_uring" : "/dev/fuse");
 	pthread_mutex_unlock(&fsd.lock);
 	buf_printf(b, "damaged_objects %" PRIu64 "\nwrite_redirects %" PRIu64 "\nfilled_at_open %" PRIu64 "\n",

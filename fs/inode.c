@@ -179,7 +179,7 @@ void node_init_root(void)
 	fsd.root.ino = FUSE_ROOT_ID;
 	fsd.root.mode = S_IFDIR | 0755;
 	fsd.root.nlookup = 1;
-	fsd.root.fd = -1;
+	fsd.root.up.fd = -1;
 }
 
 uint64_t node_root_ino(const char *name, size_t len)
@@ -224,12 +224,15 @@ void node_rehash_named(struct node *n, struct node *parent, const char *name)
 
 static struct node *node_new(enum node_kind kind)
 {
-	struct node *n = xcalloc(1, sizeof(*n));
+	struct node *n = xcalloc(1, kind == N_DIR ? NODE_DIR_SIZE : NODE_FILE_SIZE);
 
 	n->kind = kind;
-	n->fd = -1;
-	n->up.fd = -1;
-	n->backing_fd = -1;
+	if (node_is_dir(n)) {
+		n->up.fd = -1;
+	} else {
+		n->fd = -1;
+		n->backing_fd = -1;
+	}
 	fsd.nodes_alive++;
 	fsd.nodes_made++;
 	return n;
@@ -267,21 +270,24 @@ void node_free(struct node *n)
 	table_del(n);
 	if (e)
 		node_detach(n);
-	if (n->fd >= 0)
-		close(n->fd);
-	if (n->backing_id) {
-		passthrough_close(n->backing_id);
-		if (n->backing_fd >= 0) /* N_SHARED: its object, n->fd */
-			close(n->backing_fd);
+	if (node_is_dir(n)) {
+		layer_dir_close(&n->up);
+		view_dir_free(&n->dir);
+		layer_merge_list_free(n->list, n->nlist);
+		free(n->cookies);
+	} else {
+		if (n->fd >= 0)
+			close(n->fd);
+		if (n->backing_id) {
+			passthrough_close(n->backing_id);
+			if (n->backing_fd >= 0) /* N_SHARED: its object, n->fd */
+				close(n->backing_fd);
+		}
+		buf_free(&n->rendered);
+		free(n->seen_as);
+		free(n->met_as);
 	}
-	layer_dir_close(&n->up);
-	view_dir_free(&n->dir);
-	layer_merge_list_free(n->list, n->nlist);
-	free(n->cookies);
-	buf_free(&n->rendered);
 	free(n->name);
-	free(n->seen_as);
-	free(n->met_as);
 	free(n);
 	fsd.nodes_alive--;
 	if (parent && --parent->refs == 0 && parent->nlookup == 0)
@@ -603,17 +609,39 @@ int node_child(struct node *dir, const char *name, size_t len, struct node **out
 			n->size = tn->u.link.len;
 		} else if (S_ISREG(tn->mode)) {
 			/* a template: its size depends on where it is shown */
-			r = view_render(v, m.src, e->path, NULL, &n->rendered);
-			if (r < 0) {
-				fs_log("%s/%.*s: %s", e->name, (int)len, name, vf_last_error());
-				n->state = -EIO;
-				fsd.st.damaged_objects++;
-			}
-			n->size = n->rendered.len;
+			if (node_render(n) == 0)
+				n->size = n->rendered.len;
+			buf_free(&n->rendered); /* rendered again when read (node_render()) */
 		}
 	}
 	table_add(n);
 	*out = n;
+	return 0;
+}
+
+/*
+ * The content of template n (an N_FILE regular file), rendered for where its
+ * env is shown. Not kept: rendered at lookup for its size, then again when
+ * it is read, and dropped once read to its end (the kernel's page cache
+ * has it then). Kept, the templates of 1,000 envs (pip's RECORD alone is 80
+ * KB an env) were 138 MB of a 370 MB daemon after a scan of them all
+ * (docs/benchmarks.md, bytes per node).
+ */
+int node_render(struct node *n)
+{
+	if (n->rendered.data)
+		return 0;
+	if (n->state < 0)
+		return n->state;
+	int r = view_render(n->env->view, n->src, n->env->path, NULL, &n->rendered);
+	if (r < 0 || (n->size && n->rendered.len != n->size)) {
+		fs_log("%s: %s", n->seen_as ? n->seen_as : n->name,
+		       r < 0 ? vf_last_error() : "rendered to another size than before");
+		buf_free(&n->rendered);
+		n->state = -EIO;
+		fsd.st.damaged_objects++;
+		return -EIO;
+	}
 	return 0;
 }
 

@@ -431,25 +431,42 @@ static bool read_cached(fuse_req_t req, int fd, uint64_t size, size_t want_size,
 	return false;
 }
 
+/* A read of template n (node_render()); false if it was copied up meanwhile. */
+static bool read_template(fuse_req_t req, struct node *n, size_t size, off_t off)
+{
+	char *part = NULL;
+	size_t got = 0;
+
+	lock();
+	if (n->kind != N_FILE) {
+		unlock();
+		return false;
+	}
+	int r = node_render(n);
+	if (r == 0 && (uint64_t)off < n->rendered.len) {
+		got = MIN(size, n->rendered.len - (size_t)off);
+		part = xmalloc(got);
+		memcpy(part, n->rendered.data + off, got);
+	}
+	if (r == 0 && (uint64_t)off + size >= n->rendered.len)
+		buf_free(&n->rendered); /* read to its end: the page cache has it */
+	unlock();
+	if (r < 0)
+		reply_err(req, OP_READ, EIO);
+	else
+		fuse_reply_buf(req, part, got);
+	free(part);
+	return true;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct node *n = node_of(ino);
 	int fd = -1;
 
 	fs_count(OP_READ);
-	if (n->kind == N_FILE && S_ISREG(n->mode)) {
-		if (n->state < 0) {
-			reply_err(req, OP_READ, EIO);
-			return;
-		}
-		size_t len = n->rendered.len;
-		if ((uint64_t)off >= len) {
-			fuse_reply_buf(req, NULL, 0);
-			return;
-		}
-		fuse_reply_buf(req, n->rendered.data + off, MIN(size, len - (size_t)off));
+	if (n->kind == N_FILE && S_ISREG(n->mode) && read_template(req, n, size, off))
 		return;
-	}
 	if (n->kind == N_UPPER) {
 		struct stat st;
 		fd = fh_fd(fi);
@@ -872,6 +889,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	struct node *dir = node_of(ino);
 	char *buf = xmalloc(size), *p = buf;
 	size_t rem = size;
+	bool end = false;
 	int r;
 
 	fs_count(op);
@@ -904,6 +922,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			st.st_mode = S_IFDIR;
 			st.st_ino = i == 0 ? dir->ino : 1;
 		} else if (!dir_entry(dir, i - 2, &name, &len, &next)) {
+			end = true;
 			break;
 		}
 		_cleanup_free_ char *z = xstrndup(name, len);
@@ -948,6 +967,14 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		p += need;
 		rem -= need;
 	}
+	/*
+	 * Nothing left to send: the caller has the whole listing, and the
+	 * kernel caches it. Drop ours (a full scan of 1,000 envs kept 72 MB of
+	 * listings): offsets are cookies of names (inode.c), so a later
+	 * readdir at any offset finds its place in a listing made again.
+	 */
+	if (end && p == buf && dir->kind == N_DIR)
+		node_list_drop(dir);
 	unlock();
 	fuse_reply_buf(req, buf, size - rem);
 	free(buf);

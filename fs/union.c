@@ -189,6 +189,8 @@ int copy_up_node(struct node *n)
 		return r;
 	struct timespec ts[2] = {n->mtime, n->mtime};
 	uint32_t perm = n->mode & 07777;
+	if (S_ISREG(n->mode) && (r = node_render(n)) < 0)
+		return r;
 	if (S_ISREG(n->mode)) {
 		int fd = openat(e->workfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd < 0)
