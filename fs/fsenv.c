@@ -34,10 +34,9 @@ static void fsenv_free(struct fsenv *e)
 	if (e->retired_layer) {
 		/* replaced by absorb and no longer shown to anyone: delete it
 		 * (moved aside now, deleted on a worker) */
-		_cleanup_free_ char *from = xasprintf("%s/%s", e->name, e->retired_layer);
-		_cleanup_free_ char *to = xasprintf("%s/.trash-%s", e->name, e->retired_layer);
-		if (renameat(fsd.s->envs_fd, from, fsd.s->envs_fd, to) == 0)
-			fs_defer(rm_trash, steal_pointer(&to));
+		char *to = env_layer_trash(fsd.s, e->name, e->retired_layer);
+		if (to)
+			fs_defer(rm_trash, to);
 		free(e->retired_layer);
 	}
 	view_free(e->view);
@@ -138,37 +137,14 @@ static bool fsenv_ours(const char *name)
  */
 static void record_view_path(const char *name, const char *path)
 {
-	_cleanup_buf_ struct buf text = {0};
-	_cleanup_free_ char *p = xasprintf("%s/views", name);
-	_cleanup_free_ char *where = path_join(fsd.s->home, "envs");
+	_cleanup_free_ char *where = xasprintf("%s/envs/%s", fsd.s->home, name);
+	_cleanup_close_ int efd = -1;
 
 	if (store_read_only() || !fsenv_ours(name))
 		return;
-	int r = read_file_beneath(fsd.s->envs_fd, where, p, 1 << 20, &text);
-	if (r == 0) {
-		for (char *save, *l = strtok_r(text.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
-			if (!strcmp(l, path))
-				return;
-	} else if (r != -ENOENT) {
+	efd = fsenv_dir_open(name);
+	if (efd >= 0 && env_views_add(efd, where, path) < 0)
 		fs_log("env %s: %s", name, vf_last_error());
-		return;
-	}
-	/* O_NONBLOCK: a FIFO in its place must not hang the daemon */
-	int fd = openat_beneath(fsd.s->envs_fd, p, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, 0644);
-	struct stat st;
-	if (fd < 0) {
-		fs_log("env %s: %s", name, (beneath_error(fsd.s->envs_fd, where, p, fd), vf_last_error()));
-		return;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		fs_log("env %s: %s/%s is not a regular file, which the store layout never makes", name, where, p);
-		close(fd);
-		return;
-	}
-	_cleanup_free_ char *line = xasprintf("%s\n", path);
-	if (write_full(fd, line, strlen(line)) < 0)
-		fs_log("env %s: cannot record %s in %s", name, path, p);
-	close(fd);
 }
 
 /* The identity of envs/NAME/env now, to notice replacement: 0, -ENOENT,
@@ -176,17 +152,14 @@ static void record_view_path(const char *name, const char *path)
 static int fsenv_file_stat(const char *name, struct stat *st)
 {
 	_cleanup_close_ int dfd = fsenv_dir_open(name);
-	_cleanup_close_ int fd = dfd >= 0 ? openat_beneath(dfd, "env", O_PATH, 0) : dfd;
+	_cleanup_free_ char *where = xasprintf("%s/envs/%s", fsd.s->home, name);
+	int r = dfd >= 0 ? env_manifest_stat(dfd, where, st) : dfd;
 
-	if (fd == -ENOENT)
+	if (r == -ENOENT)
 		return -ENOENT;
-	if (fd < 0 && dfd >= 0) {
-		_cleanup_free_ char *where = xasprintf("%s/envs/%s", fsd.s->home, name);
-		fs_log("env %s: %s", name, (beneath_error(dfd, where, "env", fd), vf_last_error()));
-	}
-	if (fd < 0 || fstat(fd, st) < 0)
-		return -EIO;
-	return 0;
+	if (r < 0 && dfd >= 0)
+		fs_log("env %s: %s", name, vf_last_error());
+	return r < 0 ? -EIO : 0;
 }
 
 static void fsenv_make_root(struct fsenv *e)
@@ -437,10 +410,7 @@ int fsenv_absorbed(struct fsenv *e, bool (*took)(void *, dev_t, ino_t), void *ct
 	}
 
 	/* the old layer: out of the way now; the caller deletes it */
-	_cleanup_free_ char *from = xasprintf("%s/%s", e->name, old_layer);
-	_cleanup_free_ char *to = xasprintf("%s/.trash-%s", e->name, old_layer);
-	if (renameat(fsd.s->envs_fd, from, fsd.s->envs_fd, to) == 0)
-		*trash = steal_pointer(&to);
+	*trash = env_layer_trash(fsd.s, e->name, old_layer);
 	return 0;
 }
 
@@ -486,14 +456,11 @@ struct fsenv *fsenv_get(const char *name, size_t len, int *err)
 		e->loaded_mtime = st.st_mtim;
 		e->workfd = -1;
 		_cleanup_close_ int efd = store_read_only() || !fsenv_ours(n) ? -1 : fsenv_dir_open(n);
-		if (efd >= 0 && mkdirat(efd, "work", 0700) < 0 && errno != EEXIST)
-			fs_log("env %s: %s/envs/%s/work: %s", n, fsd.s->home, n, strerror(errno));
 		if (efd >= 0) {
-			e->workfd = openat_beneath(efd, "work", O_RDONLY | O_DIRECTORY, 0);
+			_cleanup_free_ char *where = xasprintf("%s/envs/%s", fsd.s->home, n);
+			e->workfd = env_work_open(efd, where);
 			if (e->workfd < 0) {
-				_cleanup_free_ char *where = xasprintf("%s/envs/%s", fsd.s->home, n);
-				fs_log("env %s: %s", n,
-				       (beneath_error(efd, where, "work", e->workfd), vf_last_error()));
+				fs_log("env %s: %s", n, vf_last_error());
 				e->workfd = -1;
 			}
 		}

@@ -505,7 +505,7 @@ static int copy_env_layer(struct store *s, const char *src, int dirfd, struct en
 		r = env_load_at(s, efd, src, &e);
 		if (r < 0)
 			return r;
-		if (read_file_beneath(efd, NULL, "env", 1 << 24, &before) < 0) {
+		if (env_manifest_read(efd, &before) < 0) {
 			env_free(e);
 			return vf_error(ENOENT, "env %s was removed while it was cloned", src);
 		}
@@ -524,7 +524,7 @@ static int copy_env_layer(struct store *s, const char *src, int dirfd, struct en
 		else
 			r = copy_tree(sfd, dfd);
 		/* the copy counts if the directory's manifest did not change */
-		bool same = read_file_beneath(efd, NULL, "env", 1 << 24, &after) == 0 && before.len == after.len &&
+		bool same = env_manifest_read(efd, &after) == 0 && before.len == after.len &&
 			    !memcmp(before.data, after.data, before.len);
 		if (same && r == 0) {
 			*out = e;
@@ -556,7 +556,7 @@ int venv_clone(struct store *s, const char *src, const char *dst)
 		return r;
 	/* the writable layer is copied (reflinked where possible) into a
 	 * directory gc removes if we are killed (it waits for our lock) */
-	tmp = xasprintf(".clone-%s-%016llx", dst, (unsigned long long)random_u64());
+	tmp = env_tmp_name("clone", dst);
 	if (mkdirat(s->envs_fd, tmp, 0700) < 0 ||
 	    (tfd = openat(s->envs_fd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
 		r = vf_error_errno(errno, "%s/envs/%s", s->home, tmp);

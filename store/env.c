@@ -14,6 +14,12 @@
 #include <time.h>
 #include <xxhash.h>
 
+/* The names of what envs/NAME/ holds (env.h: made here only). */
+#define MANIFEST_FILE "env"
+#define VIEWS_FILE    "views"
+#define WORK_DIR      "work"
+#define LAYER_DEFAULT "upper" /* and "upper-XXXXXXXX" after an absorb */
+
 #define ENV_HEADER "venvfs-env 2"
 /* written before the end line existed, always fsynced before its name was */
 #define ENV_HEADER_V1 "venvfs-env 1"
@@ -91,7 +97,7 @@ void env_format(const struct env *e, struct buf *b)
 		objid_format(&e->mtimes, id);
 		buf_printf(b, "mtimes %s\n", id);
 	}
-	if (e->upper && strcmp(e->upper, "upper"))
+	if (e->upper && strcmp(e->upper, LAYER_DEFAULT))
 		put_kv(b, "upper", e->upper);
 	for (size_t i = 0; i < e->n_pkgs; i++) {
 		_cleanup_free_ char *n = text_escape(e->pkgs[i].name, strlen(e->pkgs[i].name));
@@ -222,7 +228,7 @@ int env_parse(const char *text, size_t len, const char *what, struct env **out)
 			free(e->origin);
 			e->origin = xstrdup(val.data);
 		} else if (!strcmp(key, "upper")) {
-			if (!str_has_prefix(val.data, "upper") || strchr(val.data, '/')) {
+			if (!str_has_prefix(val.data, LAYER_DEFAULT) || strchr(val.data, '/')) {
 				r = vf_error(EIO, "%s:%u: bad writable layer name", what, line);
 				goto fail;
 			}
@@ -275,7 +281,7 @@ static int load_from(struct store *s, int at, const char *where, const char *pat
 		return vf_error(ENOENT, "no env named %s in %s", name, s->home);
 	if (r < 0)
 		return vf_error_prefix(-r, "env %s: ", name);
-	_cleanup_free_ char *what = xasprintf("%s/envs/%s/env", s->home, name);
+	_cleanup_free_ char *what = xasprintf("%s/envs/%s/" MANIFEST_FILE, s->home, name);
 	r = env_parse(text.data, text.len, what, out);
 	if (r == 0 && strcmp((*out)->name, name)) {
 		/* moved by hand: the directory is the env, whatever its
@@ -289,7 +295,7 @@ static int load_from(struct store *s, int at, const char *where, const char *pat
 
 int env_load(struct store *s, const char *name, struct env **out)
 {
-	_cleanup_free_ char *path = xasprintf("%s/env", name);
+	_cleanup_free_ char *path = xasprintf("%s/" MANIFEST_FILE, name);
 	_cleanup_free_ char *where = path_join(s->home, "envs");
 
 	return load_from(s, s->envs_fd, where, path, name, out);
@@ -299,14 +305,14 @@ int env_load_at(struct store *s, int env_fd, const char *name, struct env **out)
 {
 	_cleanup_free_ char *where = xasprintf("%s/envs/%s", s->home, name);
 
-	return load_from(s, env_fd, where, "env", name, out);
+	return load_from(s, env_fd, where, MANIFEST_FILE, name, out);
 }
 
 int env_manifest_name(struct store *s, const char *name, char **out)
 {
 	_cleanup_buf_ struct buf text = {0};
-	_cleanup_free_ char *path = xasprintf("%s/env", name);
-	_cleanup_free_ char *what = xasprintf("%s/envs/%s/env", s->home, name);
+	_cleanup_free_ char *path = xasprintf("%s/" MANIFEST_FILE, name);
+	_cleanup_free_ char *what = xasprintf("%s/envs/%s/" MANIFEST_FILE, s->home, name);
 	_cleanup_free_ char *where = path_join(s->home, "envs");
 	struct env *e;
 	int r = read_file_beneath(s->envs_fd, where, path, 1 << 24, &text);
@@ -344,10 +350,10 @@ static bool holds_nothing_of_its_own(struct store *s, const char *name)
 	bool empty = d != NULL;
 
 	while (empty && (de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || !strcmp(de->d_name, "env"))
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || !strcmp(de->d_name, MANIFEST_FILE))
 			continue;
 		_cleanup_free_ char *sub = xasprintf("%s/%s", name, de->d_name);
-		empty = (!strcmp(de->d_name, "work") || str_has_prefix(de->d_name, "upper")) &&
+		empty = (!strcmp(de->d_name, WORK_DIR) || str_has_prefix(de->d_name, LAYER_DEFAULT)) &&
 			holds_entries(s, sub, NULL) == 0;
 	}
 	if (d)
@@ -358,7 +364,7 @@ static bool holds_nothing_of_its_own(struct store *s, const char *name)
 bool env_torn(struct store *s, const char *name)
 {
 	_cleanup_buf_ struct buf text = {0};
-	_cleanup_free_ char *path = xasprintf("%s/env", name);
+	_cleanup_free_ char *path = xasprintf("%s/" MANIFEST_FILE, name);
 	size_t body;
 
 	if (!env_valid_name(name) || read_file_beneath(s->envs_fd, NULL, path, 1 << 24, &text) < 0) {
@@ -372,7 +378,7 @@ bool env_torn(struct store *s, const char *name)
 int env_make_durable(struct store *s, const char *name)
 {
 	_cleanup_close_ int dfd = openat_beneath(s->envs_fd, name, O_RDONLY | O_DIRECTORY, 0);
-	_cleanup_close_ int fd = dfd >= 0 ? openat_beneath(dfd, "env", O_RDONLY, 0) : dfd;
+	_cleanup_close_ int fd = dfd >= 0 ? openat_beneath(dfd, MANIFEST_FILE, O_RDONLY, 0) : dfd;
 
 	if (fd < 0)
 		return fd;
@@ -383,7 +389,7 @@ int env_make_durable(struct store *s, const char *name)
 
 bool env_exists(struct store *s, const char *name)
 {
-	_cleanup_free_ char *path = xasprintf("%s/env", name);
+	_cleanup_free_ char *path = xasprintf("%s/" MANIFEST_FILE, name);
 	_cleanup_close_ int fd = env_valid_name(name) ? openat_beneath(s->envs_fd, path, O_PATH, 0) : -EINVAL;
 	struct stat st;
 
@@ -392,7 +398,7 @@ bool env_exists(struct store *s, const char *name)
 
 const char *env_upper(const struct env *e)
 {
-	return e->upper ? e->upper : "upper";
+	return e->upper ? e->upper : LAYER_DEFAULT;
 }
 
 char *env_python_xy(const struct env *e)
@@ -464,12 +470,12 @@ int env_save_at(int env_fd, const struct env *e)
 	_cleanup_buf_ struct buf text = {0};
 
 	env_format(e, &text);
-	return write_file_atomic(env_fd, "env", text.data, text.len, 0644);
+	return write_file_atomic(env_fd, MANIFEST_FILE, text.data, text.len, 0644);
 }
 
 int env_install(struct store *s, const struct env *e, bool replace, const char *upper_from)
 {
-	_cleanup_free_ char *tmp = xasprintf(".new-%s-%016llx", e->name, (unsigned long long)random_u64());
+	_cleanup_free_ char *tmp = env_tmp_name("new", e->name);
 	_cleanup_free_ char *p = NULL;
 	_cleanup_buf_ struct buf text = {0};
 	int r;
@@ -495,7 +501,7 @@ int env_install(struct store *s, const struct env *e, bool replace, const char *
 		goto fail;
 	}
 	free(p);
-	p = xasprintf("%s/env", tmp);
+	p = xasprintf("%s/" MANIFEST_FILE, tmp);
 	env_format(e, &text);
 	/*
 	 * Atomic, not durable: like python -m venv and uv, a create waits for
@@ -560,7 +566,7 @@ int env_remove(struct store *s, const char *name)
 	r = store_lock(s, LOCK_SH, true);
 	if (r < 0)
 		return r;
-	trash = xasprintf(".trash-%s-%016llx", name, (unsigned long long)random_u64());
+	trash = env_tmp_name("trash", name);
 	if (renameat(s->envs_fd, name, s->envs_fd, trash) < 0) {
 		r = errno == ENOENT ? vf_error(ENOENT, "no env named %s in %s", name, s->home)
 				    : vf_error_errno(errno, "removing %s/envs/%s", s->home, name);
@@ -641,8 +647,8 @@ void env_sweep_layers(struct store *s, const char *name)
 		return;
 	}
 	while ((de = readdir(dir))) {
-		if ((str_has_prefix(de->d_name, "upper") && strcmp(de->d_name, env_upper(e))) ||
-		    str_has_prefix(de->d_name, ".trash-upper"))
+		bool trash;
+		if (env_is_layer_name(de->d_name, &trash) && (trash || strcmp(de->d_name, env_upper(e))))
 			rm_rf_at(efd, de->d_name);
 	}
 	closedir(dir);
@@ -670,4 +676,94 @@ void env_views(int dirfd, const char *path, char ***views, size_t *n)
 		*views = xrealloc(*views, (*n + 1) * sizeof(char *));
 		(*views)[(*n)++] = xstrdup(l);
 	}
+}
+
+int env_views_add(int env_fd, const char *where, const char *path)
+{
+	_cleanup_buf_ struct buf text = {0};
+	struct stat st;
+	int r = read_file_beneath(env_fd, where, VIEWS_FILE, 1 << 20, &text);
+
+	if (r == 0) {
+		for (char *save, *l = strtok_r(text.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+			if (!strcmp(l, path))
+				return 0;
+	} else if (r != -ENOENT) {
+		return r;
+	}
+	/* O_NONBLOCK: a FIFO in its place must not hang the daemon */
+	_cleanup_close_ int fd = openat_beneath(env_fd, VIEWS_FILE, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK, 0644);
+	if (fd < 0)
+		return beneath_error(env_fd, where, VIEWS_FILE, fd);
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return vf_error(EIO, "%s/%s is not a regular file, which the store layout never makes", where,
+				VIEWS_FILE);
+	_cleanup_free_ char *line = xasprintf("%s\n", path);
+	if (write_full(fd, line, strlen(line)) < 0)
+		return vf_error_errno(errno, "cannot record %s in %s/%s", path, where, VIEWS_FILE);
+	return 0;
+}
+
+int env_work_open(int env_fd, const char *where)
+{
+	if (mkdirat(env_fd, WORK_DIR, 0700) < 0 && errno != EEXIST)
+		return vf_error_errno(errno, "%s/%s", where, WORK_DIR);
+	int fd = openat_beneath(env_fd, WORK_DIR, O_RDONLY | O_DIRECTORY, 0);
+	return fd < 0 ? beneath_error(env_fd, where, WORK_DIR, fd) : fd;
+}
+
+int env_manifest_stat(int env_fd, const char *where, struct stat *st)
+{
+	_cleanup_close_ int fd = openat_beneath(env_fd, MANIFEST_FILE, O_PATH, 0);
+
+	if (fd == -ENOENT)
+		return fd;
+	if (fd < 0)
+		return beneath_error(env_fd, where, MANIFEST_FILE, fd);
+	return fstat(fd, st) < 0 ? vf_error_errno(errno, "%s/%s", where, MANIFEST_FILE) : 0;
+}
+
+int env_manifest_read(int env_fd, struct buf *out)
+{
+	return read_file_beneath(env_fd, NULL, MANIFEST_FILE, 1 << 24, out);
+}
+
+char *env_layer_new_name(void)
+{
+	return xasprintf(LAYER_DEFAULT "-%08llx", (unsigned long long)(random_u64() & 0xffffffffu));
+}
+
+bool env_is_layer_name(const char *entry, bool *trash)
+{
+	*trash = str_has_prefix(entry, ".trash-" LAYER_DEFAULT);
+	return *trash || str_has_prefix(entry, LAYER_DEFAULT);
+}
+
+char *env_layer_trash(struct store *s, const char *name, const char *layer)
+{
+	_cleanup_free_ char *from = xasprintf("%s/%s", name, layer);
+	char *to = xasprintf("%s/.trash-%s", name, layer);
+
+	if (renameat(s->envs_fd, from, s->envs_fd, to) == 0)
+		return to;
+	free(to);
+	return NULL;
+}
+
+bool env_is_own_entry(const char *entry)
+{
+	bool trash;
+
+	return !strcmp(entry, MANIFEST_FILE) || !strcmp(entry, VIEWS_FILE) || !strcmp(entry, WORK_DIR) ||
+	       (env_is_layer_name(entry, &trash) && !trash);
+}
+
+char *env_tmp_name(const char *kind, const char *name)
+{
+	return xasprintf(".%s-%s-%016llx", kind, name, (unsigned long long)random_u64());
+}
+
+bool env_is_tmp_name(const char *entry)
+{
+	return str_has_prefix(entry, ".new-") || str_has_prefix(entry, ".trash-") || str_has_prefix(entry, ".clone-");
 }

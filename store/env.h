@@ -95,10 +95,48 @@ char *env_site_dir(const struct env *e);
 /* "3.11" from "3.11.7" */
 char *env_python_xy(const struct env *e);
 
-/* The paths mounts showed an env at (dirfd/path: HOME/envs/NAME/views, one
- * a line, as the daemon records them): a script rendered for one of them
- * is a template. Never through a symlink. */
+/*
+ * Everything under HOME/envs/NAME/ is named here, and only here: the
+ * manifest ("env"), the views file, the work directory, layer directories
+ * ("upper", "upper-XXXXXXXX") and their trash (".trash-upper-..."), and the
+ * temporary env directories of envs/ (".new-", ".trash-", ".clone-").
+ * env_fd is the env's directory (openat_beneath(s->envs_fd, NAME)).
+ */
+
+/* The paths mounts showed an env at (envs/NAME/views, one a line, as the
+ * daemon records them): a script rendered for one of them is a template.
+ * Never through a symlink. */
 void env_views(int dirfd, const char *path, char ***views, size_t *n);
+/* Record that the env was shown at path (once); 0 or -errno with a message
+ * naming the file (where: "HOME/envs/NAME", for messages). */
+int env_views_add(int env_fd, const char *where, const char *path);
+
+/* envs/NAME/work/, made (0700) if missing, open; never through a symlink.
+ * A descriptor or -errno with a message (where: "HOME/envs/NAME"). */
+int env_work_open(int env_fd, const char *where);
+
+/* The identity of envs/NAME/env, never through a symlink: 0, -ENOENT, or
+ * another -errno with a message (where: "HOME/envs/NAME"). */
+int env_manifest_stat(int env_fd, const char *where, struct stat *st);
+/* Its bytes. */
+int env_manifest_read(int env_fd, struct buf *out);
+
+/* A new writable layer's directory name ("upper-XXXXXXXX"). */
+char *env_layer_new_name(void);
+/* Is this entry of envs/NAME a layer directory, or a layer moved aside? */
+bool env_is_layer_name(const char *entry, bool *trash);
+/* Move layer directory layer of env name aside (envs/NAME/.trash-LAYER):
+ * the path relative to envs/ to delete it by (rm_rf_at(s->envs_fd, ...)),
+ * or NULL if it could not be moved. */
+char *env_layer_trash(struct store *s, const char *name, const char *layer);
+/* Is this entry of envs/NAME one the store layout makes? */
+bool env_is_own_entry(const char *entry);
+
+/* A temporary directory name in envs/ for env name: kind "new" (being
+ * installed), "trash" (being removed), "clone" (being cloned). */
+char *env_tmp_name(const char *kind, const char *name);
+/* Is this entry of envs/ such a temporary directory? */
+bool env_is_tmp_name(const char *entry);
 
 /* Sorted names of all envs. */
 int env_list(struct store *s, char ***names, size_t *n);

@@ -584,8 +584,7 @@ static void verify_env_links(struct verifier *v)
 		DIR *e = opendir_beneath(dirfd(d), de->d_name);
 		struct dirent *ee;
 		while (e && (ee = readdir(e))) {
-			if (strcmp(ee->d_name, "env") && strcmp(ee->d_name, "views") && strcmp(ee->d_name, "work") &&
-			    !str_has_prefix(ee->d_name, "upper"))
+			if (!env_is_own_entry(ee->d_name))
 				continue;
 			_cleanup_free_ char *sub = xasprintf("envs/%s/%s", de->d_name, ee->d_name);
 			verify_link(v, dirfd(e), ee->d_name, sub);
@@ -735,16 +734,16 @@ static int sweep_env_leftover(void *p, int dfd, const char *name, const struct s
 {
 	struct sweeper *w = p;
 
-	if (S_ISDIR(st->st_mode) &&
-	    (str_has_prefix(name, ".new-") || str_has_prefix(name, ".trash-") || str_has_prefix(name, ".clone-")) &&
-	    rm_rf_at(dfd, name) == 0)
+	if (S_ISDIR(st->st_mode) && env_is_tmp_name(name) && rm_rf_at(dfd, name) == 0)
 		w->st->leftover_envs++;
 	return 0;
 }
 
 static int mark_layer(void *p, int dfd, const char *name, const struct stat *st)
 {
-	if (!S_ISDIR(st->st_mode) || !(str_has_prefix(name, "upper") || str_has_prefix(name, ".trash-upper")))
+	bool trash;
+
+	if (!S_ISDIR(st->st_mode) || !env_is_layer_name(name, &trash))
 		return 0;
 	int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
