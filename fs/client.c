@@ -249,3 +249,21 @@ int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char 
 				s->home, name);
 	return r;
 }
+
+static void quiet(void *ctx, const char *msg)
+{
+	(void)ctx;
+	(void)msg;
+}
+
+int fs_clone(struct store *s, const char *src, const char *dst, uint64_t *absorbed)
+{
+	struct absorb_stats st;
+
+	*absorbed = 0;
+	/* an absorb that fails (locked, changing) leaves a copy to the clone */
+	if (env_exists(s, src) && fs_absorb(s, src, quiet, NULL, &st) == 0)
+		*absorbed = st.absorbed;
+	vf_clear_error();
+	return venv_clone(s, src, dst);
+}

@@ -56,6 +56,14 @@ int fs_stats(struct store *s, const char *mountpoint, char **out);
  */
 int fs_absorb(struct store *s, const char *name, void (*say)(void *, const char *), void *ctx, struct absorb_stats *st);
 
+/*
+ * Clone env src as dst (store/venv.h venv_clone()), absorbing src first
+ * (fs_absorb(): by its daemon if one serves it), so that what was installed
+ * into it is shared with the clone rather than copied, and its scripts are
+ * rendered for the clone. *absorbed: the distributions that took.
+ */
+int fs_clone(struct store *s, const char *src, const char *dst, uint64_t *absorbed);
+
 /* ---- shared by the daemon and its clients (client.c) ---- */
 
 /* "mount-<hash of the mount point>.EXT": the daemon's files in the run

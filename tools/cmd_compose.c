@@ -99,12 +99,6 @@ const struct command cmd_create = {
 	.run = run_create,
 };
 
-static void quiet(void *ctx, const char *msg)
-{
-	(void)ctx;
-	(void)msg;
-}
-
 static int run_clone(const struct command *c, int argc, char **argv)
 {
 	struct store *s;
@@ -116,14 +110,11 @@ static int run_clone(const struct command *c, int argc, char **argv)
 		return usage_error(c->name, "expected SRC and DST");
 	if (open_store_to_write(c->name, false, &s))
 		return 1;
-	/* what pip installed into SRC becomes packages first: shared with the
-	 * clone rather than copied (and its scripts rendered for the clone) */
-	struct absorb_stats st;
-	if (env_exists(s, argv[i]) && fs_absorb(s, argv[i], quiet, NULL, &st) == 0 && st.absorbed)
-		printf("absorbed %" PRIu64 " distributions of %s first\n", st.absorbed, argv[i]);
-	vf_clear_error();
-	int r = venv_clone(s, argv[i], argv[i + 1]);
+	uint64_t absorbed = 0;
+	int r = fs_clone(s, argv[i], argv[i + 1], &absorbed);
 	store_close(s);
+	if (absorbed)
+		printf("absorbed %" PRIu64 " distributions of %s first\n", absorbed, argv[i]);
 	if (r < 0)
 		return fail(c->name);
 	printf("cloned env %s as %s\n", argv[i], argv[i + 1]);
