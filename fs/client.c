@@ -19,9 +19,14 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
+
+#ifndef FUSE_SUPER_MAGIC
+#define FUSE_SUPER_MAGIC 0x65735546
+#endif
 
 #include "env.h"
 #include "fs.h"
@@ -76,9 +81,16 @@ static int do_unmount(const char *mp, bool lazy)
 	return run_program(lazy ? lazy_argv : argv);
 }
 
+char *fs_mount_path(const char *mountpoint)
+{
+	char *mp = realpath(mountpoint, NULL);
+
+	return mp ? mp : path_absolute(mountpoint); /* a dead mount: ENOTCONN */
+}
+
 int fs_unmount(const char *mountpoint)
 {
-	_cleanup_free_ char *mp = path_absolute(mountpoint);
+	_cleanup_free_ char *mp = fs_mount_path(mountpoint);
 	int r = do_unmount(mp, false);
 
 	if (r < 0) {
@@ -112,7 +124,7 @@ static void wait_for_exit(pid_t pid)
 
 int fs_stats(struct store *s, const char *mountpoint, char **out)
 {
-	_cleanup_free_ char *mp = realpath(mountpoint, NULL);
+	_cleanup_free_ char *mp = fs_mount_path(mountpoint);
 	if (!mp)
 		return vf_error_errno(errno, "%s", mountpoint);
 	_cleanup_free_ char *pidf = fs_run_name(mp, "pid"), *statf = fs_run_name(mp, "stats");
@@ -142,7 +154,7 @@ int fs_stats(struct store *s, const char *mountpoint, char **out)
 
 int fs_unmount_and_wait(struct store *s, const char *mountpoint)
 {
-	_cleanup_free_ char *mp = path_absolute(mountpoint);
+	_cleanup_free_ char *mp = fs_mount_path(mountpoint);
 	_cleanup_free_ char *pidf = fs_run_name(mp, "pid");
 	_cleanup_buf_ struct buf b = {0};
 	_cleanup_close_ int run = store_run_open(s, NULL);
@@ -266,4 +278,54 @@ int fs_clone(struct store *s, const char *src, const char *dst, uint64_t *absorb
 		*absorbed = st.absorbed;
 	vf_clear_error();
 	return venv_clone(s, src, dst);
+}
+
+/* A live daemon serves mp: its control socket (in the run directory run)
+ * answers, and mp is a FUSE mount. (Not its pid: a killed daemon's may be
+ * another process's now.) */
+static bool daemon_alive(int run, const char *mp)
+{
+	_cleanup_free_ char *sock = fs_run_name(mp, "sock");
+	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa;
+	struct statfs sf;
+
+	return fd >= 0 && fs_socket_address(run, sock, &sa) && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+	       statfs(mp, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC;
+}
+
+int fs_check_not_served(struct store *s, const char *mp)
+{
+	_cleanup_close_ int run = store_run_open(s, NULL);
+	DIR *d = run >= 0 ? opendir_at(run, ".") : NULL;
+	struct dirent *de;
+	struct statfs sf;
+	int r = 0;
+
+	if (statfs(mp, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC) {
+		if (d)
+			closedir(d);
+		return vf_error(EBUSY, "%s is a FUSE mount already (venvfs umount %s, or fusermount3 -u, first)", mp,
+				mp);
+	}
+	while (d && r == 0 && (de = readdir(d))) {
+		_cleanup_buf_ struct buf b = {0};
+		struct stat st;
+		if (!str_has_prefix(de->d_name, "mount-") || !str_has_suffix(de->d_name, ".pid") ||
+		    fstatat(run, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_uid != geteuid() ||
+		    read_file_beneath(run, NULL, de->d_name, 8192, &b) < 0)
+			continue;
+		char *nl = strchr(b.data, '\n');
+		const char *other = nl ? nl + 1 : "";
+		if (nl && strchr(nl + 1, '\n'))
+			*strchr(nl + 1, '\n') = '\0';
+		if (*other && daemon_alive(run, other))
+			r = vf_error(EBUSY,
+				     "store %s is served at %s already (pid %d): one daemon serves a store for each "
+				     "account; use that mount, or venvfs umount %s first",
+				     s->home, other, atoi(b.data), other);
+	}
+	if (d)
+		closedir(d);
+	return r;
 }

@@ -79,6 +79,14 @@ char *fs_socket_path(struct store *s, const char *mountpoint);
 struct sockaddr_un;
 bool fs_socket_address(int dirfd, const char *name, struct sockaddr_un *sa);
 
+/* The mount point as every command names it: symlinks resolved (a dead
+ * mount, which cannot be resolved: made absolute). malloc'd. */
+char *fs_mount_path(const char *mountpoint);
+
+/* Refuse (-EBUSY, with a message) a mount at mp if it is a FUSE mount
+ * already, or if a daemon of this account serves store s. */
+int fs_check_not_served(struct store *s, const char *mp);
+
 /* A mount whose daemon was killed answers ENOTCONN: detach it. */
 int fs_cleanup_dead_mount(const char *mp);
 

@@ -197,6 +197,55 @@ static void daemon_ready(void)
 	}
 }
 
+/*
+ * A mount that failed: say why, and what to do. libfuse has printed its
+ * own line to stderr already (the terminal: the daemon has not detached).
+ */
+static int why_no_mount(const char *mp)
+{
+	struct stat st;
+	int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+
+	if (fd >= 0)
+		close(fd);
+	if (fd < 0 && errno == ENOENT)
+		return vf_error(ENODEV,
+				"cannot mount at %s: there is no /dev/fuse (load the module: modprobe fuse; "
+				"in a container, give it the device: --device /dev/fuse)",
+				mp);
+	if (fd < 0 && (errno == EACCES || errno == EPERM) && geteuid() == 0)
+		return vf_error(EPERM,
+				"cannot mount at %s: /dev/fuse cannot be opened even as root (%s): a container "
+				"needs --device /dev/fuse and CAP_SYS_ADMIN",
+				mp, strerror(errno));
+	if (geteuid() != 0) {
+		_cleanup_free_ char *fm = NULL;
+		const char *path = getenv("PATH");
+		_cleanup_free_ char *dirs = xstrdup(path ? path : "/usr/bin:/bin");
+		for (char *save, *d = strtok_r(dirs, ":", &save); d && !fm; d = strtok_r(NULL, ":", &save)) {
+			_cleanup_free_ char *c = path_join(d, "fusermount3");
+			if (access(c, X_OK) == 0)
+				fm = steal_pointer(&c);
+		}
+		if (!fm)
+			return vf_error(ENOENT,
+					"cannot mount at %s: fusermount3 is not installed, and an ordinary user "
+					"mounts through it (apt-get install fuse3)",
+					mp);
+		if (stat(fm, &st) == 0 && !(st.st_mode & S_ISUID))
+			return vf_error(EPERM,
+					"cannot mount at %s: %s is not setuid root, so it cannot mount for an "
+					"ordinary user (reinstall fuse3, or chmod u+s %s as root)",
+					mp, fm, fm);
+		if (fd < 0)
+			return vf_error(EACCES,
+					"cannot mount at %s: /dev/fuse is not open to you (%s); usually it is "
+					"mode 0666: ask root to chmod 0666 /dev/fuse, or to let your group use it",
+					mp, strerror(errno));
+	}
+	return vf_error(EIO, "cannot mount at %s (libfuse's reason is above; is it a directory you own?)", mp);
+}
+
 int fs_mount(struct store *s, const struct fs_opts *o)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
@@ -204,10 +253,13 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 	struct stat st;
 	int r = 0;
 
-	mp = path_absolute(o->mountpoint);
+	mp = fs_mount_path(o->mountpoint);
 	if (!mp)
 		return vf_error_errno(errno, "%s", o->mountpoint);
 	r = fs_cleanup_dead_mount(mp);
+	if (r < 0)
+		return r;
+	r = fs_check_not_served(s, mp);
 	if (r < 0)
 		return r;
 	if (stat(mp, &st) < 0)
@@ -279,7 +331,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		uring_offer_done();
 		fuse_remove_signal_handlers(fsd.se);
 		fuse_session_destroy(fsd.se);
-		return vf_error(EIO, "cannot mount at %s (see %s)", mp, log_path);
+		return why_no_mount(mp);
 	}
 	passthrough_setup(fsd.se);
 	fs_log("mounted store %s at %s%s%s", s->home, mp, o->allow_other ? " (allow_other)" : "",

@@ -5,6 +5,7 @@
  */
 #include "store.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -165,6 +166,29 @@ static int parse_marker(struct store *s, const char *text)
 	return 0;
 }
 
+/* Nothing in the directory but what a store's own init makes before its
+ * marker (an init that was killed): a store may be made there. */
+static bool only_store_entries(int fd)
+{
+	static const char *const own[] = {"objects", "packages", "envs", "tmp", "cache", "log", "run", "lock"};
+	int dfd = dup(fd);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	struct dirent *de;
+	bool only = d != NULL;
+
+	if (!d && dfd >= 0)
+		close(dfd);
+	while (only && (de = readdir(d))) {
+		bool ok = !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..");
+		for (size_t i = 0; !ok && i < ARRAY_SIZE(own); i++)
+			ok = !strcmp(de->d_name, own[i]) || str_has_prefix(de->d_name, "venvfs-store");
+		only = ok;
+	}
+	if (d)
+		closedir(d);
+	return only;
+}
+
 /* store_open(); with group >= 0, a new store is a group store. */
 static int open_store_as(const char *home, bool create, long group, struct store **out)
 {
@@ -188,7 +212,10 @@ static int open_store_as(const char *home, bool create, long group, struct store
 	}
 	s->fd = open(s->home, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (s->fd < 0) {
-		r = errno == ENOENT ? vf_error(ENOENT, "%s: no store here (run venvfs import first)", s->home)
+		r = errno == ENOENT ? vf_error(ENOENT,
+					       "%s: no store here (venvfs import, create or mount make one; "
+					       "or give --home an existing store)",
+					       s->home)
 				    : vf_error_errno(errno, "%s", s->home);
 		goto fail;
 	}
@@ -196,7 +223,13 @@ static int open_store_as(const char *home, bool create, long group, struct store
 	 * with a marker is complete, and opening it creates nothing. */
 	bool fresh = false;
 	r = read_marker(s, &marker);
-	if (r == -ENOENT && create) {
+	if (r == -ENOENT && create && !only_store_entries(s->fd)) {
+		r = vf_error(ENOTEMPTY,
+			     "%s is not a venvfs store and not empty: a store is made in an empty or new "
+			     "directory (give --home one, or VENVFS_HOME)",
+			     s->home);
+		goto fail;
+	} else if (r == -ENOENT && create) {
 		fresh = true;
 		if (group >= 0) {
 			/* HOME's own entries are all made now: no account adds to it */
@@ -212,7 +245,11 @@ static int open_store_as(const char *home, bool create, long group, struct store
 			     s->home);
 		goto fail;
 	} else if (r < 0) {
-		r = r == -ENOENT ? vf_error(ENOENT, "%s: not a venvfs store (no venvfs-store marker)", s->home) : r;
+		r = r == -ENOENT ? vf_error(ENOENT,
+					    "%s: not a venvfs store (no venvfs-store marker); venvfs import, create "
+					    "or mount make one in an empty or new directory",
+					    s->home)
+				 : r;
 		goto fail;
 	} else if ((r = parse_marker(s, marker.data)) < 0) {
 		goto fail;

@@ -24,6 +24,11 @@ extern const char *opt_home;
 
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int fail(const char *cmd);
+/* s as a JSON string, quotes included, on stdout. */
+void print_json_str(const char *s);
+/* The --json option of a command (on_opt of parse_opts(), ctx: a bool). */
+int json_opt(int opt, const char *arg, void *ctx);
+extern const struct option json_options[];
 int open_store(const char *cmd, bool create, struct store **s);
 /* The same for a command that changes the store: a store on a read-only
  * file system is refused at once, saying so (reading commands, export and

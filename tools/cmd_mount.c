@@ -137,7 +137,7 @@ static int run_umount(const struct command *c, int argc, char **argv)
 		return i == -1 ? 0 : 2;
 	if (argc - i != 1)
 		return usage_error(c->name, "expected one MOUNTPOINT");
-	if (open_store(c->name, true, &s))
+	if (open_store(c->name, false, &s))
 		return 1;
 	int r = fs_unmount_and_wait(s, argv[i]);
 	store_close(s);
@@ -153,23 +153,96 @@ const struct command cmd_umount = {
 	.run = run_umount,
 };
 
+/* A value of the counters as JSON: a number if it is one, else a string. */
+static void json_value(const char *v)
+{
+	char *end;
+
+	strtoull(v, &end, 10);
+	if (*v && !*end && (v[0] != '0' || !v[1]))
+		fputs(v, stdout);
+	else
+		print_json_str(v);
+}
+
+/* The daemon's counters ("key value", "op NAME calls N errors M", "errno
+ * NAME N" lines) as one JSON object: ops and errnos nested. */
+static void stats_json(char *text)
+{
+	const char *sep = "";
+
+	printf("{");
+	for (int pass = 0; pass < 3; pass++) {
+		const char *psep = "";
+		if (pass == 1)
+			printf("%s\"ops\": {", sep);
+		if (pass == 2)
+			printf("%s\"errnos\": {", sep);
+		for (char *l = text; l && *l;) {
+			char *nl = strchr(l, '\n');
+			_cleanup_free_ char *line = nl ? xstrndup(l, (size_t)(nl - l)) : xstrdup(l);
+			l = nl ? nl + 1 : NULL;
+			/* the value of a plain line: all after the key (a mount
+			 * point may hold spaces), without a " kB" unit */
+			char *sp = strchr(line, ' ');
+			_cleanup_free_ char *value = xstrdup(sp ? sp + 1 + strspn(sp + 1, " ") : "");
+			if (str_has_suffix(value, " kB"))
+				value[strlen(value) - 3] = '\0';
+			char *save, *k = strtok_r(line, " \t", &save), *a = strtok_r(NULL, " \t", &save);
+			if (!k || !a)
+				continue;
+			bool op = !strcmp(k, "op"), err = !strcmp(k, "errno");
+			if (pass == 0 && !op && !err) {
+				printf("%s", sep);
+				print_json_str(k);
+				printf(": ");
+				json_value(value);
+				sep = ", ";
+			} else if (pass == 1 && op) {
+				strtok_r(NULL, " \t", &save); /* "calls" */
+				char *calls = strtok_r(NULL, " \t", &save);
+				strtok_r(NULL, " \t", &save); /* "errors" */
+				char *errors = strtok_r(NULL, " \t", &save);
+				printf("%s", psep);
+				print_json_str(a);
+				printf(": {\"calls\": %s, \"errors\": %s}", calls ? calls : "0", errors ? errors : "0");
+				psep = ", ";
+			} else if (pass == 2 && err) {
+				char *count = strtok_r(NULL, " \t", &save);
+				printf("%s", psep);
+				print_json_str(a);
+				printf(": %s", count ? count : "0");
+				psep = ", ";
+			}
+		}
+		if (pass)
+			printf("}");
+		sep = ", ";
+	}
+	printf("}\n");
+}
+
 static int run_stats(const struct command *c, int argc, char **argv)
 {
 	struct store *s;
 	char *text;
-	int i = parse_opts(c, argc, argv, NULL, NULL, NULL, NULL);
+	bool json = false;
+	int i = parse_opts(c, argc, argv, json_options, NULL, json_opt, &json);
 
 	if (i < 0)
 		return i == -1 ? 0 : 2;
 	if (argc - i != 1)
 		return usage_error(c->name, "expected one MOUNTPOINT");
-	if (open_store(c->name, true, &s))
+	if (open_store(c->name, false, &s))
 		return 1;
 	int r = fs_stats(s, argv[i], &text);
 	store_close(s);
 	if (r < 0)
 		return fail(c->name);
-	fputs(text, stdout);
+	if (json)
+		stats_json(text);
+	else
+		fputs(text, stdout);
 	free(text);
 	return 0;
 }
@@ -177,10 +250,13 @@ static int run_stats(const struct command *c, int argc, char **argv)
 const struct command cmd_stats = {
 	.name = "stats",
 	.summary = "counters of a running mount: requests, errors by errno, memory",
-	.usage = "stats MOUNTPOINT",
+	.usage = "stats MOUNTPOINT [--json]",
 	.help = "Asks the daemon serving MOUNTPOINT for its counters: requests and failures\n"
 		"per operation, failures per errno, damaged objects met, nodes and envs in\n"
-		"memory, resident memory.",
+		"memory, resident memory.\n\n"
+		"Options:\n"
+		"  --json      one JSON object (\"ops\": calls and errors per operation,\n"
+		"              \"errnos\": failures per errno)",
 	.run = run_stats,
 };
 

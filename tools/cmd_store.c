@@ -172,29 +172,53 @@ static int run_ls(const struct command *c, int argc, char **argv)
 	struct store *s;
 	char **names;
 	size_t n;
-	int i = parse_opts(c, argc, argv, NULL, NULL, NULL, NULL);
+	bool json = false;
+	int i = parse_opts(c, argc, argv, json_options, NULL, json_opt, &json);
 
 	if (i < 0)
 		return i == -1 ? 0 : 2;
 	if (argc != i)
 		return usage_error(c->name, "unexpected argument %s", argv[i]);
-	if (open_store(c->name, true, &s))
+	if (open_store(c->name, false, &s))
 		return 1;
 	if (env_list(s, &names, &n) < 0) {
 		store_close(s);
 		return fail(c->name);
 	}
-	if (n)
+	if (n && !json)
 		printf("%-24s %-8s %8s  %s\n", "NAME", "PYTHON", "PACKAGES", "ORIGIN");
+	if (json)
+		printf("[");
 	for (size_t k = 0; k < n; k++) {
 		struct env *e;
-		if (env_load(s, names[k], &e) < 0) {
+		int r = env_load(s, names[k], &e);
+		if (json) {
+			printf("%s\n {\"name\": ", k ? "," : "");
+			print_json_str(names[k]);
+			if (r < 0) {
+				printf(", \"error\": ");
+				print_json_str(vf_last_error());
+			} else {
+				printf(", \"python\": ");
+				print_json_str(e->python_version);
+				printf(", \"packages\": %zu, \"origin\": ", e->n_pkgs);
+				if (e->origin)
+					print_json_str(e->origin);
+				else
+					printf("null");
+			}
+			printf("}");
+		} else if (r < 0) {
 			printf("%-24s (unreadable: %s)\n", names[k], vf_last_error());
-			continue;
+		} else {
+			printf("%-24s %-8s %8zu  %s\n", e->name, e->python_version, e->n_pkgs,
+			       e->origin ? e->origin : "-");
 		}
-		printf("%-24s %-8s %8zu  %s\n", e->name, e->python_version, e->n_pkgs, e->origin ? e->origin : "-");
-		env_free(e);
+		if (r == 0)
+			env_free(e);
 	}
+	if (json)
+		printf("%s]\n", n ? "\n" : "");
 	env_list_free(names, n);
 	store_close(s);
 	return 0;
@@ -203,8 +227,10 @@ static int run_ls(const struct command *c, int argc, char **argv)
 const struct command cmd_ls = {
 	.name = "ls",
 	.summary = "list envs",
-	.usage = "ls",
-	.help = "Lists the envs of the store with their Python, number of packages and origin.",
+	.usage = "ls [--json]",
+	.help = "Lists the envs of the store with their Python, number of packages and origin.\n\n"
+		"Options:\n"
+		"  --json      one JSON array of objects (name, python, packages, origin)",
 	.run = run_ls,
 };
 
@@ -239,7 +265,7 @@ const struct command cmd_rm = {
 
 /* ---- store ls|du|verify -------------------------------------------------------- */
 
-static int store_ls(struct store *s)
+static int store_ls(struct store *s, bool json)
 {
 	struct pkg_info *p;
 	size_t n;
@@ -247,14 +273,27 @@ static int store_ls(struct store *s)
 
 	if (store_list_packages(s, &p, &n) < 0)
 		return fail("store ls");
-	if (n)
+	if (n && !json)
 		printf("%-28s %-16s %7s %10s %5s  %s\n", "NAME", "VERSION", "FILES", "SIZE", "ENVS", "ID");
+	if (json)
+		printf("[");
 	for (size_t i = 0; i < n; i++) {
 		human_bytes(p[i].bytes, b);
 		objid_format(&p[i].id, hex);
-		printf("%-28s %-16s %7" PRIu64 " %10s %5u  %.12s\n", p[i].name, p[i].version, p[i].files, b, p[i].refs,
-		       hex);
+		if (json) {
+			printf("%s\n {\"name\": ", i ? "," : "");
+			print_json_str(p[i].name);
+			printf(", \"version\": ");
+			print_json_str(p[i].version);
+			printf(", \"files\": %" PRIu64 ", \"bytes\": %" PRIu64 ", \"envs\": %u, \"id\": \"%s\"}",
+			       p[i].files, p[i].bytes, p[i].refs, hex);
+		} else {
+			printf("%-28s %-16s %7" PRIu64 " %10s %5u  %.12s\n", p[i].name, p[i].version, p[i].files, b,
+			       p[i].refs, hex);
+		}
 	}
+	if (json)
+		printf("%s]\n", n ? "\n" : "");
 	pkg_info_free(p, n);
 	return 0;
 }
@@ -366,12 +405,14 @@ static int run_store(const struct command *c, int argc, char **argv)
 		return usage_error(c->name, "unknown subcommand %s (expected init, ls, du or verify)", sub);
 	if (o.group && strcmp(sub, "init"))
 		return usage_error(c->name, "--group goes with init");
+	if (json && strcmp(sub, "ls") && strcmp(sub, "du"))
+		return usage_error(c->name, "--json goes with ls or du");
 	if (!strcmp(sub, "init"))
 		return store_init_cmd(c, &o);
-	if (open_store(c->name, true, &s))
+	if (open_store(c->name, false, &s))
 		return 1;
 	if (!strcmp(sub, "ls"))
-		r = store_ls(s);
+		r = store_ls(s, json);
 	else if (!strcmp(sub, "du"))
 		r = store_du_cmd(s, json);
 	else
@@ -383,7 +424,7 @@ static int run_store(const struct command *c, int argc, char **argv)
 const struct command cmd_store = {
 	.name = "store",
 	.summary = "make or inspect the store: init [--group G], ls, du, verify",
-	.usage = "store init [--group GROUP] | store ls | store du [--json] | store verify",
+	.usage = "store init [--group GROUP] | store ls [--json] | store du [--json] | store verify",
 	.help = "store init     make the store (any other command makes one when needed);\n"
 		"               --group GROUP makes a new group store, shared by the accounts\n"
 		"               of GROUP: each imports, creates and mounts its own envs, and no\n"
@@ -411,7 +452,7 @@ static int run_gc(const struct command *c, int argc, char **argv)
 		return i == -1 ? 0 : 2;
 	if (argc != i)
 		return usage_error(c->name, "unexpected argument %s", argv[i]);
-	if (open_store_to_write(c->name, true, &s))
+	if (open_store_to_write(c->name, false, &s))
 		return 1;
 	int r = store_gc(s, true, &st);
 	store_close(s);

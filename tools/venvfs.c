@@ -34,6 +34,31 @@ int fail(const char *cmd)
 	return 1;
 }
 
+void print_json_str(const char *s)
+{
+	putchar('"');
+	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+		if (*p == '"' || *p == '\\')
+			printf("\\%c", *p);
+		else if (*p < 0x20)
+			printf("\\u%04x", *p);
+		else
+			putchar(*p);
+	}
+	putchar('"');
+}
+
+const struct option json_options[] = {{"json", no_argument, NULL, 'J'}, {0}};
+
+int json_opt(int opt, const char *arg, void *ctx)
+{
+	(void)arg;
+	if (opt != 'J')
+		return -1;
+	*(bool *)ctx = true;
+	return 0;
+}
+
 int open_store(const char *cmd, bool create, struct store **s)
 {
 	_cleanup_free_ char *home = store_default_home(opt_home);

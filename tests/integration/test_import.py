@@ -133,6 +133,31 @@ def test_what_is_not_a_venv_is_refused_cleanly(tmp_path, venvfs):
     assert "0 envs" in venvfs("store", "verify").stdout
 
 
+def test_reading_commands_never_make_a_store(tmp_path):
+    """`venvfs --home DIR ls` (or store du, stats...) turned any directory,
+    missing or full of other things, into a store; a command that makes one
+    took a directory of other files too."""
+    missing = tmp_path / "missing"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("mine\n")
+    for args in (["ls"], ["store", "ls"], ["store", "du"], ["store", "verify"], ["gc"],
+                 ["stats", tmp_path], ["umount", tmp_path], ["rm", "x"], ["absorb", "x"], ["export", "x", tmp_path / "x"]):
+        for home, says in ((missing, "no store here"), (plain, "not a venvfs store")):
+            r = run([BIN, "--home", home, *args], check=False)
+            assert r.returncode != 0 and says in r.stderr, (args, home, r.stderr)
+    assert not missing.exists()
+    assert sorted(p.name for p in plain.iterdir()) == ["notes.txt"]
+    # making one: an empty or new directory only
+    for args in (["store", "init"], ["create", "e", "six"]):
+        r = run([BIN, "--home", plain, *args], check=False)
+        assert r.returncode == 1 and "not empty" in r.stderr, (args, r.stderr)
+    assert sorted(p.name for p in plain.iterdir()) == ["notes.txt"]
+    r = run([BIN, "--home", missing, "store", "init"])
+    assert (missing / "venvfs-store").exists()
+    assert run([BIN, "--home", missing, "ls"], check=False).returncode == 0
+
+
 def test_ten_venvs_store_each_file_once(tmp_path, venvfs, wheelhouse):
     # at paths of different lengths: nothing path-dependent may leak into
     # what the store shares
