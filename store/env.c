@@ -581,6 +581,46 @@ int env_remove(struct store *s, const char *name)
 	return 0;
 }
 
+int env_rename(struct store *s, const char *from, const char *to)
+{
+	struct env *e = NULL;
+	int r;
+
+	if (!env_valid_name(to))
+		return vf_error(EINVAL, "%s: not a valid env name (use letters, digits, '.', '_', '-', '+')", to);
+	if (!env_exists(s, from))
+		return vf_error(ENOENT, "no env named %s in %s", from, s->home);
+	_cleanup_close_ int lock_from = env_lock(s, from);
+	_cleanup_close_ int lock_to = lock_from >= 0 ? env_lock(s, to) : -1;
+	if (lock_from < 0 || lock_to < 0) {
+		const char *busy = lock_from < 0 ? from : to;
+		int err = lock_from < 0 ? lock_from : lock_to;
+		return err == -EWOULDBLOCK ? vf_error(EBUSY,
+						      "env %s is in use (a mount serves it, or it is being "
+						      "absorbed): venvfs umount it first",
+						      busy)
+					   : err;
+	}
+	/* gc's list of envs holds still meanwhile */
+	r = store_lock(s, LOCK_SH, true);
+	if (r < 0)
+		return r;
+	if (renameat2(s->envs_fd, from, s->envs_fd, to, RENAME_NOREPLACE) < 0) {
+		r = errno == EEXIST ? vf_error(EEXIST, "an env named %s exists already in %s", to, s->home)
+				    : vf_error_errno(errno, "renaming %s/envs/%s", s->home, from);
+		store_unlock(s);
+		return r;
+	}
+	fsync_dir_at(s->envs_fd, ".");
+	_cleanup_close_ int efd = openat_beneath(s->envs_fd, to, O_RDONLY | O_DIRECTORY, 0);
+	r = efd < 0 ? beneath_error(s->envs_fd, s->home, to, efd) : env_load_at(s, efd, to, &e);
+	if (r == 0)
+		r = env_save_at(efd, e); /* load_from() named it after its directory */
+	store_unlock(s);
+	env_free(e);
+	return r;
+}
+
 int store_run_open(struct store *s, char **path)
 {
 	if (fd_on_read_only_fs(s->fd)) {

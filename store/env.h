@@ -180,6 +180,15 @@ int env_manifest_name(struct store *s, const char *name, char **out);
 
 int env_remove(struct store *s, const char *name);
 
+/*
+ * Rename env from as to: its directory first (atomic, never over an
+ * existing env), then its manifest's name. The directory is the env (a
+ * crash between the two leaves a name `store verify` reports, nothing
+ * else). Refused (-EBUSY) while either name's env lock is held: a daemon
+ * serving it, or an absorb.
+ */
+int env_rename(struct store *s, const char *from, const char *to);
+
 bool env_exists(struct store *s, const char *name);
 
 /*

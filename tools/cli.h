@@ -40,7 +40,7 @@ int parse_opts(const struct command *c, int argc, char **argv, const struct opti
 /* "12.3 MB" */
 void human_bytes(uint64_t n, char out[32]);
 
-extern const struct command cmd_import, cmd_export, cmd_ls, cmd_rm, cmd_store, cmd_gc;
+extern const struct command cmd_import, cmd_export, cmd_ls, cmd_rm, cmd_mv, cmd_store, cmd_gc;
 extern const struct command cmd_mount, cmd_umount, cmd_stats, cmd_absorb, cmd_create, cmd_clone;
 
 #endif

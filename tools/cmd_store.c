@@ -263,6 +263,36 @@ const struct command cmd_rm = {
 	.run = run_rm,
 };
 
+/* ---- mv ------------------------------------------------------------------------ */
+
+static int run_mv(const struct command *c, int argc, char **argv)
+{
+	struct store *s;
+	int i = parse_opts(c, argc, argv, NULL, NULL, NULL, NULL);
+
+	if (i < 0)
+		return i == -1 ? 0 : 2;
+	if (argc - i != 2)
+		return usage_error(c->name, "expected OLD and NEW");
+	if (open_store_to_write(c->name, false, &s))
+		return 1;
+	int r = env_rename(s, argv[i], argv[i + 1]);
+	store_close(s);
+	if (r < 0)
+		return fail(c->name);
+	printf("renamed env %s to %s\n", argv[i], argv[i + 1]);
+	return 0;
+}
+
+const struct command cmd_mv = {
+	.name = "mv",
+	.summary = "rename an env",
+	.usage = "mv OLD NEW",
+	.help = "Renames env OLD to NEW, its writable layer with it. Never over an existing\n"
+		"env; not while a mount serves OLD (venvfs umount it first).",
+	.run = run_mv,
+};
+
 /* ---- store ls|du|verify -------------------------------------------------------- */
 
 static int store_ls(struct store *s, bool json)

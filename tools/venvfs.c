@@ -124,8 +124,8 @@ int parse_opts(const struct command *c, int argc, char **argv, const struct opti
 }
 
 static const struct command *commands[] = {
-	&cmd_import, &cmd_export, &cmd_mount, &cmd_umount, &cmd_absorb, &cmd_create,
-	&cmd_clone,  &cmd_ls,     &cmd_rm,    &cmd_store,  &cmd_gc,     &cmd_stats,
+	&cmd_import, &cmd_export, &cmd_mount, &cmd_umount, &cmd_absorb, &cmd_create, &cmd_clone,
+	&cmd_ls,     &cmd_rm,     &cmd_mv,    &cmd_store,  &cmd_gc,     &cmd_stats,
 };
 
 static void main_usage(FILE *f)

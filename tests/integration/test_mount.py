@@ -201,6 +201,31 @@ def test_a_user_who_cannot_mount_is_told_why(tmp_path):
     assert "see " not in r.stderr and "mount.log" not in r.stderr, r.stderr
 
 
+def test_mv_renames_an_env(venvfs, mnt, tmp_path, wheelhouse):
+    """There was no command to rename an env."""
+    venv = make_venv(tmp_path / "src", ["six"], wheelhouse)
+    venvfs("import", venv, "--name", "a")
+    venvfs("import", venv, "--name", "c")
+    mnt.mount("--absorb-idle", "0", "--no-absorb-on-unmount")
+    (mnt.path / "a" / "mine.txt").write_text("kept\n")
+    r = venvfs("mv", "a", "b", check=False)
+    assert r.returncode == 1 and "venvfs umount" in r.stderr, r.stderr
+    mnt.umount()
+    for args, says in ((["a", "c"], "exists already"), (["nope", "x"], "no env named"), (["a", "../x"], "valid")):
+        r = venvfs("mv", *args, check=False)
+        assert r.returncode == 1 and says in r.stderr, (args, r.stderr)
+    venvfs("mv", "a", "b")
+    assert [e["name"] for e in json.loads(venvfs("ls", "--json").stdout)] == ["b", "c"]
+    assert "all good" in venvfs("store", "verify").stdout
+    mnt.mount()
+    view = mnt.path / "b"
+    assert (view / "mine.txt").read_text() == "kept\n"
+    assert not (mnt.path / "a").exists()
+    out = run([view / "bin" / "python", "-c", "import six, sys; print(sys.prefix)"]).stdout.strip()
+    assert out == str(view)
+    assert run(["bash", "-c", f"source '{view}/bin/activate' && echo $VIRTUAL_ENV"]).stdout.strip() == str(view)
+
+
 def test_python_writes_no_bytecode(venvfs, mnt, web_venv):
     venvfs("import", web_venv)
     mnt.mount()
