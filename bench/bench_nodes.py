@@ -71,11 +71,12 @@ def main():
         per_node = m["rss_kb"] * 1024 / m["nodes"]
         rows.append([label, f"{m['scan_s']:.1f}", f"{m['nodes']:,.0f}", f"{m.get('nodes_dir', 0):,.0f}",
                      f"{m['rss_kb']:,.0f}", f"{m['heap_in_use_kb']:,.0f}", f"{per_node:,.0f}",
-                     m.get("rendered_kb", "?"), m.get("listed_kb", "?"),
-                     f"{m.get('node_bytes_dir', '?')} / {m.get('node_bytes_file', '?')}"])
+                     f"{m.get('rendered_kb', 0):,.0f}", f"{m.get('listed_kb', 0):,.0f}",
+                     f"{m.get('node_bytes_dir', 0):.0f} / {m.get('node_bytes_file', 0):.0f}"])
+    labels = " ".join(f"--bin {label}=..." for label, _ in bins)
     body = f"""## Bytes per node (issue 15)
 
-`sudo bench/bench_nodes.py {' '.join('--bin ' + b for b in a.bin)}`: {a.envs} envs (one small venv cloned), each
+`sudo bench/bench_nodes.py {labels}`: {a.envs} envs (one small venv cloned), each
 daemon mounts the store, `find MNT` after `drop_caches`, then `venvfs stats`; {a.rounds} rounds alternating the
 daemons, medians. Machine: {machine()}.
 
