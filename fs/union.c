@@ -119,11 +119,16 @@ static char *work_name(void)
 	return xasprintf("cu.%016llx", (unsigned long long)random_u64());
 }
 
-/* Put the finished work file tmp at dir/name and make its node. */
-static int place(struct node *dir, const char *tmp, const char *name)
+/* Put the work file tmp at dir/name if it was finished (r == 0), else
+ * drop it: r, or why it could not be put there. */
+static int place(struct node *dir, const char *tmp, const char *name, int r)
 {
 	struct fsenv *e = dir->env;
 
+	if (r < 0) {
+		unlinkat(e->workfd, tmp, 0);
+		return r;
+	}
 	if (renameat(e->workfd, tmp, dir->up.fd, name) < 0) {
 		int err = errno;
 		unlinkat(e->workfd, tmp, 0);
@@ -165,10 +170,7 @@ int copy_up_shared(struct node *dir, const char *name, struct node *shared, bool
 	if (r == 0 && (fchmod(fd, shared->mode & 07777) < 0 || (!empty && futimens(fd, ts) < 0)))
 		r = -errno;
 	close(fd);
-	if (r == 0)
-		r = place(dir, tmp, name);
-	else
-		unlinkat(e->workfd, tmp, 0);
+	r = place(dir, tmp, name, r);
 	if (r < 0)
 		return r;
 	*out = upper_node(e, dir, name);
@@ -211,10 +213,7 @@ int copy_up_node(struct node *n)
 	}
 	if (r == 0 && utimensat(e->workfd, tmp, ts, AT_SYMLINK_NOFOLLOW) < 0)
 		r = -errno;
-	if (r == 0)
-		r = place(dir, tmp, name);
-	else
-		unlinkat(e->workfd, tmp, 0);
+	r = place(dir, tmp, name, r);
 	if (r < 0)
 		return r;
 

@@ -144,15 +144,6 @@ void record_free(struct record *r)
 
 /* ---- pyvenv.cfg ---------------------------------------------------------- */
 
-static char *strip(const char *s, size_t n)
-{
-	while (n && isspace((unsigned char)*s))
-		s++, n--;
-	while (n && isspace((unsigned char)s[n - 1]))
-		n--;
-	return xstrndup(s, n);
-}
-
 int pyvenv_cfg_parse(const char *text, size_t len, struct pyvenv_cfg *out)
 {
 	const char *p = text, *end = text + len;
@@ -169,10 +160,10 @@ int pyvenv_cfg_parse(const char *text, size_t len, struct pyvenv_cfg *out)
 				out->e = xrealloc(out->e, cap * sizeof(*out->e));
 			}
 			struct cfg_entry *e = &out->e[out->n++];
-			e->key = strip(p, (size_t)(eq - p));
+			e->key = xstrndup_trim(p, (size_t)(eq - p));
 			for (char *k = e->key; *k; k++)
 				*k = (char)tolower((unsigned char)*k);
-			e->value = strip(eq + 1, (size_t)(le - eq - 1));
+			e->value = xstrndup_trim(eq + 1, (size_t)(le - eq - 1));
 		}
 		p = nl ? nl + 1 : end;
 	}
@@ -212,7 +203,7 @@ size_t rfc822_get(const char *text, size_t len, const char *field, char sep, str
 		if (le == p || (le == p + 1 && *p == '\r'))
 			break; /* end of headers */
 		if ((size_t)(le - p) > flen && strncasecmp(p, field, flen) == 0 && p[flen] == ':') {
-			_cleanup_free_ char *v = strip(p + flen + 1, (size_t)(le - p - flen - 1));
+			_cleanup_free_ char *v = xstrndup_trim(p + flen + 1, (size_t)(le - p - flen - 1));
 			if (found++)
 				buf_addc(out, sep);
 			buf_adds(out, v);

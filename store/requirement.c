@@ -14,17 +14,6 @@
 #include "distinfo.h"
 #include "util.h"
 
-/* s[0..n) without surrounding white space, in a new string (distinfo.c
- * has the same helper). */
-static char *strip(const char *s, size_t n)
-{
-	while (n && isspace((unsigned char)*s))
-		s++, n--;
-	while (n && isspace((unsigned char)s[n - 1]))
-		n--;
-	return xstrndup(s, n);
-}
-
 /* ---- versions (PEP 440) -------------------------------------------------- */
 
 #define MAXREL 16
@@ -285,7 +274,7 @@ bool pep440_match_set(const char *version, const char *specs)
 			op[on++] = *p++;
 		while (p < e && isspace((unsigned char)*p))
 			p++;
-		_cleanup_free_ char *spec = strip(p, (size_t)(e - p));
+		_cleanup_free_ char *spec = xstrndup_trim(p, (size_t)(e - p));
 		if (!on || !pep440_match(version, op, spec))
 			return false;
 		p = e;
@@ -544,7 +533,7 @@ int requirement_parse(const char *s, struct requirement *out)
 			requirement_free(out);
 			return vf_error(EINVAL, "\"%s\": missing ]", s);
 		}
-		out->extras = strip(p + 1, (size_t)(close - p - 1));
+		out->extras = xstrndup_trim(p + 1, (size_t)(close - p - 1));
 		p = close + 1;
 	} else {
 		out->extras = xstrdup("");
@@ -567,7 +556,7 @@ int requirement_parse(const char *s, struct requirement *out)
 		if (!isspace((unsigned char)*q))
 			buf_addc(&b, *q);
 	out->specs = b.data ? b.data : xstrdup("");
-	out->marker = semi ? strip(semi + 1, strlen(semi + 1)) : xstrdup("");
+	out->marker = semi ? xstrndup_trim(semi + 1, strlen(semi + 1)) : xstrdup("");
 	return 0;
 }
 

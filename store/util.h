@@ -118,6 +118,8 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+/* s[0..n) without surrounding white space, in a new string */
+char *xstrndup_trim(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void *xmemdup(const void *p, size_t n);
 
