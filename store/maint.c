@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "distinfo.h"
 #include "env.h"
 #include "layer.h"
 #include "requirement.h"
@@ -312,6 +313,100 @@ static int count_fanout(void *p, int dfd, const char *name, const struct stat *s
 		return 0;
 	struct du_walk *w = p;
 	return each_entry(dfd, name, count_object, w);
+}
+
+/* The version pyvenv.cfg (in the writable layer's directory up) names, or NULL. */
+static char *layer_python(const struct layer_dir *up)
+{
+	_cleanup_buf_ struct buf text = {0};
+	struct pyvenv_cfg cfg = {0};
+	char *v = NULL;
+
+	if (up->fd < 0 || read_file_beneath(up->fd, NULL, "pyvenv.cfg", 1 << 16, &text) < 0) {
+		vf_clear_error();
+		return NULL;
+	}
+	if (pyvenv_cfg_parse(text.data, text.len, &cfg) == 0) {
+		/* venv writes "version", virtualenv and uv "version_info" (3.11.7.final.0) */
+		const char *val = pyvenv_cfg_get(&cfg, "version_info");
+		val = val ? val : pyvenv_cfg_get(&cfg, "version");
+		size_t len = 0;
+		for (int dots = 0; val && val[len] && (val[len] != '.' || ++dots < 3); len++) {
+		}
+		v = val && len ? xstrndup(val, len) : NULL;
+	}
+	pyvenv_cfg_free(&cfg);
+	return v;
+}
+
+int env_summary(struct store *s, const char *name, struct env_summary *out)
+{
+	struct env *e = NULL;
+	struct view *v = NULL;
+	struct layer_dir up = {.fd = -1};
+	struct view_dir vd = {0};
+	int r = env_load(s, name, &e);
+
+	memset(out, 0, sizeof(*out));
+	if (r == 0 && !env_has_layer_content(s, e)) {
+		/* as its manifest says: a listing of 1,000 envs stays 0.1 s */
+		out->python = xstrdup(e->python_version ? e->python_version : "?");
+		out->distributions = e->n_pkgs;
+		env_free(e);
+		return 0;
+	}
+	if (r == 0)
+		r = view_open(s, e, NULL, &v);
+	if (r < 0) {
+		env_free(e);
+		return r;
+	}
+	_cleanup_close_ int efd = openat_beneath(s->envs_fd, name, O_RDONLY | O_DIRECTORY, 0);
+	if (efd >= 0)
+		layer_dir_open(efd, env_upper(e), &up);
+	out->python = layer_python(&up);
+	if (!out->python)
+		out->python = xstrdup(e->python_version ? e->python_version : "?");
+	if (up.fd >= 0) {
+		struct du_walk w = {0};
+		each_entry(efd, env_upper(e), du_entry, &w);
+		out->layer_bytes = w.blocks;
+	}
+	/* lib/pythonX.Y/site-packages of that Python, through both layers */
+	const char *dot = strchr(out->python, '.');
+	const char *dot2 = dot ? strchr(dot + 1, '.') : NULL;
+	_cleanup_free_ char *pyxy = dot2 ? xasprintf("python%.*s", (int)(dot2 - out->python), out->python)
+					 : xasprintf("python%s", out->python);
+	const char *parts[] = {"lib", pyxy, "site-packages"};
+	view_root(v, &vd);
+	for (size_t i = 0; i < ARRAY_SIZE(parts); i++) {
+		struct layer_dir cu = {.fd = -1};
+		struct view_dir cv = {0};
+		layer_dir_open(up.fd, parts[i], &cu);
+		layer_child_lower(v, &vd, parts[i], &cu, &cv);
+		layer_dir_close(&up);
+		view_dir_free(&vd);
+		up = cu;
+		vd = cv;
+	}
+	struct merged_name *names = NULL;
+	size_t n = 0;
+	if (layer_merge_list(v, &up, &vd, &names, &n) == 0)
+		for (size_t i = 0; i < n; i++)
+			out->distributions += str_has_suffix(names[i].name, ".dist-info");
+	vf_clear_error();
+	layer_merge_list_free(names, n);
+	layer_dir_close(&up);
+	view_dir_free(&vd);
+	view_free(v);
+	env_free(e);
+	return 0;
+}
+
+void env_summary_free(struct env_summary *sum)
+{
+	free(sum->python);
+	sum->python = NULL;
 }
 
 /* What a tree's files would take as plain files (4 KiB blocks). */

@@ -31,6 +31,21 @@ struct pkg_info {
 int store_list_packages(struct store *s, struct pkg_info **out, size_t *n);
 void pkg_info_free(struct pkg_info *p, size_t n);
 
+/*
+ * An env as it is now, writable layer included (what `venvfs ls` shows
+ * while it is mounted and written): the Python its pyvenv.cfg names (a
+ * tool that remade the env with another interpreter wrote a new one into
+ * the layer), the distributions its site-packages shows, the disk its
+ * writable layer takes.
+ */
+struct env_summary {
+	char *python; /* "3.12.1" */
+	size_t distributions;
+	uint64_t layer_bytes;
+};
+int env_summary(struct store *s, const char *name, struct env_summary *out);
+void env_summary_free(struct env_summary *sum);
+
 struct store_du {
 	uint64_t objects;  /* files in objects/ */
 	uint64_t packages; /* package manifests */

@@ -186,12 +186,15 @@ static int run_ls(const struct command *c, int argc, char **argv)
 		return fail(c->name);
 	}
 	if (n && !json)
-		printf("%-24s %-8s %8s  %s\n", "NAME", "PYTHON", "PACKAGES", "ORIGIN");
+		printf("%-24s %-8s %8s %10s  %s\n", "NAME", "PYTHON", "PACKAGES", "LAYER", "ORIGIN");
 	if (json)
 		printf("[");
 	for (size_t k = 0; k < n; k++) {
 		struct env *e;
+		struct env_summary sum = {0};
 		int r = env_load(s, names[k], &e);
+		if (r == 0 && (r = env_summary(s, names[k], &sum)) < 0)
+			env_free(e);
 		if (json) {
 			printf("%s\n {\"name\": ", k ? "," : "");
 			print_json_str(names[k]);
@@ -200,8 +203,10 @@ static int run_ls(const struct command *c, int argc, char **argv)
 				print_json_str(vf_last_error());
 			} else {
 				printf(", \"python\": ");
-				print_json_str(e->python_version);
-				printf(", \"packages\": %zu, \"origin\": ", e->n_pkgs);
+				print_json_str(sum.python);
+				printf(", \"packages\": %zu, \"store_packages\": %zu, \"layer_bytes\": %" PRIu64
+				       ", \"origin\": ",
+				       sum.distributions, e->n_pkgs, sum.layer_bytes);
 				if (e->origin)
 					print_json_str(e->origin);
 				else
@@ -211,11 +216,14 @@ static int run_ls(const struct command *c, int argc, char **argv)
 		} else if (r < 0) {
 			printf("%-24s (unreadable: %s)\n", names[k], vf_last_error());
 		} else {
-			printf("%-24s %-8s %8zu  %s\n", e->name, e->python_version, e->n_pkgs,
+			char b[32];
+			human_bytes(sum.layer_bytes, b);
+			printf("%-24s %-8s %8zu %10s  %s\n", e->name, sum.python, sum.distributions, b,
 			       e->origin ? e->origin : "-");
 		}
 		if (r == 0)
 			env_free(e);
+		env_summary_free(&sum);
 	}
 	if (json)
 		printf("%s]\n", n ? "\n" : "");
@@ -228,9 +236,12 @@ const struct command cmd_ls = {
 	.name = "ls",
 	.summary = "list envs",
 	.usage = "ls [--json]",
-	.help = "Lists the envs of the store with their Python, number of packages and origin.\n\n"
+	.help = "Lists the envs of the store as they are now, mounted and written or not: the\n"
+		"Python their pyvenv.cfg names, the distributions their site-packages shows,\n"
+		"the disk their writable layer takes, and where they were imported from.\n\n"
 		"Options:\n"
-		"  --json      one JSON array of objects (name, python, packages, origin)",
+		"  --json      one JSON array of objects (name, python, packages,\n"
+		"              store_packages, layer_bytes, origin)",
 	.run = run_ls,
 };
 

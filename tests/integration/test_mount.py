@@ -166,8 +166,19 @@ def test_listings_for_scripts(venvfs, mnt, tmp_path, wheelhouse):
     assert e["origin"] == str(venv), e
     pkgs = json.loads(venvfs("store", "ls", "--json").stdout)
     assert any(p["name"] == "six" and p["files"] > 0 and p["envs"] == 1 for p in pkgs), pkgs
-    mnt.mount()
+    mnt.mount("--absorb-idle", "0", "--no-absorb-on-unmount")
     assert (mnt.path / "a+b" / "bin" / "python").exists()
+    # live: what is installed through the mount, before any absorb
+    before, stored = e["packages"], e["store_packages"]
+    run([mnt.path / "a+b" / "bin" / "python", "-m", "pip", "install", "-q", "--no-index", "--find-links",
+         wheelhouse, "idna"])
+    [e] = json.loads(venvfs("ls", "--json").stdout)
+    assert e["packages"] == before + 1 and e["layer_bytes"] > 0 and e["store_packages"] == stored, e
+    # an env remade with another interpreter (its pyvenv.cfg rewritten)
+    cfg = mnt.path / "a+b" / "pyvenv.cfg"
+    cfg.write_text(cfg.read_text().replace(f"version = {sys.version.split()[0]}", "version = 3.99.1"))
+    [e] = json.loads(venvfs("ls", "--json").stdout)
+    assert e["python"] == "3.99.1" and e["packages"] == 0, e
     st = json.loads(venvfs("stats", mnt.path, "--json").stdout)
     assert st["mount"] == str(mnt.path) and isinstance(st["pid"], int) and st["rss_kb"] > 0, st
     assert st["ops"]["lookup"]["calls"] >= 1 and "errnos" in st, st
