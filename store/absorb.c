@@ -64,7 +64,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -73,6 +72,7 @@
 
 #include "distinfo.h"
 #include "env.h"
+#include "ingest.h"
 #include "layer.h"
 #include "package.h"
 #include "pyc.h"
@@ -81,9 +81,9 @@
 #include "tree.h"
 #include "venv.h"
 #include "view.h"
+#include "workers.h"
 
-#define NONE       UINT32_MAX
-#define SMALL_FILE (1u << 20)
+#define NONE UINT32_MAX
 /* directories kept open while absorbing: at most this, and at most an
  * eighth of the descriptor limit (the daemon's nodes use the rest) */
 #define MAX_OPEN_DIRS 256
@@ -187,16 +187,11 @@ struct absorb {
 	struct leftover *leftover;
 	size_t n_leftover;
 	/* phase 3 */
-	pthread_mutex_t lock;
-	size_t next_job;
+	pthread_mutex_t lock; /* the directory cache, leftovers, dist_why() while workers run */
 	struct {
 		uint32_t d, f;
 	} * jobs;
 	size_t n_jobs;
-	int error;
-	char error_msg[2048];
-	struct progress prog;
-	uint64_t done_files, done_bytes;
 };
 
 static void say(struct absorb *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -705,16 +700,6 @@ static void add_bytecode(struct absorb *a, size_t k)
 
 /* ---- 3. store ---------------------------------------------------------------------- */
 
-static void set_error(struct absorb *a, int r)
-{
-	pthread_mutex_lock(&a->lock);
-	if (!a->error) {
-		a->error = r;
-		snprintf(a->error_msg, sizeof(a->error_msg), "%s", vf_last_error());
-	}
-	pthread_mutex_unlock(&a->lock);
-}
-
 static size_t took_key(dev_t dev, ino_t ino, char out[48])
 {
 	return (size_t)snprintf(out, 48, "%llx:%llx", (unsigned long long)dev, (unsigned long long)ino);
@@ -826,11 +811,11 @@ static bool has_xattrs(int fd)
 static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool store_pass, struct buf *scratch)
 {
 	const char *shown = f->row >= 0 ? d->rec.rows[f->row].path : f->path;
-	struct stat st0;
-	void *data = NULL;
-	bool mapped = false;
-	_cleanup_buf_ struct buf alt = {0}; /* (before any goto out) */
-	size_t len;
+	_cleanup_ingest_ struct ingest_file c = {
+		.top = a->name,
+		.path = f->path,
+		.changed = "changed during the absorb",
+	};
 	int r = 0;
 
 	pthread_mutex_lock(&a->lock);
@@ -839,32 +824,15 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 	pthread_mutex_unlock(&a->lock);
 	if (fd < 0)
 		return vf_error_errno(-fd, "%s/%s", a->name, f->path);
-	if (fstat(fd, &st0) < 0)
-		return vf_error_errno(errno, "%s/%s", a->name, f->path);
-	if (!S_ISREG(st0.st_mode) || (uint64_t)st0.st_size != f->size)
-		return vf_error(EAGAIN, "%s/%s changed during the absorb", a->name, f->path);
-	len = (size_t)st0.st_size;
-	if (len > SMALL_FILE) {
-		data = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-		if (data == MAP_FAILED)
-			return vf_error_errno(errno, "%s/%s: mmap", a->name, f->path);
-		madvise(data, len, MADV_SEQUENTIAL);
-		mapped = true;
-	} else {
-		buf_grow(scratch, len);
-		ssize_t n = read_full(fd, scratch->data, len);
-		if (n < 0)
-			return vf_error_errno((int)-n, "%s/%s", a->name, f->path);
-		if ((size_t)n != len)
-			return vf_error(EAGAIN, "%s/%s changed during the absorb", a->name, f->path);
-		data = scratch->data;
-	}
+	r = ingest_read(&c, fd, f->size, scratch);
+	if (r < 0)
+		return r;
 
 	if (!store_pass) {
 		/* check: the content is what RECORD says */
 		const struct record_row *row = &d->rec.rows[f->row];
 		char want[RECORD_HASH_MAX];
-		sha256_raw(data, len, f->sha);
+		sha256_raw(c.data, c.len, f->sha);
 		memcpy(want, "sha256=", 7);
 		b64url_nopad(f->sha, 32, want + 7);
 		if (strcmp(want, row->hash) != 0) {
@@ -879,33 +847,28 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 			dist_why(&d->why, "%s has extended attributes, which the store does not keep", shown);
 			pthread_mutex_unlock(&a->lock);
 		}
-		goto out;
+		return 0;
 	}
 
-	const void *put = data;
-	size_t put_len = len;
 	uint64_t added = 0;
 	f->tflags = 0;
 	if (package_is_script(f->path)) {
 		for (size_t i = 0; i < a->n_views; i++) {
 			struct tpl_paths tp = {.env = a->views[i], .env_real = a->views[i]};
-			if (tpl_make_subst(data, len, &tp, &alt) == 1) {
-				put = alt.data;
-				put_len = alt.len;
+			if (ingest_template(&c, &tp)) {
 				f->tflags |= TREE_F_TEMPLATE;
 				break;
 			}
 		}
 	} else if (f->pyc_src != NONE) {
 		const struct afile *src = &d->f[f->pyc_src];
-		if (package_pyc_valid(data, len, src->mtime.tv_sec, src->size)) {
+		if (package_pyc_valid(c.data, c.len, src->mtime.tv_sec, src->size)) {
 			/* kept as the installer wrote it (package.h), once the
 			 * store turns out not to have the package already */
 			f->tflags |= TREE_F_PYC_KEPT;
 			if (!a->store_kept && f->src == A_UPPER) {
 				f->deferred = true;
-				r = note_identity(a, f, fd, &st0);
-				goto out;
+				return note_identity(a, f, fd, &c.st);
 			}
 			f->deferred = false;
 		} else if (f->optional) {
@@ -913,83 +876,56 @@ static int do_file(struct absorb *a, struct adist *d, struct afile *f, bool stor
 		}
 	}
 	if (f->dropped)
-		goto out;
-	if (put == data && f->src != A_UPPER) {
+		return 0;
+	if (c.put == c.data && f->src != A_UPPER) {
 		/* a store file already: nothing to insert */
-		f->stored_size = len;
-		__atomic_add_fetch(&a->st->dedup_bytes, len, __ATOMIC_RELAXED);
-		goto out;
+		f->stored_size = c.len;
+		__atomic_add_fetch(&a->st->dedup_bytes, c.len, __ATOMIC_RELAXED);
+		return 0;
 	}
-	if (put == data && (st0.st_nlink == 1 || drop_leftover_links(a, &st0))) {
-		_cleanup_free_ char *name = xstrdup(f->name);
-		r = store_txn_link(a->txn, dfd, name, data, len, f->mode, &f->obj, &added, &f->linked);
-	} else {
-		r = store_txn_put_file(a->txn, put, put_len, f->mode, &f->obj, &added);
-	}
-	if (r < 0) {
-		r = vf_error_prefix(-r, "%s/%s: ", a->name, f->path);
-		goto out;
-	}
-	f->stored_size = put_len;
+	/* a hard link where the file has no other name: the env gives the
+	 * writable layer's file up (a name elsewhere could change it) */
+	bool alone = c.put == c.data && (c.st.st_nlink == 1 || drop_leftover_links(a, &c.st));
+	r = ingest_put(a->txn, &c, f->mode, alone ? dfd : -1, f->name, &f->obj, &added, &f->linked);
+	if (r < 0)
+		return r;
+	f->stored_size = c.put_len;
 	if (f->linked)
-		__atomic_add_fetch(&a->st->linked_bytes, len, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&a->st->linked_bytes, c.len, __ATOMIC_RELAXED);
 	else if (added)
 		__atomic_add_fetch(&a->st->copied_bytes, added, __ATOMIC_RELAXED);
 	else
-		__atomic_add_fetch(&a->st->dedup_bytes, put_len, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&a->st->dedup_bytes, c.put_len, __ATOMIC_RELAXED);
 	if (f->src == A_UPPER)
-		r = note_identity(a, f, fd, &st0);
-out:
-	if (mapped)
-		munmap(data, len);
+		r = note_identity(a, f, fd, &c.st);
 	return r;
 }
 
-static void *file_worker(void *arg)
+/* Worker job k: do_file() of the k-th file queued (queue()). */
+static int file_job(void *ctx, size_t k, struct buf *scratch, uint64_t *bytes)
 {
-	struct absorb *a = arg;
-	struct buf scratch = {0};
-	bool store_pass = a->txn != NULL;
+	struct absorb *a = ctx;
+	struct adist *d = &a->d[a->jobs[k].d];
+	struct afile *f = &d->f[a->jobs[k].f];
 
-	for (;;) {
-		size_t k = __atomic_fetch_add(&a->next_job, 1, __ATOMIC_RELAXED);
-		if (k >= a->n_jobs || __atomic_load_n(&a->error, __ATOMIC_RELAXED))
-			break;
-		struct adist *d = &a->d[a->jobs[k].d];
-		struct afile *f = &d->f[a->jobs[k].f];
-		int r = do_file(a, d, f, store_pass, &scratch);
-		if (r < 0) {
-			set_error(a, r);
-			break;
-		}
-		uint64_t files = __atomic_add_fetch(&a->done_files, 1, __ATOMIC_RELAXED);
-		uint64_t bytes = __atomic_add_fetch(&a->done_bytes, f->size, __ATOMIC_RELAXED);
-		progress_update(&a->prog, files, a->n_jobs, bytes);
-	}
-	buf_free(&scratch);
-	return NULL;
+	*bytes = f->size;
+	return do_file(a, d, f, a->txn != NULL, scratch);
 }
 
-/* Run do_file over the jobs on one thread per CPU (two at most here: I/O bound). */
+/* Run do_file over the jobs queued: the store pass once a->txn is begun. */
 static int run_jobs(struct absorb *a, const char *what)
 {
-	pthread_t th[4];
-	unsigned nt = (unsigned)MIN(sysconf(_SC_NPROCESSORS_ONLN), (long)ARRAY_SIZE(th));
-	unsigned started = 0;
+	struct workers w = {
+		.n = a->n_jobs,
+		/* one per CPU, four at most: absorb is bound by I/O */
+		.threads = MIN(workers_cpus(), 4u),
+		.job = file_job,
+		.ctx = a,
+		.what = what,
+		.progress = a->o && a->o->progress,
+	};
 
-	a->next_job = 0;
-	a->done_files = a->done_bytes = 0;
-	progress_init(&a->prog, what, a->o && a->o->progress);
-	for (unsigned t = 1; t < nt; t++)
-		if (pthread_create(&th[t], NULL, file_worker, a) == 0)
-			started = t;
-	file_worker(a);
-	for (unsigned t = 1; t <= started; t++)
-		pthread_join(th[t], NULL);
-	progress_done(&a->prog);
-	if (a->error)
-		return vf_error(-a->error, "%s", a->error_msg);
-	return 0;
+	return workers_run(&w);
 }
 
 static void add_job(struct absorb *a, size_t k, size_t i)

@@ -41,10 +41,8 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <linux/openat2.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -54,6 +52,7 @@
 
 #include "distinfo.h"
 #include "env.h"
+#include "ingest.h"
 #include "package.h"
 #include "pyc.h"
 #include "statcache.h"
@@ -62,10 +61,10 @@
 #include "tree.h"
 #include "venv.h"
 #include "view.h"
+#include "workers.h"
 
 #define NO_ENT      UINT32_MAX
 #define FLUSH_BYTES (128ull << 20) /* flush (make durable, visible) every 128 MiB */
-#define SMALL_FILE  (1u << 20)
 
 /* One entry of the walked venv. */
 struct ient {
@@ -126,14 +125,8 @@ struct imp {
 	char *prompt; /* default prompt spelled in activate scripts */
 	struct store_txn *txn;
 	/* read phase */
-	uint32_t *work;
+	uint32_t *work; /* the entries to read (regular files) */
 	size_t n_work;
-	size_t next_work;
-	uint64_t done_files, done_bytes;
-	pthread_mutex_t lock;
-	int error;
-	char error_msg[2048];
-	struct progress prog;
 	/* stat cache (statcache.h) */
 	struct statcache *cache;
 	char *cache_name;
@@ -564,25 +557,17 @@ static bool want_norm(struct imp *im, const struct ient *e)
 	return d >= 0 && e->src != NO_ENT && im->e[e->src].owner == d;
 }
 
-static void set_error(struct imp *im, int r)
-{
-	pthread_mutex_lock(&im->lock);
-	if (!im->error) {
-		im->error = r;
-		snprintf(im->error_msg, sizeof(im->error_msg), "%s", vf_last_error());
-	}
-	pthread_mutex_unlock(&im->lock);
-}
-
 /* Read entry i, and store its content in the form the env will need. */
 static int read_one(struct imp *im, uint32_t i, struct buf *scratch, bool allow_norm)
 {
 	struct ient *e = &im->e[i];
 	bool norm = allow_norm && want_norm(im, e);
 	_cleanup_close_ int fd = -1;
-	void *data = NULL;
-	size_t len = (size_t)e->st.st_size;
-	bool mapped = false;
+	_cleanup_ingest_ struct ingest_file c = {
+		.top = im->abs,
+		.path = e->path,
+		.changed = "changed during the import; run it again",
+	};
 	uint64_t added = 0;
 	int r = 0;
 
@@ -593,34 +578,14 @@ static int read_one(struct imp *im, uint32_t i, struct buf *scratch, bool allow_
 	fd = open_beneath(im->rootfd, e->path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
 		return vf_error_errno(-fd, "%s/%s", im->abs, e->path);
-	struct stat st;
-	if (fstat(fd, &st) < 0)
-		return vf_error_errno(errno, "%s/%s", im->abs, e->path);
-	if (!S_ISREG(st.st_mode) || st.st_size != e->st.st_size)
-		return vf_error(EAGAIN, "%s/%s changed during the import; run it again", im->abs, e->path);
-	if (len > SMALL_FILE) {
-		data = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-		if (data == MAP_FAILED)
-			return vf_error_errno(errno, "%s/%s: mmap", im->abs, e->path);
-		madvise(data, len, MADV_SEQUENTIAL);
-		mapped = true;
-	} else {
-		buf_grow(scratch, len);
-		ssize_t n = read_full(fd, scratch->data, len);
-		if (n < 0)
-			return vf_error_errno((int)-n, "%s/%s", im->abs, e->path);
-		if ((size_t)n != len)
-			return vf_error(EAGAIN, "%s/%s changed during the import; run it again", im->abs, e->path);
-		data = scratch->data;
-	}
+	r = ingest_read(&c, fd, (uint64_t)e->st.st_size, scratch);
+	if (r < 0)
+		return r;
 
 	if (e->needs_sha) {
-		sha256_raw(data, len, e->sha);
+		sha256_raw(c.data, c.len, e->sha);
 		e->have_sha = true;
 	}
-	const void *put = data;
-	size_t put_len = len;
-	_cleanup_buf_ struct buf alt = {0};
 	e->tflags = 0;
 	e->norm_considered = norm;
 	if (is_template_candidate(e)) {
@@ -629,11 +594,8 @@ static int read_one(struct imp *im, uint32_t i, struct buf *scratch, bool allow_
 			.env_real = im->real,
 			.prompt = is_activate(e) ? im->prompt : NULL,
 		};
-		if (tpl_make_subst(data, len, &tp, &alt) == 1) {
-			put = alt.data;
-			put_len = alt.len;
+		if (ingest_template(&c, &tp))
 			e->tflags |= TREE_F_TEMPLATE;
-		}
 	} else if (norm) {
 		const struct ient *src = &im->e[e->src];
 		unsigned root;
@@ -642,70 +604,49 @@ static int read_one(struct imp *im, uint32_t i, struct buf *scratch, bool allow_
 		_cleanup_free_ char *p1 = xasprintf("%s/%s", im->abs, src->path);
 		_cleanup_free_ char *p2 = xasprintf("%s/%s", im->real, src->path);
 		const char *at[2] = {p1, p2};
-		if (package_pyc_normalise(data, len, src->st.st_mtim.tv_sec, (uint64_t)src->st.st_size, at,
-					  strcmp(p1, p2) ? 2 : 1, root, rel, &alt)) {
-			put = alt.data;
-			put_len = alt.len;
+		if (package_pyc_normalise(c.data, c.len, src->st.st_mtim.tv_sec, (uint64_t)src->st.st_size, at,
+					  strcmp(p1, p2) ? 2 : 1, root, rel, &c.alt)) {
+			ingest_use_alt(&c);
 			e->tflags |= TREE_F_PYC_NORM;
 		}
 	}
-	r = store_txn_put_file(im->txn, put, put_len, e->st.st_mode, &e->obj, &added);
-	e->stored_size = put_len;
-	if (mapped)
-		munmap(data, len);
+	/* never a hard link: the venv's files stay the user's, who may change them */
+	r = ingest_put(im->txn, &c, e->st.st_mode, -1, NULL, &e->obj, &added, NULL);
+	e->stored_size = c.put_len;
 	if (r < 0)
-		return vf_error_prefix(-r, "%s/%s: ", im->abs, e->path);
+		return r;
 	__atomic_add_fetch(&im->st->new_bytes, added, __ATOMIC_RELAXED);
 	return 0;
 }
 
-static void *read_worker(void *arg)
+/* Worker job k: read_one() of the k-th entry to read. */
+static int read_job(void *ctx, size_t k, struct buf *scratch, uint64_t *bytes)
 {
-	struct imp *im = arg;
-	struct buf scratch = {0};
+	struct imp *im = ctx;
+	uint32_t i = im->work[k];
 
-	for (;;) {
-		size_t k = __atomic_fetch_add(&im->next_work, 1, __ATOMIC_RELAXED);
-		if (k >= im->n_work || __atomic_load_n(&im->error, __ATOMIC_RELAXED))
-			break;
-		uint32_t i = im->work[k];
-		int r = read_one(im, i, &scratch, true);
-		if (r < 0) {
-			set_error(im, r);
-			break;
-		}
-		uint64_t files = __atomic_add_fetch(&im->done_files, 1, __ATOMIC_RELAXED);
-		uint64_t bytes = __atomic_add_fetch(&im->done_bytes, (uint64_t)im->e[i].st.st_size, __ATOMIC_RELAXED);
-		progress_update(&im->prog, files, im->n_work, bytes);
-	}
-	buf_free(&scratch);
-	return NULL;
+	*bytes = (uint64_t)im->e[i].st.st_size;
+	return read_one(im, i, scratch, true);
 }
 
 static int read_all(struct imp *im)
 {
-	unsigned nt = im->o->threads ? im->o->threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
-	pthread_t th[16];
+	struct workers w = {
+		.threads = im->o->threads ? im->o->threads : workers_cpus(),
+		.job = read_job,
+		.ctx = im,
+		.what = "importing",
+		.progress = im->o->progress,
+	};
 
-	nt = MAX(1u, MIN(nt, ARRAY_SIZE(th)));
 	im->work = xmalloc((im->n + 1) * sizeof(uint32_t));
 	for (uint32_t i = 0; i < im->n; i++)
 		if (S_ISREG(im->e[i].st.st_mode) && !im->e[i].is_record) {
 			im->work[im->n_work++] = i;
 			im->st->bytes += (uint64_t)im->e[i].st.st_size;
 		}
-	progress_init(&im->prog, "importing", im->o->progress);
-	unsigned started = 0;
-	for (unsigned t = 1; t < nt; t++)
-		if (pthread_create(&th[t], NULL, read_worker, im) == 0)
-			started = t;
-	read_worker(im);
-	for (unsigned t = 1; t <= started; t++)
-		pthread_join(th[t], NULL);
-	progress_done(&im->prog);
-	if (im->error)
-		return vf_error(-im->error, "%s", im->error_msg);
-	return 0;
+	w.n = im->n_work;
+	return workers_run(&w);
 }
 
 /* ---- 4. classify --------------------------------------------------------------- */
@@ -1114,7 +1055,6 @@ static void imp_free(struct imp *im)
 		close(im->rootfd);
 	statcache_free(im->cache);
 	free(im->cache_name);
-	pthread_mutex_destroy(&im->lock);
 }
 
 static int check_venv(struct imp *im, struct env *env)
@@ -1198,7 +1138,6 @@ int venv_import(struct store *s, const char *venv_dir, const struct import_opts 
 	im.st = st;
 	im.rootfd = -1;
 	im.start_sec = time(NULL);
-	pthread_mutex_init(&im.lock, NULL);
 
 	im.abs = path_absolute(venv_dir);
 	im.real = realpath(venv_dir, NULL);
