@@ -166,27 +166,33 @@ static int parse_marker(struct store *s, const char *text)
 	return 0;
 }
 
-/* Nothing in the directory but what a store's own init makes before its
- * marker (an init that was killed): a store may be made there. */
-static bool only_store_entries(int fd)
+/* What the directory holds, for a store without its marker: nothing
+ * (DIR_EMPTY), only what a store's own init makes before its marker (an
+ * init that was killed: DIR_PARTIAL_STORE; a store may be made there), or
+ * other things (DIR_OTHER). */
+enum dir_state { DIR_EMPTY, DIR_PARTIAL_STORE, DIR_OTHER };
+
+static enum dir_state dir_state(int fd)
 {
 	static const char *const own[] = {"objects", "packages", "envs", "tmp", "cache", "log", "run", "lock"};
 	int dfd = dup(fd);
 	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
 	struct dirent *de;
-	bool only = d != NULL;
+	enum dir_state st = d ? DIR_EMPTY : DIR_OTHER;
 
 	if (!d && dfd >= 0)
 		close(dfd);
-	while (only && (de = readdir(d))) {
-		bool ok = !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..");
-		for (size_t i = 0; !ok && i < ARRAY_SIZE(own); i++)
-			ok = !strcmp(de->d_name, own[i]) || str_has_prefix(de->d_name, "venvfs-store");
-		only = ok;
+	while (st != DIR_OTHER && (de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		st = str_has_prefix(de->d_name, "venvfs-store") ? DIR_PARTIAL_STORE : DIR_OTHER;
+		for (size_t i = 0; st == DIR_OTHER && i < ARRAY_SIZE(own); i++)
+			if (!strcmp(de->d_name, own[i]))
+				st = DIR_PARTIAL_STORE;
 	}
 	if (d)
 		closedir(d);
-	return only;
+	return st;
 }
 
 /* store_open(); with group >= 0, a new store is a group store. */
@@ -223,7 +229,7 @@ static int open_store_as(const char *home, bool create, long group, struct store
 	 * with a marker is complete, and opening it creates nothing. */
 	bool fresh = false;
 	r = read_marker(s, &marker);
-	if (r == -ENOENT && create && !only_store_entries(s->fd)) {
+	if (r == -ENOENT && create && dir_state(s->fd) == DIR_OTHER) {
 		r = vf_error(ENOTEMPTY,
 			     "%s is not a venvfs store and not empty: a store is made in an empty or new "
 			     "directory (give --home one, or VENVFS_HOME)",
@@ -245,11 +251,16 @@ static int open_store_as(const char *home, bool create, long group, struct store
 			     s->home);
 		goto fail;
 	} else if (r < 0) {
-		r = r == -ENOENT ? vf_error(ENOENT,
-					    "%s: not a venvfs store (no venvfs-store marker); venvfs import, create "
-					    "or mount make one in an empty or new directory",
-					    s->home)
-				 : r;
+		r = r != -ENOENT ? r
+		    : dir_state(s->fd) == DIR_PARTIAL_STORE
+			    ? vf_error(ENOENT,
+				       "%s: a store whose making was interrupted (no venvfs-store "
+				       "marker yet); venvfs import, create or mount finish it",
+				       s->home)
+			    : vf_error(ENOENT,
+				       "%s: not a venvfs store (no venvfs-store marker); venvfs "
+				       "import, create or mount make one in an empty or new directory",
+				       s->home);
 		goto fail;
 	} else if ((r = parse_marker(s, marker.data)) < 0) {
 		goto fail;
