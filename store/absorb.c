@@ -1708,14 +1708,16 @@ int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *
 		r = vf_error_errno(errno, "%s/envs/%s/%s", s->home, name, env_upper(a->env));
 		goto fail;
 	}
-	mkdirat(a->env_fd, "work", 0700);
-	a->work_fd = openat(a->env_fd, "work", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	{
+		_cleanup_free_ char *where = xasprintf("%s/envs/%s", s->home, name);
+		a->work_fd = env_work_open(a->env_fd, where);
+	}
 	if (a->work_fd < 0) {
-		r = vf_error_errno(errno, "%s/envs/%s/work", s->home, name);
+		r = a->work_fd;
 		goto fail;
 	}
 	a->site = env_site_dir(a->env);
-	env_views(a->env_fd, "views", &a->views, &a->n_views);
+	env_views(a->env_fd, &a->views, &a->n_views);
 
 	/* 1, 2: find and check */
 	r = find_dists(a);
@@ -1757,7 +1759,7 @@ int absorb_prepare(struct store *s, const char *name, const struct absorb_opts *
 		if (!a->d[k].why.any && (r = put_package(a, k)) < 0)
 			goto fail;
 	}
-	a->new_upper = xasprintf("upper-%08llx", (unsigned long long)(random_u64() & 0xffffffffu));
+	a->new_upper = env_layer_new_name();
 	r = new_env(a);
 	if (r < 0)
 		goto fail;

@@ -702,13 +702,13 @@ bool env_has_layer_content(struct store *s, const struct env *e)
 	return holds_entries(s, p, ".lock") > 0;
 }
 
-void env_views(int dirfd, const char *path, char ***views, size_t *n)
+void env_views(int env_fd, char ***views, size_t *n)
 {
 	_cleanup_buf_ struct buf text = {0};
 
 	*views = NULL;
 	*n = 0;
-	if (read_file_beneath(dirfd, NULL, path, 1 << 20, &text) < 0) {
+	if (read_file_beneath(env_fd, NULL, VIEWS_FILE, 1 << 20, &text) < 0) {
 		vf_clear_error(); /* none recorded (or not readable): scripts name the env as it is */
 		return;
 	}

@@ -106,7 +106,7 @@ char *env_python_xy(const struct env *e);
 /* The paths mounts showed an env at (envs/NAME/views, one a line, as the
  * daemon records them): a script rendered for one of them is a template.
  * Never through a symlink. */
-void env_views(int dirfd, const char *path, char ***views, size_t *n);
+void env_views(int env_fd, char ***views, size_t *n);
 /* Record that the env was shown at path (once); 0 or -errno with a message
  * naming the file (where: "HOME/envs/NAME", for messages). */
 int env_views_add(int env_fd, const char *where, const char *path);

@@ -436,8 +436,9 @@ int venv_export(struct store *s, const char *name, const char *dir, const struct
 	}
 	progress_init(&x.prog, "exporting", o && o->progress);
 	{
-		_cleanup_free_ char *views = xasprintf("%s/views", name);
-		env_views(s->envs_fd, views, &x.views, &x.n_views);
+		_cleanup_close_ int efd = openat_beneath(s->envs_fd, name, O_RDONLY | O_DIRECTORY, 0);
+		if (efd >= 0)
+			env_views(efd, &x.views, &x.n_views);
 	}
 	view_root(x.v, &root);
 	{
