@@ -848,6 +848,65 @@ END_TEST
  * as damaged, is replaced by a create of that name and removed by gc; one
  * whose writable layer holds files is neither (its files are the user's).
  */
+/* The names under envs/ and envs/NAME/ (store/env.c alone spells them)
+ * and venvfs mv: a rename never over an env, the manifest named anew. */
+START_TEST(test_env_names_and_rename)
+{
+	struct store *s = open_test_store();
+	struct store_txn *t = store_txn_begin(s);
+	struct tree_builder *tb = tree_builder_new(TREE_ENV);
+	struct buf out = {0};
+	struct objid tid;
+	uint64_t added;
+	struct env *e = xcalloc(1, sizeof(*e)), *f;
+	bool trash;
+	char *n = env_tmp_name("clone", "web");
+	char *said;
+
+	ck_assert(str_has_prefix(n, ".clone-web-") && env_is_tmp_name(n));
+	free(n);
+	ck_assert(!env_is_tmp_name("web") && !env_is_tmp_name(".lock"));
+	n = env_layer_new_name();
+	ck_assert(env_is_layer_name(n, &trash) && !trash && env_is_own_entry(n));
+	free(n);
+	ck_assert(env_is_layer_name(".trash-upper-1234abcd", &trash) && trash);
+	ck_assert(!env_is_own_entry(".trash-upper") && !env_is_own_entry("notes.txt"));
+	ck_assert(env_is_own_entry("env") && env_is_own_entry("views") && env_is_own_entry("work"));
+
+	ck_assert_int_eq(tree_builder_finish(tb, &out), 0);
+	tree_builder_free(tb);
+	ck_assert_int_eq(store_txn_put(t, out.data, out.len, &tid, &added), 0);
+	ck_assert_int_eq(store_txn_commit(t), 0);
+	e->python_version = xstrdup("3.11.7");
+	e->python_home = xstrdup("/usr/bin");
+	e->tree = tid;
+	e->name = xstrdup("a");
+	ck_assert_int_eq(env_install(s, e, false, NULL), 0);
+	free(e->name);
+	e->name = xstrdup("b");
+	ck_assert_int_eq(env_install(s, e, false, NULL), 0);
+	ck_assert_int_eq(env_rename(s, "a", "b"), -EEXIST);
+	ck_assert_int_eq(env_rename(s, "nope", "c"), -ENOENT);
+	ck_assert_int_eq(env_rename(s, "a", "../c"), -EINVAL);
+	ck_assert_int_eq(env_rename(s, "a", "c"), 0);
+	ck_assert(!env_exists(s, "a") && env_exists(s, "c"));
+	ck_assert_int_eq(env_manifest_name(s, "c", &said), 0);
+	ck_assert_str_eq(said, "c");
+	free(said);
+	ck_assert_int_eq(env_load(s, "c", &f), 0);
+	ck_assert_str_eq(f->python_version, "3.11.7");
+	env_free(f);
+	/* the env lock of either name held (a daemon serving it): refused */
+	int lock = env_lock(s, "c");
+	ck_assert_int_ge(lock, 0);
+	ck_assert_int_eq(env_rename(s, "c", "d"), -EBUSY);
+	close(lock);
+	env_free(e);
+	buf_free(&out);
+	store_close(s);
+}
+END_TEST
+
 START_TEST(test_env_torn_by_a_crash)
 {
 	struct store *s = open_test_store();
@@ -1059,6 +1118,7 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, test_env_manifest);
 	tcase_add_test(tc, test_env_install_and_gc);
 	tcase_add_test(tc, test_env_torn_by_a_crash);
+	tcase_add_test(tc, test_env_names_and_rename);
 	tcase_add_test(tc, test_package_equivalence);
 	tcase_add_test(tc, test_util_paths);
 	suite_add_tcase(s, tc);
