@@ -282,7 +282,7 @@ void control_start(void)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 
-	ctl_path = fs_socket_path(fsd.s, fsd.mountpoint);
+	ctl_path = fs_socket_path(fsd.s, fsd.mount_key);
 	ctl_name = xstrdup(strrchr(ctl_path, '/') + 1);
 	ctl_run = store_run_open(fsd.s, NULL);
 	fsd.last_request_ns = now_ns();

@@ -190,7 +190,9 @@ struct fs_stats {
 struct fsd {
 	struct store *s;
 	struct fuse_session *se;
-	char *mountpoint;
+	char *mountpoint;         /* as given (made absolute): what envs are rendered for, as a
+			     venv made at a path through a symlink names that path */
+	char *mount_key;          /* resolved: what the run directory's files are named by */
 	pthread_mutex_t lock;     /* nodes, envs, layers: see ops.c */
 	pthread_mutex_t dispatch; /* one request handler at a time (main.c, uring.c) */
 	struct node root;

@@ -341,7 +341,7 @@ void stats_format(struct buf *b)
 void stats_write(void)
 {
 	_cleanup_buf_ struct buf b = {0};
-	_cleanup_free_ char *p = fs_run_name(fsd.mountpoint, "stats");
+	_cleanup_free_ char *p = fs_run_name(fsd.mount_key, "stats");
 	_cleanup_free_ char *tmp = xasprintf("%s.tmp", p);
 
 	stats_format(&b);

@@ -107,9 +107,7 @@ static int serve(const struct fs_opts *o)
 			continue;
 		if (r <= 0)
 			break;
-		pthread_mutex_lock(&fsd.dispatch);
 		fuse_session_process_buf(fsd.se, &buf);
-		pthread_mutex_unlock(&fsd.dispatch);
 		if (spin_us && !uring_on()) /* over io_uring only forgets come here */
 			until = now_ns() + (uint64_t)spin_us * 1000;
 	}
@@ -250,6 +248,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	_cleanup_free_ char *mp = NULL, *log_path = NULL, *pidf = NULL, *opts = NULL;
+	_cleanup_free_ char *given = path_absolute(o->mountpoint);
 	struct stat st;
 	int r = 0;
 
@@ -275,9 +274,9 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 
 	memset(&fsd, 0, sizeof(fsd));
 	pthread_mutex_init(&fsd.lock, NULL);
-	pthread_mutex_init(&fsd.dispatch, NULL);
 	fsd.s = s;
-	fsd.mountpoint = mp;
+	fsd.mountpoint = given;
+	fsd.mount_key = mp;
 	fsd.uid = getuid();
 	fsd.gid = getgid();
 	fsd.log_stderr = o->foreground;
@@ -342,7 +341,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 
 	pidf = fs_run_name(mp, "pid");
 	{
-		_cleanup_free_ char *pid = xasprintf("%d\n%s\n", (int)getpid(), mp);
+		_cleanup_free_ char *pid = xasprintf("%d\n%s\n", (int)getpid(), mp); /* resolved */
 		if (write_file_atomic(fsd.run_fd, pidf, pid, strlen(pid), 0644) < 0)
 			fs_log("pid file: %s (venvfs umount and stats cannot find this daemon)", vf_last_error());
 	}

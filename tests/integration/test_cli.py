@@ -31,14 +31,15 @@ def test_one_daemon_for_a_store_and_a_mount_point(tmp_path, venvfs, wheelhouse):
         m.mounted = True
         assert (real / "a" / "bin" / "python").exists()
         first = venvfs("stats", link).stdout
-        assert f"mount {real}\n" in first and "pid " in first, first
+        assert f"mount {link}\n" in first and "pid " in first, first  # as given: what envs are rendered for
+        assert (real / "a" / "bin" / "activate").read_text().count(f"{link}/a") >= 1
         assert venvfs("stats", real).stdout.split("\n", 3)[:3] == first.split("\n", 3)[:3]
         r = venvfs("mount", real, check=False)
         assert r.returncode == 1 and "FUSE mount already" in r.stderr, r.stderr
         other = tmp_path / "other"
         other.mkdir()
         r = venvfs("mount", other, check=False)
-        assert r.returncode == 1 and f"served at {real} already" in r.stderr, r.stderr
+        assert r.returncode == 1 and f"served at {real} already" in r.stderr, r.stderr  # resolved
         assert not os.path.ismount(other)
         # the first daemon is still the one answering, writable
         assert venvfs("stats", real).stdout.split("\n", 3)[:3] == first.split("\n", 3)[:3]
