@@ -67,7 +67,9 @@ static int ready_pipe = -1;
  * open, readdir, the ioctl Python's isatty() sends) never wait behind one
  * that reads the disk. Where the kernel has FUSE over io_uring, requests
  * come that way instead, each on its caller's CPU (uring.c), with the same
- * pool behind them; this loop then only sees forgets and interrupts.
+ * pool behind them; this loop then only sees forgets and interrupts, which
+ * it handles while the ring threads handle theirs (uring.c says why that is
+ * safe).
  */
 
 /* A spin-wait's pause: lets the sibling hyperthread run, saves power. */
@@ -376,10 +378,14 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		stats_format(&b);
 		fs_log("unmounting; counters:\n%s", b.data);
 	}
-	/* unmounted first: absorbing may take a while, and nothing is served */
-	fuse_session_unmount(fsd.se);
+	/* The ring threads and the workers end first: they reply, and notify,
+	 * through the session's descriptor, which the unmount closes (a number
+	 * another open may take) and sets to -1 under them. A request made
+	 * meanwhile waits for the connection's end. Then unmounted: absorbing
+	 * may take a while, and nothing is served. */
 	uring_stop();
 	pool_stop();
+	fuse_session_unmount(fsd.se);
 	uring_free();
 	if (fsd.absorb_on_unmount)
 		absorb_dirty_envs(true);
