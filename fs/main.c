@@ -67,9 +67,7 @@ static int ready_pipe = -1;
  * open, readdir, the ioctl Python's isatty() sends) never wait behind one
  * that reads the disk. Where the kernel has FUSE over io_uring, requests
  * come that way instead, each on its caller's CPU (uring.c), with the same
- * pool behind them; this loop then only sees forgets and interrupts, which
- * it handles while the ring threads handle theirs (uring.c says why that is
- * safe).
+ * pool behind them; this loop then only sees forgets and interrupts.
  */
 
 /* A spin-wait's pause: lets the sibling hyperthread run, saves power. */
@@ -109,7 +107,9 @@ static int serve(const struct fs_opts *o)
 			continue;
 		if (r <= 0)
 			break;
+		pthread_mutex_lock(&fsd.dispatch);
 		fuse_session_process_buf(fsd.se, &buf);
+		pthread_mutex_unlock(&fsd.dispatch);
 		if (spin_us && !uring_on()) /* over io_uring only forgets come here */
 			until = now_ns() + (uint64_t)spin_us * 1000;
 	}
@@ -276,6 +276,7 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 
 	memset(&fsd, 0, sizeof(fsd));
 	pthread_mutex_init(&fsd.lock, NULL);
+	pthread_mutex_init(&fsd.dispatch, NULL);
 	fsd.s = s;
 	fsd.mountpoint = given;
 	fsd.mount_key = mp;
@@ -378,14 +379,10 @@ int fs_mount(struct store *s, const struct fs_opts *o)
 		stats_format(&b);
 		fs_log("unmounting; counters:\n%s", b.data);
 	}
-	/* The ring threads and the workers end first: they reply, and notify,
-	 * through the session's descriptor, which the unmount closes (a number
-	 * another open may take) and sets to -1 under them. A request made
-	 * meanwhile waits for the connection's end. Then unmounted: absorbing
-	 * may take a while, and nothing is served. */
+	/* unmounted first: absorbing may take a while, and nothing is served */
+	fuse_session_unmount(fsd.se);
 	uring_stop();
 	pool_stop();
-	fuse_session_unmount(fsd.se);
 	uring_free();
 	if (fsd.absorb_on_unmount)
 		absorb_dirty_envs(true);

@@ -103,7 +103,7 @@ static void mark_damaged(struct node *n, const char *why)
 	objid_path(&n->obj, path);
 	if (n->state >= 0) {
 		n->state = -EIO;
-		__atomic_add_fetch(&fsd.st.damaged_objects, 1, __ATOMIC_RELAXED); /* read without the lock */
+		fsd.st.damaged_objects++;
 		fs_log("objects/%s %s: reads of %s fail with EIO (venvfs store verify lists the damage)", path, why,
 		       n->seen_as ? n->seen_as : "it");
 	}

@@ -52,28 +52,24 @@
  * 29 us at the 99th percentile, 25 ms at worst (/dev/fuse: 19, 123 us, 12 ms).
  * libfuse's io_uring client carries the same idea, switched off.
  *
- * Each ring thread hands its requests to libfuse itself, so handlers of two
- * CPUs run at once, as on libfuse's multithreaded loop (--libfuse-mt): node
- * and env state is under fsd.lock (ops.c), and what libfuse's dispatch
- * shares (its lists of requests and interrupts) under the session's lock.
- * They ran one at a time for a while (a dispatch mutex), after a concurrent
- * install + absorb test crashed the daemon once (heap corruption). That
- * crash's cause is not known: ThreadSanitizer over the mount, POSIX, write
- * and absorb suites, libfuse built with it too, finds no race between two
- * handlers, and the test passed 10 runs out of 10 without the mutex (tests/run
- * keeps a TSan pass).
+ * Handlers still run one at a time (fsd.dispatch), as they did on the one
+ * thread that read /dev/fuse: with a thread per CPU, two ran at once, and a
+ * concurrent install + absorb test once crashed the daemon (heap corruption,
+ * not reproduced since). The ring's gain is where a request is answered,
+ * not parallel handlers.
  *
  * Work that may wait for the disk (a store file's first read or open: the
  * object opened, checked, read) is the workers' (fs_defer()), unless the
  * ring has nothing else to serve: then uring_run_here() does it on the
- * ring's thread. The process that made the request waits for it either
- * way; done here, its disk wait is its own, as on a native file system,
- * instead of a wake-up of a worker and of this thread again for the
- * answer. Measured, cold heavy import on a RAM-backed store (so the
- * software path shows), large store files in passthrough (shared.c),
- * medians of 16 paired runs: 1.21x native with these jobs on the workers,
- * 1.15x on the ring. A request that comes meanwhile waits for the disk
- * too: the cost of a busy ring, which is why it must be idle.
+ * ring's thread, without fsd.dispatch (worker jobs never need it). The
+ * process that made the request waits for it either way; done here, its
+ * disk wait is its own, as on a native file system, instead of a wake-up
+ * of a worker and of this thread again for the answer. Measured, cold
+ * heavy import on a RAM-backed store (so the software path shows), large
+ * store files in passthrough (shared.c), medians of 16 paired runs: 1.21x
+ * native with these jobs on the workers, 1.15x on the ring. A request that
+ * comes meanwhile waits for the disk too: the cost of a busy ring, which is
+ * why it must be idle.
  *
  * Only replies from the ring's entries go through the ring; notifications
  * (inval_entry, inval_inode) still go to /dev/fuse. Splicing read replies
@@ -377,7 +373,9 @@ static void serve_ent(struct ring_ent *e)
 	__atomic_store_n(&e->unique, in.unique, __ATOMIC_RELAXED);
 	struct fuse_buf fb = {.size = in.len, .mem = start};
 	self_ent = e;
+	pthread_mutex_lock(&fsd.dispatch);
 	fuse_session_process_buf(fsd.se, &fb);
+	pthread_mutex_unlock(&fsd.dispatch);
 	self_ent = NULL;
 }
 
@@ -695,7 +693,9 @@ bool uring_run_here(void (*fn)(void *), void *arg)
 	/* nothing in the CQ after this request: no request, no worker's answer */
 	if (!q || !self_ent || __atomic_load_n(q->cq_tail, __ATOMIC_ACQUIRE) != q->serving + 1)
 		return false;
+	pthread_mutex_unlock(&fsd.dispatch);
 	fn(arg);
+	pthread_mutex_lock(&fsd.dispatch);
 	return true;
 }
 
