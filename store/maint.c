@@ -339,29 +339,23 @@ static char *layer_python(const struct layer_dir *up)
 	return v;
 }
 
-int env_summary(struct store *s, const char *name, struct env_summary *out)
+int env_summary(struct store *s, struct env *e, struct env_summary *out)
 {
-	struct env *e = NULL;
 	struct view *v = NULL;
 	struct layer_dir up = {.fd = -1};
 	struct view_dir vd = {0};
-	int r = env_load(s, name, &e);
 
 	memset(out, 0, sizeof(*out));
-	if (r == 0 && !env_has_layer_content(s, e)) {
+	if (!env_has_layer_content(s, e)) {
 		/* as its manifest says: a listing of 1,000 envs stays 0.1 s */
 		out->python = xstrdup(e->python_version ? e->python_version : "?");
 		out->distributions = e->n_pkgs;
-		env_free(e);
 		return 0;
 	}
-	if (r == 0)
-		r = view_open(s, e, NULL, &v);
-	if (r < 0) {
-		env_free(e);
+	int r = view_open(s, e, NULL, &v);
+	if (r < 0)
 		return r;
-	}
-	_cleanup_close_ int efd = openat_beneath(s->envs_fd, name, O_RDONLY | O_DIRECTORY, 0);
+	_cleanup_close_ int efd = openat_beneath(s->envs_fd, e->name, O_RDONLY | O_DIRECTORY, 0);
 	if (efd >= 0)
 		layer_dir_open(efd, env_upper(e), &up);
 	out->python = layer_python(&up);
@@ -399,7 +393,6 @@ int env_summary(struct store *s, const char *name, struct env_summary *out)
 	layer_dir_close(&up);
 	view_dir_free(&vd);
 	view_free(v);
-	env_free(e);
 	return 0;
 }
 

@@ -43,7 +43,8 @@ struct env_summary {
 	size_t distributions;
 	uint64_t layer_bytes;
 };
-int env_summary(struct store *s, const char *name, struct env_summary *out);
+struct env;
+int env_summary(struct store *s, struct env *e, struct env_summary *out);
 void env_summary_free(struct env_summary *sum);
 
 struct store_du {

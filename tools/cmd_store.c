@@ -193,7 +193,7 @@ static int run_ls(const struct command *c, int argc, char **argv)
 		struct env *e;
 		struct env_summary sum = {0};
 		int r = env_load(s, names[k], &e);
-		if (r == 0 && (r = env_summary(s, names[k], &sum)) < 0)
+		if (r == 0 && (r = env_summary(s, e, &sum)) < 0)
 			env_free(e);
 		if (json) {
 			printf("%s\n {\"name\": ", k ? "," : "");
