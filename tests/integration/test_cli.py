@@ -49,6 +49,8 @@ def test_one_daemon_for_a_store_and_a_mount_point(tmp_path, venvfs, wheelhouse):
         assert not os.path.ismount(real)
     finally:
         m.umount()
+        # a second mount that was not refused: never left behind
+        subprocess.run(["fusermount3", "-u", "-q", "-z", str(tmp_path / "other")], capture_output=True)
 
 
 

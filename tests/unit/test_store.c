@@ -848,17 +848,32 @@ END_TEST
  * as damaged, is replaced by a create of that name and removed by gc; one
  * whose writable layer holds files is neither (its files are the user's).
  */
+/* An env named name of an empty env tree (in s), not installed. */
+static struct env *empty_env(struct store *s, const char *name)
+{
+	struct store_txn *t = store_txn_begin(s);
+	struct tree_builder *tb = tree_builder_new(TREE_ENV);
+	struct buf out = {0};
+	uint64_t added;
+	struct env *e = xcalloc(1, sizeof(*e));
+
+	ck_assert_int_eq(tree_builder_finish(tb, &out), 0);
+	tree_builder_free(tb);
+	ck_assert_int_eq(store_txn_put(t, out.data, out.len, &e->tree, &added), 0);
+	ck_assert_int_eq(store_txn_commit(t), 0);
+	buf_free(&out);
+	e->name = xstrdup(name);
+	e->python_version = xstrdup("3.11.7");
+	e->python_home = xstrdup("/usr/bin");
+	return e;
+}
+
 /* The names under envs/ and envs/NAME/ (store/env.c alone spells them)
  * and venvfs mv: a rename never over an env, the manifest named anew. */
 START_TEST(test_env_names_and_rename)
 {
 	struct store *s = open_test_store();
-	struct store_txn *t = store_txn_begin(s);
-	struct tree_builder *tb = tree_builder_new(TREE_ENV);
-	struct buf out = {0};
-	struct objid tid;
-	uint64_t added;
-	struct env *e = xcalloc(1, sizeof(*e)), *f;
+	struct env *e, *f;
 	bool trash;
 	char *n = env_tmp_name("clone", "web");
 	char *said;
@@ -873,14 +888,7 @@ START_TEST(test_env_names_and_rename)
 	ck_assert(!env_is_own_entry(".trash-upper") && !env_is_own_entry("notes.txt"));
 	ck_assert(env_is_own_entry("env") && env_is_own_entry("views") && env_is_own_entry("work"));
 
-	ck_assert_int_eq(tree_builder_finish(tb, &out), 0);
-	tree_builder_free(tb);
-	ck_assert_int_eq(store_txn_put(t, out.data, out.len, &tid, &added), 0);
-	ck_assert_int_eq(store_txn_commit(t), 0);
-	e->python_version = xstrdup("3.11.7");
-	e->python_home = xstrdup("/usr/bin");
-	e->tree = tid;
-	e->name = xstrdup("a");
+	e = empty_env(s, "a");
 	ck_assert_int_eq(env_install(s, e, false, NULL), 0);
 	free(e->name);
 	e->name = xstrdup("b");
@@ -902,7 +910,6 @@ START_TEST(test_env_names_and_rename)
 	ck_assert_int_eq(env_rename(s, "c", "d"), -EBUSY);
 	close(lock);
 	env_free(e);
-	buf_free(&out);
 	store_close(s);
 }
 END_TEST
@@ -910,22 +917,10 @@ END_TEST
 START_TEST(test_env_torn_by_a_crash)
 {
 	struct store *s = open_test_store();
-	struct store_txn *t = store_txn_begin(s);
-	struct tree_builder *tb = tree_builder_new(TREE_ENV);
-	struct buf out = {0}, text = {0};
-	struct objid tid;
-	uint64_t added;
-	struct env *e = xcalloc(1, sizeof(*e)), *f;
+	struct buf text = {0};
+	struct env *e = empty_env(s, "torn"), *f;
 	struct gc_stats gs;
 
-	ck_assert_int_eq(tree_builder_finish(tb, &out), 0);
-	tree_builder_free(tb);
-	ck_assert_int_eq(store_txn_put(t, out.data, out.len, &tid, &added), 0);
-	ck_assert_int_eq(store_txn_commit(t), 0);
-	e->name = xstrdup("torn");
-	e->python_version = xstrdup("3.11.7");
-	e->python_home = xstrdup("/usr/bin");
-	e->tree = tid;
 	env_format(e, &text);
 
 	for (int round = 0; round < 3; round++) {
@@ -972,7 +967,6 @@ START_TEST(test_env_torn_by_a_crash)
 	ck_assert_int_eq(env_make_durable(s, "torn"), 0);
 
 	env_free(e);
-	buf_free(&out);
 	buf_free(&text);
 	store_close(s);
 }
